@@ -1,0 +1,1 @@
+//! Hyper-V enlightenment surface emulated in user space (under construction).
