@@ -3,3 +3,4 @@
 //! SynIC message and event pages — implemented in user space, plus exit accounting and exit-free fast paths.
 
 pub mod hv;
+pub mod memory;
