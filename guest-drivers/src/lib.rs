@@ -1,0 +1,12 @@
+//! Guest-side drivers for viridian, `no_std` + `alloc`: any guest kernel links this crate and implements
+//! [`platform::Platform`] (DMA-able pages, MSRs, CPUID, interrupt counters) for it.
+//!
+//! - [`hv`]: Hyper-V enlightenment detection (CPUID leaves), the hypercall page, SynIC setup and message
+//!   receive/EOM;
+//! - the VMBus client and the VSC drivers build on it.
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+pub mod hv;
+pub mod platform;

@@ -1,0 +1,58 @@
+//! The viridian guest kernel: a freestanding x86-64 kernel whose CPL0 part is the tiny asm shim in
+//! `shim.s` and whose Rust part runs entirely at CPL3 (this machine's KVM emulates CPL0 code).
+//!
+//! Boot: hypervisor-lite enters `_start` in long mode with RDI = VP index and RSI = the boot-info GPA;
+//! the shim sets up paging, descriptor tables and SYSCALL, then `iretq`s to [`kernel_main`] at CPL3.
+//! The host gives the kernel a command line of scenarios in the boot info; the kernel runs them in
+//! order, reports over serial and ends with an exit code on [`arch::EXIT_PORT`].
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod arch;
+mod console;
+mod heap;
+mod platform;
+mod rt;
+mod scenario;
+
+use core::arch::global_asm;
+
+global_asm!(include_str!("shim.s"));
+
+/// What the host hands the kernel at boot (at the GPA in RSI). Little-endian, fixed layout.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct BootInfo {
+    /// [`BOOT_MAGIC`].
+    pub magic: u64,
+    /// Bytes of guest RAM starting at GPA 0 that the kernel may use.
+    pub ram_bytes: u64,
+    /// GPA and length of the command line (ASCII scenario names separated by spaces).
+    pub cmdline_gpa: u64,
+    pub cmdline_len: u64,
+}
+
+/// "VIRIDIAN" as a little-endian u64.
+pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"VIRIDIAN");
+
+/// Rust entry at CPL3, called (by `iretq`) with the boot-info GPA.
+#[no_mangle]
+extern "C" fn kernel_main(boot_info: u64) -> ! {
+    // SAFETY: the host placed a `BootInfo` at this identity-mapped GPA before starting the VP; a wrong
+    // magic is rejected below before any other field is trusted.
+    let info = unsafe { core::ptr::read_volatile(boot_info as *const BootInfo) };
+    if info.magic != BOOT_MAGIC {
+        console::write_str("viridian-guest: bad boot info magic\n");
+        arch::exit(0xbad);
+    }
+    heap::init(info.ram_bytes);
+    // SAFETY: the host wrote `cmdline_len` ASCII bytes at `cmdline_gpa`, inside guest RAM.
+    let cmdline = unsafe {
+        core::slice::from_raw_parts(info.cmdline_gpa as *const u8, info.cmdline_len as usize)
+    };
+    let cmdline = core::str::from_utf8(cmdline).unwrap_or("");
+    let code = scenario::run_all(cmdline);
+    arch::exit(code);
+}

@@ -1,0 +1,299 @@
+// viridian guest kernel: the CPL0 shim.
+//
+// Everything here runs at CPL0, where this machine's KVM (KVM-PVM) emulates every instruction (~1 us each)
+// and SSE faults. So the shim is integer-only and as short as possible. It:
+//   1. builds identity page tables for the first 4 GiB (2 MiB pages, user-accessible) and loads CR3;
+//   2. loads a GDT (kernel/user code+data, a TSS whose I/O bitmap opens every port to CPL3), an IDT of
+//      uniform stubs, and the SYSCALL MSRs;
+//   3. enables the local APIC and `iretq`s to the Rust kernel at CPL3 with interrupts enabled.
+// After boot CPL0 is entered only through:
+//   - SYSCALL gates (rax = service): privileged work the CPL3 kernel cannot do (rdmsr/wrmsr, cpuid, hlt);
+//   - interrupt stubs: count the vector in `irq_counts`, EOI the LAPIC, return (6 instructions);
+//   - exception stubs: report the vector and faulting RIP to the host on port 0x502, then halt forever.
+// Only the bootstrap processor (VP index 0 in RDI at entry) runs the kernel; other VPs park in `hlt`.
+//
+// Register contract at entry (set by hypervisor-lite): 64-bit mode, RDI = VP index, RSI = boot info GPA.
+
+
+.set KCODE, 0x08
+.set KDATA, 0x10
+.set UDATA, 0x1b
+.set UCODE, 0x23
+.set TSS_SEL, 0x28
+.set LAPIC, 0xfee00000
+.set FAULT_PORT, 0x502
+.set TSS_LIMIT, 104 + 8192
+
+.section .text.entry, "ax"
+.global _start
+.code64
+_start:
+    cli
+    test edi, edi
+    jnz park
+    mov r15, rsi                       // boot info GPA, handed to Rust
+
+    // Page tables: PML4[0] -> PDPT; PDPT[0..4] -> PD0..PD3; PD entries map 2 MiB each (P|RW|US|PS).
+    lea rdi, [rip + pd_tables]
+    mov eax, 0x87
+    mov ecx, 2048
+1:  mov [rdi], rax
+    add rax, 0x200000
+    add rdi, 8
+    dec ecx
+    jnz 1b
+    lea rax, [rip + pd_tables]
+    or rax, 0x7
+    lea rdi, [rip + pdpt]
+    mov ecx, 4
+2:  mov [rdi], rax
+    add rax, 0x1000
+    add rdi, 8
+    dec ecx
+    jnz 2b
+    lea rax, [rip + pdpt]
+    or rax, 0x7
+    mov [rip + pml4], rax
+    lea rax, [rip + pml4]
+    mov cr3, rax
+    lea rsp, [rip + kernel_stack_top]
+
+    // TSS descriptor (base is only known after linking, so assemble it here).
+    lea rax, [rip + tss]
+    lea rdi, [rip + gdt_tss]
+    mov word ptr [rdi], TSS_LIMIT
+    mov [rdi + 2], ax
+    shr rax, 16
+    mov [rdi + 4], al
+    mov byte ptr [rdi + 5], 0x89
+    mov byte ptr [rdi + 6], 0
+    shr rax, 8
+    mov [rdi + 7], al
+    shr rax, 8
+    mov [rdi + 8], eax
+    lea rax, [rip + kernel_stack_top]
+    mov [rip + tss + 4], rax            // RSP0: stack for interrupts taken at CPL3
+    lea rax, [rip + fault_stack_top]
+    mov [rip + tss + 36], rax           // IST1: stack for exceptions
+    mov word ptr [rip + tss + 102], 104 // I/O permission bitmap right after the TSS (all zero = all ports open)
+    mov byte ptr [rip + tss + 104 + 8192], 0xff
+
+    lgdt [rip + gdt_ptr]
+    mov ax, KDATA
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    mov ax, TSS_SEL
+    ltr ax
+
+    // IDT: vector v -> stub_base + v * 16; exceptions (0..31) on IST1.
+    lea rdi, [rip + idt]
+    lea rdx, [rip + stubs]
+    xor ecx, ecx
+3:  mov rax, rdx
+    mov [rdi], ax
+    mov word ptr [rdi + 2], KCODE
+    mov word ptr [rdi + 4], 0x8e00
+    cmp ecx, 32
+    jae 4f
+    mov byte ptr [rdi + 4], 1
+4:  shr rax, 16
+    mov [rdi + 6], ax
+    shr rax, 16
+    mov [rdi + 8], eax
+    add rdi, 16
+    add rdx, 16
+    inc ecx
+    cmp ecx, 256
+    jne 3b
+    lidt [rip + idt_ptr]
+
+    // SYSCALL: EFER.SCE, STAR (kernel CS 0x08, user base 0x10 -> CS 0x23 / SS 0x1b), LSTAR, FMASK (IF|DF|TF).
+    mov ecx, 0xc0000080
+    rdmsr
+    or eax, 1
+    wrmsr
+    mov ecx, 0xc0000081
+    xor eax, eax
+    mov edx, 0x00100008
+    wrmsr
+    mov ecx, 0xc0000082
+    lea rax, [rip + syscall_entry]
+    mov rdx, rax
+    shr rdx, 32
+    wrmsr
+    mov ecx, 0xc0000084
+    mov eax, 0x700
+    xor edx, edx
+    wrmsr
+
+    // Local APIC: software enable, spurious vector 0xff, accept every priority.
+    mov eax, LAPIC
+    mov dword ptr [rax + 0xf0], 0x1ff
+    mov dword ptr [rax + 0x80], 0
+
+    // Drop to CPL3: Rust entry with RDI = boot info, RSP % 16 == 8 as after a call.
+    lea rax, [rip + user_stack_top]
+    sub rax, 8
+    push UDATA
+    push rax
+    push 0x202
+    push UCODE
+    lea rax, [rip + kernel_main]
+    push rax
+    mov rdi, r15
+    iretq
+
+park:
+    hlt
+    jmp park
+
+// SYSCALL services. In: rax = service, rdi/rsi/rdx = arguments. Out: rax (+ rdi/rsi/rdx for cpuid).
+// RCX/R11 hold the user RIP/RFLAGS and are preserved across the gate on the kernel stack.
+syscall_entry:
+    mov [rip + saved_user_rsp], rsp
+    lea rsp, [rip + kernel_stack_top]
+    push rcx
+    push r11
+    cmp eax, 1
+    je sys_rdmsr
+    cmp eax, 2
+    je sys_wrmsr
+    cmp eax, 3
+    je sys_cpuid
+    cmp eax, 4
+    je sys_halt
+    mov rax, -1
+sys_return:
+    pop r11
+    pop rcx
+    mov rsp, [rip + saved_user_rsp]
+    sysretq
+
+// rdmsr(rdi = msr) -> rax
+sys_rdmsr:
+    mov ecx, edi
+    rdmsr
+    shl rdx, 32
+    or rax, rdx
+    jmp sys_return
+// wrmsr(rdi = msr, rsi = value) -> 0
+sys_wrmsr:
+    mov ecx, edi
+    mov eax, esi
+    mov rdx, rsi
+    shr rdx, 32
+    wrmsr
+    xor eax, eax
+    jmp sys_return
+// cpuid(rdi = leaf, rsi = subleaf) -> eax, edi = ebx, esi = ecx, edx  (CPUID at CPL3 would bypass KVM_SET_CPUID2)
+sys_cpuid:
+    push rbx
+    mov eax, edi
+    mov ecx, esi
+    cpuid
+    mov edi, ebx
+    mov esi, ecx
+    pop rbx
+    jmp sys_return
+// halt(rdi = interrupt total the caller last saw): sleep until an interrupt, unless one already arrived.
+// Interrupts are off here (FMASK), so the check and `sti; hlt` cannot lose a wakeup.
+sys_halt:
+    cmp rdi, [rip + irq_total]
+    jne 5f
+    sti
+    hlt
+    cli
+5:  mov rax, [rip + irq_total]
+    jmp sys_return
+
+// 256 uniform 16-byte stubs: push the vector, jump to the common path.
+.balign 16
+stubs:
+.set vec, 0
+.rept 256
+    .balign 16
+    .byte 0x68                       // push imm32 (sign-extended: vectors < 2^31)
+    .long vec
+    jmp stub_common
+.set vec, vec + 1
+.endr
+
+stub_common:
+    cmp qword ptr [rsp], 32
+    jb fault
+    push rax
+    push rcx
+    mov rax, [rsp + 16]
+    lea rcx, [rip + irq_counts]
+    lock inc qword ptr [rcx + rax * 8]
+    lock inc qword ptr [rip + irq_total]
+    mov eax, LAPIC
+    mov dword ptr [rax + 0xb0], 0
+    pop rcx
+    pop rax
+    add rsp, 8
+    iretq
+
+// An exception: tell the host the vector and the faulting RIP (vectors with an error code have it
+// between the vector and the RIP), then stop.
+fault:
+    mov rax, [rsp]
+    mov rcx, 0x27d00          // bit mask of vectors 8, 10-14, 17 that push an error code
+    bt rcx, rax
+    jnc 6f
+    mov rcx, [rsp + 16]
+    jmp 7f
+6:  mov rcx, [rsp + 8]
+7:  mov dx, FAULT_PORT
+    out dx, eax
+    mov rax, rcx
+    out dx, eax
+    shr rax, 32
+    out dx, eax
+8:  cli
+    hlt
+    jmp 8b
+
+
+.section .data
+.balign 16
+// The GDT must be writable (the TSS descriptor is filled in at boot and `ltr` marks it busy).
+gdt_rw:
+    .quad 0
+    .quad 0x00209a0000000000
+    .quad 0x0000920000000000
+    .quad 0x0000f20000000000
+    .quad 0x0020fa0000000000
+gdt_tss:
+    .quad 0
+    .quad 0
+gdt_rw_end:
+gdt_ptr:
+    .word gdt_rw_end - gdt_rw - 1
+    .quad gdt_rw
+idt_ptr:
+    .word 256 * 16 - 1
+    .quad idt
+
+.section .bss
+.balign 4096
+pml4: .skip 4096
+pdpt: .skip 4096
+pd_tables: .skip 4 * 4096
+idt: .skip 256 * 16
+tss: .skip 104 + 8192 + 8
+.balign 16
+.global irq_counts
+irq_counts: .skip 256 * 8
+.global irq_total
+irq_total: .skip 8
+saved_user_rsp: .skip 8
+.balign 16
+fault_stack: .skip 4096
+fault_stack_top:
+kernel_stack: .skip 16384
+kernel_stack_top:
+.balign 16
+user_stack: .skip 262144
+user_stack_top:
