@@ -9,4 +9,5 @@
 extern crate alloc;
 
 pub mod hv;
+pub mod ic;
 pub mod platform;
