@@ -78,6 +78,16 @@ pub struct GpaRange<'a> {
     pub pfns: &'a [u64],
 }
 
+/// Whether a ring-buffer GPADL of `total_pages` pages can be split at `downstream_offset`: each of
+/// the two rings needs its control page and at least one data page.
+pub fn valid_ring_split(total_pages: u64, downstream_offset: u32) -> bool {
+    let offset = u64::from(downstream_offset);
+    offset >= 2
+        && total_pages
+            .checked_sub(offset)
+            .is_some_and(|rest| rest >= 2)
+}
+
 /// Pages a range of `byte_count` bytes at `byte_offset` within its first page spans.
 pub fn pages_spanned(byte_offset: u32, byte_count: u32) -> Result<u64, GpadlError> {
     if byte_count == 0 {

@@ -419,3 +419,15 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn ring_split_rule() {
+    assert!(valid_ring_split(4, 2));
+    assert!(valid_ring_split(40, 20));
+    assert!(!valid_ring_split(40, 1));
+    assert!(!valid_ring_split(40, 0));
+    assert!(!valid_ring_split(40, 39));
+    assert!(!valid_ring_split(40, 40));
+    assert!(!valid_ring_split(40, u32::MAX));
+    assert!(!valid_ring_split(3, 2));
+}
