@@ -5,10 +5,11 @@
 //! connection id) and the host-side API to post SynIC messages and signal events. It reaches KVM only through
 //! [`HvPlatform`] (MSI injection, ioeventfd doorbells), which the partition glue provides.
 //!
-//! Modules: [`cpuid`] (synthetic CPUID leaves), [`msr`] (MSR numbers, hypercall MSRs), [`hypercall`] (page code,
-//! ABI, dispatch), [`synic`] (per-VP SynIC).
+//! Modules: [`cpuid`] (synthetic CPUID leaves), [`devices`] (MSR/port handlers, platform glue), [`msr`] (MSR
+//! numbers, hypercall MSRs), [`hypercall`] (page code, ABI, dispatch), [`synic`] (per-VP SynIC).
 
 pub mod cpuid;
+pub mod devices;
 pub mod hypercall;
 pub mod msr;
 pub mod synic;
@@ -70,9 +71,9 @@ pub enum HvError {
     /// A handler or event is already registered for the connection id.
     #[error("connection id {0:#x} already has a registration")]
     ConnectionInUse(u32),
-    /// [`HvPartition::attach_platform`] was not called (or called twice).
-    #[error("no KVM platform attached to the enlightenments")]
-    NoPlatform,
+    /// [`HvPartition::attach`] was not called yet (or was called twice).
+    #[error("the enlightenments are not attached to a partition (or were attached twice)")]
+    NotAttached,
     /// A platform call failed.
     #[error("platform operation failed: {0}")]
     Io(#[from] std::io::Error),
@@ -115,15 +116,23 @@ struct Connections {
     events: RwLock<HashMap<u32, EventFd>>,
 }
 
+/// What [`HvPartition::attach`] supplies once the KVM partition exists.
+struct Attachment {
+    ram: GuestRam,
+    platform: Arc<dyn HvPlatform>,
+}
+
 /// The Hyper-V enlightenments of one partition. Thread-safe: vCPU threads call the MSR and hypercall entry points
 /// while host worker threads post messages and signal events.
+///
+/// Lifecycle: [`HvPartition::new`] before the partition is built (it is the partition's MSR and port handler),
+/// then [`HvPartition::attach`] with the partition's RAM and interrupt controller before the vCPUs start.
 pub struct HvPartition {
     config: HvConfig,
-    ram: GuestRam,
+    attached: OnceLock<Attachment>,
     msrs: Mutex<HypercallMsrs>,
     vps: Vec<Mutex<VpState>>,
     connections: Connections,
-    platform: OnceLock<Arc<dyn HvPlatform>>,
     counters: Counters,
 }
 
@@ -131,7 +140,7 @@ impl fmt::Debug for HvPartition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HvPartition")
             .field("config", &self.config)
-            .field("platform_attached", &self.platform.get().is_some())
+            .field("attached", &self.attached.get().is_some())
             .field("stats", &self.stats())
             .finish_non_exhaustive()
     }
@@ -144,18 +153,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl HvPartition {
-    /// Enlightenments for a partition whose RAM is `ram`.
-    pub fn new(ram: GuestRam, config: HvConfig) -> Arc<Self> {
+    /// Enlightenments for a partition with `config.vp_count` VPs; [`HvPartition::attach`] before running it.
+    pub fn new(config: HvConfig) -> Arc<Self> {
         let vps = (0..config.vp_count)
             .map(|vp| Mutex::new(VpState { vp_assist_page: 0, synic: SynicVp::new(vp, config.queue_depth) }))
             .collect();
         Arc::new(Self {
             config,
-            ram,
+            attached: OnceLock::new(),
             msrs: Mutex::new(HypercallMsrs::default()),
             vps,
             connections: Connections::default(),
-            platform: OnceLock::new(),
             counters: Counters::default(),
         })
     }
@@ -165,9 +173,14 @@ impl HvPartition {
         &self.config
     }
 
-    /// Connects the enlightenments to the KVM partition (once, after the partition exists).
-    pub fn attach_platform(&self, platform: Arc<dyn HvPlatform>) -> Result<(), HvError> {
-        self.platform.set(platform).map_err(|_| HvError::NoPlatform)
+    /// Connects the enlightenments to the KVM partition's RAM and interrupt controller (once, after the partition
+    /// is built and before its vCPUs run).
+    pub fn attach(&self, ram: GuestRam, platform: Arc<dyn HvPlatform>) -> Result<(), HvError> {
+        self.attached.set(Attachment { ram, platform }).map_err(|_| HvError::NotAttached)
+    }
+
+    fn ram(&self) -> Option<&GuestRam> {
+        self.attached.get().map(|a| &a.ram)
     }
 
     /// The synthetic CPUID leaves 0x40000000–0x40000005 for this partition.
@@ -202,11 +215,11 @@ impl HvPartition {
     }
 
     fn inject(&self, vp: u32, vector: u8) {
-        let Some(platform) = self.platform.get() else {
-            tracing::error!(vp, vector, "SINT interrupt lost: no platform attached");
+        let Some(attached) = self.attached.get() else {
+            tracing::error!(vp, vector, "SINT interrupt lost: not attached");
             return;
         };
-        match platform.signal_msi(vp, vector) {
+        match attached.platform.signal_msi(vp, vector) {
             Ok(()) => {
                 self.counters.interrupts.fetch_add(1, Ordering::Relaxed);
             }
@@ -237,13 +250,14 @@ impl HvPartition {
             tracing::debug!(vp, msr, value, "WRMSR of an unimplemented synthetic MSR");
             MsrError::Unknown(msr)
         })?;
+        let ram = self.ram().ok_or(MsrError::NotAttached)?;
         let vectors = match decoded {
             SyntheticMsr::GuestOsId => {
                 lock(&self.msrs).write_guest_os_id(value);
                 Vec::new()
             }
             SyntheticMsr::Hypercall => {
-                lock(&self.msrs).write_hypercall(&self.ram, self.config.ports, value)?;
+                lock(&self.msrs).write_hypercall(ram, self.config.ports, value)?;
                 Vec::new()
             }
             SyntheticMsr::VpIndex => return Err(MsrError::ReadOnly(msr)),
@@ -252,7 +266,7 @@ impl HvPartition {
                 lock(state).vp_assist_page = value & (PAGE_GPA_MASK | 1);
                 Vec::new()
             }
-            other => lock(state).synic.write_msr(&self.ram, other, value)?,
+            other => lock(state).synic.write_msr(ram, other, value)?,
         };
         for vector in vectors {
             self.inject(vp, vector);
@@ -264,13 +278,17 @@ impl HvPartition {
     /// RAX.
     pub fn hypercall(&self, vp: u32, regs: HypercallRegs) -> HvStatus {
         self.counters.hypercall_exits.fetch_add(1, Ordering::Relaxed);
+        let Some(ram) = self.ram() else {
+            tracing::error!(vp, "hypercall before the enlightenments were attached");
+            return HvStatus::INVALID_HYPERCALL_CODE;
+        };
         if !self.hypercall_page_enabled() {
             // The port is only reachable through our page; a guest poking it directly gets what Hyper-V gives a
             // partition without hypercalls enabled: no such call.
             tracing::warn!(vp, "hypercall port used while the hypercall page is disabled");
             return HvStatus::INVALID_HYPERCALL_CODE;
         }
-        hypercall::dispatch(&self.ram, vp, regs, self)
+        hypercall::dispatch(ram, vp, regs, self)
     }
 
     /// A doorbell write that reached user space (its connection id has no ioeventfd). Returns the status for R11.
@@ -307,7 +325,7 @@ impl HvPartition {
     /// fast calls through the doorbell's KVM_IOEVENTFD (no user exit), slow calls by the hypercall handler.
     pub fn register_event(&self, connection_id: u32) -> Result<EventFd, HvError> {
         Self::check_connection_id(connection_id)?;
-        let platform = self.platform.get().ok_or(HvError::NoPlatform)?;
+        let platform = &self.attached.get().ok_or(HvError::NotAttached)?.platform;
         let mut events = self.connections.events.write().unwrap_or_else(|p| p.into_inner());
         if events.contains_key(&connection_id) {
             return Err(HvError::ConnectionInUse(connection_id));
@@ -335,7 +353,8 @@ impl HvPartition {
         payload: &[u8],
     ) -> Result<Delivery, HvError> {
         let state = self.vp(vp).ok_or(SynicError::InvalidVp(vp))?;
-        let (delivery, vector) = lock(state).synic.post_message(&self.ram, sint, message_type, sender, payload)?;
+        let ram = self.ram().ok_or(HvError::NotAttached)?;
+        let (delivery, vector) = lock(state).synic.post_message(ram, sint, message_type, sender, payload)?;
         if let Some(vector) = vector {
             self.inject(vp, vector);
         }
@@ -346,7 +365,8 @@ impl HvPartition {
     /// SINT is unmasked.
     pub fn signal_event(&self, vp: u32, sint: u8, flag: u32) -> Result<EventDelivery, HvError> {
         let state = self.vp(vp).ok_or(SynicError::InvalidVp(vp))?;
-        let (delivery, vector) = lock(state).synic.signal_event(&self.ram, sint, flag)?;
+        let ram = self.ram().ok_or(HvError::NotAttached)?;
+        let (delivery, vector) = lock(state).synic.signal_event(ram, sint, flag)?;
         if let Some(vector) = vector {
             self.inject(vp, vector);
         }

@@ -116,6 +116,9 @@ pub enum MsrError {
         /// Vector the guest tried to program.
         vector: u8,
     },
+    /// The enlightenments are not attached to a partition yet.
+    #[error("synthetic MSR written before the enlightenments were attached")]
+    NotAttached,
     /// HYPERCALL enabled with a page that is not guest RAM.
     #[error("hypercall page GPA {0:#x} is not guest RAM")]
     HypercallPageNotRam(u64),

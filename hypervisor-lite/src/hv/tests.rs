@@ -25,9 +25,9 @@ impl HvPlatform for FakePlatform {
 
 fn setup(vps: u32) -> (Arc<HvPartition>, Arc<FakePlatform>, GuestRam) {
     let ram = GuestRam::new(1 << 20).unwrap();
-    let hv = HvPartition::new(ram.clone(), HvConfig::new(vps));
+    let hv = HvPartition::new(HvConfig::new(vps));
     let platform = Arc::new(FakePlatform::default());
-    hv.attach_platform(platform.clone()).unwrap();
+    hv.attach(ram.clone(), platform.clone()).unwrap();
     (hv, platform, ram)
 }
 
@@ -128,9 +128,17 @@ fn events_register_a_doorbell_and_slow_calls_signal_the_same_fd() {
 }
 
 #[test]
-fn register_event_needs_a_platform() {
-    let hv = HvPartition::new(GuestRam::new(1 << 20).unwrap(), HvConfig::new(1));
-    assert!(matches!(hv.register_event(1), Err(HvError::NoPlatform)));
+fn nothing_touches_guest_state_before_attach() {
+    let hv = HvPartition::new(HvConfig::new(1));
+    assert!(matches!(hv.register_event(1), Err(HvError::NotAttached)));
+    assert!(matches!(hv.post_message(0, 2, 1, b""), Err(HvError::NotAttached)));
+    assert_eq!(hv.wrmsr(0, MSR_SCONTROL, 1), Err(MsrError::NotAttached));
+    assert_eq!(hv.rdmsr(0, MSR_SVERSION), Ok(1));
+    let regs = HypercallRegs { control: FAST_SIGNAL_EVENT_CONTROL, input: 1, output: 0 };
+    assert_eq!(hv.hypercall(0, regs), HvStatus::INVALID_HYPERCALL_CODE);
+    let ram = GuestRam::new(1 << 20).unwrap();
+    hv.attach(ram.clone(), Arc::new(FakePlatform::default())).unwrap();
+    assert!(matches!(hv.attach(ram, Arc::new(FakePlatform::default())), Err(HvError::NotAttached)));
 }
 
 #[test]
@@ -149,14 +157,8 @@ fn host_posts_and_signals_inject_to_the_target_vp() {
     assert_eq!(hv.signal_event(0, 2, 5).unwrap(), EventDelivery::NotEnabled);
     assert!(matches!(hv.post_message(2, 2, 1, b""), Err(HvError::Synic(SynicError::InvalidVp(2)))));
     // EOM after the guest frees the slot redelivers and injects.
-    hv.guest_ram_for_tests().store_u32(0x5000 + 2 * 256, 0, Ordering::SeqCst).unwrap();
+    hv.ram().unwrap().store_u32(0x5000 + 2 * 256, 0, Ordering::SeqCst).unwrap();
     hv.wrmsr(1, MSR_EOM, 0).unwrap();
     assert_eq!(platform.msis.lock().unwrap().len(), 3);
     assert_eq!(hv.stats().interrupts, 3);
-}
-
-impl HvPartition {
-    fn guest_ram_for_tests(&self) -> &GuestRam {
-        &self.ram
-    }
 }
