@@ -28,7 +28,12 @@ fn run(mode: u64, n: u64) -> Run {
     run_ok(&mut partition);
     let seconds = start.elapsed().as_secs_f64();
     let stats = partition.stats().delta(&before);
-    Run { stats, signals: events.read().unwrap_or(0), last_status: result(partition.ram(), 0), seconds }
+    Run {
+        stats,
+        signals: events.read().unwrap_or(0),
+        last_status: result(partition.ram(), 0),
+        seconds,
+    }
 }
 
 #[test]
@@ -52,16 +57,32 @@ fn fast_signals_stay_in_the_kernel_and_slow_ones_cost_one_exit_each() {
         base.stats.user_exits(),
         "fast HvSignalEvent through the ioeventfd adds no user exit"
     );
-    let kvm_delta = fast.stats.kvm_exits().saturating_sub(base.stats.kvm_exits());
-    assert!(kvm_delta >= FAST, "each fast signal is at least one VM exit ({kvm_delta} for {FAST})");
+    let kvm_delta = fast
+        .stats
+        .kvm_exits()
+        .saturating_sub(base.stats.kvm_exits());
+    assert!(
+        kvm_delta >= FAST,
+        "each fast signal is at least one VM exit ({kvm_delta} for {FAST})"
+    );
 
     assert_eq!(slow.signals, SLOW);
     assert_eq!(slow.last_status, 0);
-    assert_eq!(slow.stats.user_exits() - base.stats.user_exits(), SLOW, "one user exit per slow HvSignalEvent");
+    assert_eq!(
+        slow.stats.user_exits() - base.stats.user_exits(),
+        SLOW,
+        "one user exit per slow HvSignalEvent"
+    );
 
     assert_eq!(unregistered.signals, 0);
-    assert_eq!(unregistered.last_status, 0x12, "invalid connection id returned through the doorbell path");
-    assert_eq!(unregistered.stats.user_exits() - base.stats.user_exits(), DOORBELL);
+    assert_eq!(
+        unregistered.last_status, 0x12,
+        "invalid connection id returned through the doorbell path"
+    );
+    assert_eq!(
+        unregistered.stats.user_exits() - base.stats.user_exits(),
+        DOORBELL
+    );
 
     let per = |r: &Run, n: u64| (r.seconds - base.seconds) / n as f64 * 1e6;
     eprintln!(

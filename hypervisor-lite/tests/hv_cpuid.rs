@@ -20,7 +20,11 @@ fn guest_sees_microsoft_hv_leaves_and_no_kvm_signature() {
         }
         r
     };
-    let bytes = |regs: &[u32]| regs.iter().flat_map(|r| r.to_le_bytes()).collect::<Vec<u8>>();
+    let bytes = |regs: &[u32]| {
+        regs.iter()
+            .flat_map(|r| r.to_le_bytes())
+            .collect::<Vec<u8>>()
+    };
     let vendor = leaf(0);
     assert_eq!(vendor[0], 0x4000_0005, "max hypervisor leaf");
     assert_eq!(bytes(&vendor[1..]), b"Microsoft Hv");
@@ -28,8 +32,18 @@ fn guest_sees_microsoft_hv_leaves_and_no_kvm_signature() {
     let version = leaf(2);
     assert_eq!((version[0], version[1]), (19041, 0x000A_0000));
     let features = leaf(3);
-    assert_eq!(features[0] & 0b110_0100, 0b110_0100, "SynIC, hypercall MSRs, VP index: {:#x}", features[0]);
-    assert_eq!(features[1] & 0b11_0000, 0b11_0000, "post messages, signal events: {:#x}", features[1]);
+    assert_eq!(
+        features[0] & 0b110_0100,
+        0b110_0100,
+        "SynIC, hypercall MSRs, VP index: {:#x}",
+        features[0]
+    );
+    assert_eq!(
+        features[1] & 0b11_0000,
+        0b11_0000,
+        "post messages, signal events: {:#x}",
+        features[1]
+    );
     let recommendations = leaf(4);
     assert_eq!(recommendations[0], 1 << 9, "deprecate auto-EOI");
     assert_eq!(recommendations[1], 0xFFFF_FFFF);

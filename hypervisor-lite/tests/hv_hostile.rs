@@ -27,7 +27,9 @@ fn bad_guest_input_gets_hyper_v_answers_and_the_host_survives() {
         1,
         Arc::new(move |_, _, _: &[u8]| {
             let hv = weak.upgrade().expect("enlightenments alive");
-            log.lock().unwrap().push(hv.post_message(0, 2, 0x21, b"late").expect("post"));
+            log.lock()
+                .unwrap()
+                .push(hv.post_message(0, 2, 0x21, b"late").expect("post"));
             HvStatus::SUCCESS
         }),
     )
@@ -37,25 +39,61 @@ fn bad_guest_input_gets_hyper_v_answers_and_the_host_survives() {
     let ram = partition.ram();
 
     assert_eq!(result(ram, 0), 1, "unmasked SINT with vector 5: #GP");
-    assert_eq!(result(ram, 1), 0x1_0000, "SINT2 unchanged by the faulting write");
+    assert_eq!(
+        result(ram, 1),
+        0x1_0000,
+        "SINT2 unchanged by the faulting write"
+    );
     assert_eq!(result(ram, 2), 2, "RDMSR of an unknown synthetic MSR: #GP");
     assert_eq!(result(ram, 3), 3, "WRMSR of VP_INDEX: #GP");
     assert_eq!(result(ram, 4), 4, "hypercall page outside RAM: #GP");
     assert_eq!(result(ram, 5), 0, "HYPERCALL stayed disabled");
-    assert_eq!(result(ram, 6), 5, "HvPostMessage input outside RAM: invalid parameter");
+    assert_eq!(
+        result(ram, 6),
+        5,
+        "HvPostMessage input outside RAM: invalid parameter"
+    );
     assert_eq!(result(ram, 7), 4, "misaligned input: invalid alignment");
-    assert_eq!(result(ram, 8), 4, "input crossing a page: invalid alignment");
+    assert_eq!(
+        result(ram, 8),
+        4,
+        "input crossing a page: invalid alignment"
+    );
     assert_eq!(result(ram, 9), 5, "payload of 241 bytes: invalid parameter");
     assert_eq!(result(ram, 10), 0x12, "unknown connection id");
     assert_eq!(result(ram, 11), 2, "unknown hypercall code");
-    assert_eq!(result(ram, 12), 0x12, "fast signal to a connection without ioeventfd: doorbell exit, 0x12");
-    assert_eq!(result(ram, 13), 0x11, "fast signal with a flag number: invalid port id");
-    assert_eq!(result(ram, 14), 5, "slow signal input outside RAM: invalid parameter");
+    assert_eq!(
+        result(ram, 12),
+        0x12,
+        "fast signal to a connection without ioeventfd: doorbell exit, 0x12"
+    );
+    assert_eq!(
+        result(ram, 13),
+        0x11,
+        "fast signal with a flag number: invalid port id"
+    );
+    assert_eq!(
+        result(ram, 14),
+        5,
+        "slow signal input outside RAM: invalid parameter"
+    );
     assert_eq!(result(ram, 15), 4, "SIMP outside RAM is accepted (no #GP)");
     assert_eq!(result(ram, 16), 0, "HvPostMessage accepted");
-    assert_eq!(*deliveries.lock().unwrap(), vec![Delivery::Queued], "SIMP outside RAM: the message waits");
-    assert_eq!(result(ram, 17), 1, "moving the SIMP into RAM delivered the queued message with its interrupt");
-    assert_eq!(result(ram, 18), 0x21 | (4 << 32), "the queued message, intact");
+    assert_eq!(
+        *deliveries.lock().unwrap(),
+        vec![Delivery::Queued],
+        "SIMP outside RAM: the message waits"
+    );
+    assert_eq!(
+        result(ram, 17),
+        1,
+        "moving the SIMP into RAM delivered the queued message with its interrupt"
+    );
+    assert_eq!(
+        result(ram, 18),
+        0x21 | (4 << 32),
+        "the queued message, intact"
+    );
     assert_eq!(ram.read_u64(GP_COUNT).unwrap(), 4);
     assert_eq!(hv.queued_messages(0, 2), 0);
 }

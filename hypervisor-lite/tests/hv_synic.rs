@@ -35,7 +35,9 @@ fn post_message_synic_delivery_eom_and_signals() {
             let first = hv.post_message(0, 2, 0x11, b"first").expect("post first");
             let second = hv.post_message(0, 2, 0x12, b"second").expect("post second");
             hv.signal_event(0, 3, 5).expect("signal");
-            log.lock().unwrap().push((vp, ty, payload.to_vec(), vec![first, second]));
+            log.lock()
+                .unwrap()
+                .push((vp, ty, payload.to_vec(), vec![first, second]));
             HvStatus::SUCCESS
         }),
     )
@@ -48,26 +50,59 @@ fn post_message_synic_delivery_eom_and_signals() {
     assert_eq!(result(ram, 13), 0, "VP_INDEX");
     assert_eq!(result(ram, 14), 1, "SVERSION");
     assert_eq!(result(ram, 1), 0, "HvPostMessage status");
-    assert_eq!(*posted.lock().unwrap(), vec![(0, 1, b"ping".to_vec(), vec![Delivery::Delivered, Delivery::Queued])]);
+    assert_eq!(
+        *posted.lock().unwrap(),
+        vec![(
+            0,
+            1,
+            b"ping".to_vec(),
+            vec![Delivery::Delivered, Delivery::Queued]
+        )]
+    );
     // First message: in slot 2, pending flag set because the second is queued behind it.
     assert_eq!(result(ram, 2), 1, "one message interrupt");
-    assert_eq!(result(ram, 3), 0x11 | (5 << 32) | (1 << 40), "type 0x11, size 5, pending");
+    assert_eq!(
+        result(ram, 3),
+        0x11 | (5 << 32) | (1 << 40),
+        "type 0x11, size 5, pending"
+    );
     assert_eq!(result(ram, 4).to_le_bytes()[..5], *b"first");
     assert_eq!(result(ram, 5), 1, "one event interrupt on SINT3's vector");
     assert_eq!(result(ram, 6), 1 << 5, "event flag 5 in SINT3's bitmap");
     assert_eq!(result(ram, 7), 1, "second message not delivered before EOM");
     // After the guest freed the slot and wrote EOM.
-    assert_eq!(result(ram, 8), 2, "EOM delivered the second message with an interrupt");
-    assert_eq!(result(ram, 9), 0x12 | (6 << 32), "type 0x12, size 6, nothing pending");
+    assert_eq!(
+        result(ram, 8),
+        2,
+        "EOM delivered the second message with an interrupt"
+    );
+    assert_eq!(
+        result(ram, 9),
+        0x12 | (6 << 32),
+        "type 0x12, size 6, nothing pending"
+    );
     assert_eq!(result(ram, 10).to_le_bytes()[..6], *b"second");
     assert_eq!(hv.queued_messages(0, 2), 0);
     // HvSignalEvent fast and slow both reached the event fd; only the slow one exited to user space.
-    assert_eq!((result(ram, 11), result(ram, 12)), (0, 0), "signal statuses");
+    assert_eq!(
+        (result(ram, 11), result(ram, 12)),
+        (0, 0),
+        "signal statuses"
+    );
     assert_eq!(events.read().unwrap(), 2);
     let stats = hv.stats();
-    assert_eq!(stats.doorbell_exits, 0, "fast signal completed in the kernel");
-    assert_eq!(stats.guest_signals, 1, "only the slow signal was handled in user space");
-    assert_eq!(stats.hypercall_exits, 2, "HvPostMessage + slow HvSignalEvent");
+    assert_eq!(
+        stats.doorbell_exits, 0,
+        "fast signal completed in the kernel"
+    );
+    assert_eq!(
+        stats.guest_signals, 1,
+        "only the slow signal was handled in user space"
+    );
+    assert_eq!(
+        stats.hypercall_exits, 2,
+        "HvPostMessage + slow HvSignalEvent"
+    );
     assert_eq!(stats.interrupts, 3);
     assert_eq!(ram.read_u64(MSG_COUNT).unwrap(), 2);
     assert_eq!(ram.read_u64(EVT_COUNT).unwrap(), 1);

@@ -26,8 +26,11 @@ pub const LEAF_LIMITS: u32 = 0x4000_0005;
 pub const HYPERVISOR_LEAF_RANGE: core::ops::RangeInclusive<u32> = 0x4000_0000..=0x4000_00FF;
 
 /// "Microsoft Hv" as EBX, ECX, EDX.
-pub const VENDOR_SIGNATURE: [u32; 3] =
-    [u32::from_le_bytes(*b"Micr"), u32::from_le_bytes(*b"osof"), u32::from_le_bytes(*b"t Hv")];
+pub const VENDOR_SIGNATURE: [u32; 3] = [
+    u32::from_le_bytes(*b"Micr"),
+    u32::from_le_bytes(*b"osof"),
+    u32::from_le_bytes(*b"t Hv"),
+];
 /// "Hv#1" in EAX of [`LEAF_INTERFACE`].
 pub const INTERFACE_SIGNATURE: u32 = u32::from_le_bytes(*b"Hv#1");
 
@@ -59,7 +62,16 @@ pub struct HvCpuidConfig {
 }
 
 fn leaf(function: u32, eax: u32, ebx: u32, ecx: u32, edx: u32) -> kvm_cpuid_entry2 {
-    kvm_cpuid_entry2 { function, index: 0, flags: 0, eax, ebx, ecx, edx, ..Default::default() }
+    kvm_cpuid_entry2 {
+        function,
+        index: 0,
+        flags: 0,
+        eax,
+        ebx,
+        ecx,
+        edx,
+        ..Default::default()
+    }
 }
 
 /// The synthetic leaves 0x40000000–0x40000005, in ascending order.
@@ -76,7 +88,13 @@ pub fn hv_cpuid_leaves(config: &HvCpuidConfig) -> Vec<kvm_cpuid_entry2> {
             0,
             0,
         ),
-        leaf(LEAF_RECOMMENDATIONS, RECOMMEND_EAX_DEPRECATE_AUTO_EOI, RECOMMEND_EBX_NEVER_NOTIFY_SPINLOCK, 0, 0),
+        leaf(
+            LEAF_RECOMMENDATIONS,
+            RECOMMEND_EAX_DEPRECATE_AUTO_EOI,
+            RECOMMEND_EBX_NEVER_NOTIFY_SPINLOCK,
+            0,
+            0,
+        ),
         // EAX max virtual processors, EBX max logical processors, ECX max interrupt-remapping vectors (none).
         leaf(LEAF_LIMITS, config.vp_count, config.vp_count, 0, 0),
     ]
@@ -99,7 +117,9 @@ mod tests {
 
     fn find(entries: &[kvm_cpuid_entry2], function: u32) -> kvm_cpuid_entry2 {
         let mut it = entries.iter().filter(|e| e.function == function);
-        let e = *it.next().unwrap_or_else(|| panic!("leaf {function:#x} missing"));
+        let e = *it
+            .next()
+            .unwrap_or_else(|| panic!("leaf {function:#x} missing"));
         assert!(it.next().is_none(), "leaf {function:#x} duplicated");
         e
     }
@@ -151,7 +171,10 @@ mod tests {
         let v = find(&table, LEAF_VENDOR);
         assert_eq!(sig(&[v.ebx, v.ecx, v.edx]), b"Microsoft Hv");
         assert_eq!(find(&table, LEAF_INTERFACE).eax, INTERFACE_SIGNATURE);
-        let hv_leaves = table.iter().filter(|e| HYPERVISOR_LEAF_RANGE.contains(&e.function)).count();
+        let hv_leaves = table
+            .iter()
+            .filter(|e| HYPERVISOR_LEAF_RANGE.contains(&e.function))
+            .count();
         assert_eq!(hv_leaves, 6);
     }
 }

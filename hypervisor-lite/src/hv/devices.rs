@@ -23,7 +23,11 @@ impl HvPlatform for InterruptController {
         match InterruptController::signal_msi(self, apic_id, vector) {
             Ok(true) => Ok(()),
             Ok(false) => {
-                tracing::debug!(apic_id, vector, "SINT interrupt blocked by the guest's LAPIC");
+                tracing::debug!(
+                    apic_id,
+                    vector,
+                    "SINT interrupt blocked by the guest's LAPIC"
+                );
                 Ok(())
             }
             Err(e) => Err(std::io::Error::other(e)),
@@ -113,12 +117,23 @@ impl PortHandler for HvPartition {
         };
         let ports = self.config.ports;
         let status = if port == ports.hypercall {
-            self.hypercall(vp, HypercallRegs { control: regs.rcx, input: regs.r9, output: regs.r8 })
+            self.hypercall(
+                vp,
+                HypercallRegs {
+                    control: regs.rcx,
+                    input: regs.r9,
+                    output: regs.r8,
+                },
+            )
         } else if port == ports.doorbell {
             match <[u8; 4]>::try_from(data) {
                 Ok(b) => self.doorbell(vp, u32::from_le_bytes(b)),
                 Err(_) => {
-                    tracing::warn!(vp, len = data.len(), "doorbell written with the wrong width");
+                    tracing::warn!(
+                        vp,
+                        len = data.len(),
+                        "doorbell written with the wrong width"
+                    );
                     HvStatus::INVALID_HYPERCALL_INPUT
                 }
             }

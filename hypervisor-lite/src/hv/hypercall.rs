@@ -152,7 +152,11 @@ pub struct SignalEventInput {
 impl SignalEventInput {
     /// Splits the 64-bit argument.
     pub fn from_u64(v: u64) -> Self {
-        Self { connection_id: v as u32, flag_number: (v >> 32) as u16, reserved: (v >> 48) as u16 }
+        Self {
+            connection_id: v as u32,
+            flag_number: (v >> 32) as u16,
+            reserved: (v >> 48) as u16,
+        }
     }
 }
 
@@ -160,7 +164,13 @@ impl SignalEventInput {
 /// the guest (they run on the calling vCPU's thread).
 pub trait HypercallTarget {
     /// A validated HvPostMessage from `vp` (payload already cut to its size).
-    fn post_message(&self, vp: u32, connection_id: u32, message_type: u32, payload: &[u8]) -> HvStatus;
+    fn post_message(
+        &self,
+        vp: u32,
+        connection_id: u32,
+        message_type: u32,
+        payload: &[u8],
+    ) -> HvStatus;
     /// A validated HvSignalEvent from `vp` (flag number 0, reserved bits clear).
     fn signal_event(&self, vp: u32, connection_id: u32) -> HvStatus;
 }
@@ -169,7 +179,11 @@ pub trait HypercallTarget {
 /// and never cross a page), then that it is RAM.
 fn check_input_block(ram: &GuestRam, gpa: u64, len: u64) -> Result<(), HvStatus> {
     if !gpa.is_multiple_of(8) || (gpa % HV_PAGE_SIZE) + len > HV_PAGE_SIZE {
-        tracing::warn!(gpa, len, "hypercall input block misaligned or crossing a page");
+        tracing::warn!(
+            gpa,
+            len,
+            "hypercall input block misaligned or crossing a page"
+        );
         return Err(HvStatus::INVALID_ALIGNMENT);
     }
     if !ram.contains(gpa, len) {
@@ -179,7 +193,12 @@ fn check_input_block(ram: &GuestRam, gpa: u64, len: u64) -> Result<(), HvStatus>
     Ok(())
 }
 
-fn post_message(ram: &GuestRam, vp: u32, regs: HypercallRegs, target: &dyn HypercallTarget) -> HvStatus {
+fn post_message(
+    ram: &GuestRam,
+    vp: u32,
+    regs: HypercallRegs,
+    target: &dyn HypercallTarget,
+) -> HvStatus {
     let control = HypercallControl(regs.control);
     if let Err(s) = control.check_simple() {
         return s;
@@ -206,13 +225,27 @@ fn post_message(ram: &GuestRam, vp: u32, regs: HypercallRegs, target: &dyn Hyper
         return HvStatus::INVALID_PARAMETER;
     }
     if input.message_type == 0 || input.message_type & 0x8000_0000 != 0 {
-        tracing::warn!(vp, message_type = input.message_type, "HvPostMessage with a reserved message type");
+        tracing::warn!(
+            vp,
+            message_type = input.message_type,
+            "HvPostMessage with a reserved message type"
+        );
         return HvStatus::INVALID_PARAMETER;
     }
-    target.post_message(vp, input.connection_id, input.message_type, &input.payload[..size])
+    target.post_message(
+        vp,
+        input.connection_id,
+        input.message_type,
+        &input.payload[..size],
+    )
 }
 
-fn signal_event(ram: &GuestRam, vp: u32, regs: HypercallRegs, target: &dyn HypercallTarget) -> HvStatus {
+fn signal_event(
+    ram: &GuestRam,
+    vp: u32,
+    regs: HypercallRegs,
+    target: &dyn HypercallTarget,
+) -> HvStatus {
     let control = HypercallControl(regs.control);
     if let Err(s) = control.check_simple() {
         return s;
@@ -239,7 +272,11 @@ pub fn signal_event_arg(vp: u32, arg: u64, target: &dyn HypercallTarget) -> HvSt
     let input = SignalEventInput::from_u64(arg);
     if input.flag_number != 0 {
         // Our event ports carry exactly one flag; like KVM and QEMU report the lookup failure.
-        tracing::warn!(vp, flag = input.flag_number, "HvSignalEvent with a non-zero flag number");
+        tracing::warn!(
+            vp,
+            flag = input.flag_number,
+            "HvSignalEvent with a non-zero flag number"
+        );
         return HvStatus::INVALID_PORT_ID;
     }
     if input.reserved != 0 || input.connection_id & !CONNECTION_ID_MASK != 0 {
@@ -250,7 +287,12 @@ pub fn signal_event_arg(vp: u32, arg: u64, target: &dyn HypercallTarget) -> HvSt
 }
 
 /// Dispatches one hypercall trapped on the hypercall port. Never panics on guest input; every rejection is logged.
-pub fn dispatch(ram: &GuestRam, vp: u32, regs: HypercallRegs, target: &dyn HypercallTarget) -> HvStatus {
+pub fn dispatch(
+    ram: &GuestRam,
+    vp: u32,
+    regs: HypercallRegs,
+    target: &dyn HypercallTarget,
+) -> HvStatus {
     match HypercallControl(regs.control).code() {
         HVCALL_POST_MESSAGE => post_message(ram, vp, regs, target),
         HVCALL_SIGNAL_EVENT => signal_event(ram, vp, regs, target),
@@ -271,7 +313,10 @@ pub struct HypercallPorts {
 }
 
 /// Default ports: outside the ranges PC platforms and our serial/debug devices use.
-pub const DEFAULT_PORTS: HypercallPorts = HypercallPorts { hypercall: 0x4850, doorbell: 0x4854 };
+pub const DEFAULT_PORTS: HypercallPorts = HypercallPorts {
+    hypercall: 0x4850,
+    doorbell: 0x4854,
+};
 
 /// Byte offset in the page of the slow path (for tests and documentation).
 pub const PAGE_SLOW_PATH_OFFSET: usize = 0x21;

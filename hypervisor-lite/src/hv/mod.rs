@@ -25,7 +25,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::memory::GuestRam;
 
 use self::cpuid::HvCpuidConfig;
-use self::hypercall::{HvStatus, HypercallPorts, HypercallRegs, HypercallTarget, CONNECTION_ID_MASK};
+use self::hypercall::{
+    HvStatus, HypercallPorts, HypercallRegs, HypercallTarget, CONNECTION_ID_MASK,
+};
 use self::msr::{HypercallMsrs, MsrError, SyntheticMsr, PAGE_GPA_MASK};
 use self::synic::{Delivery, EventDelivery, SynicError, SynicVp};
 
@@ -55,7 +57,11 @@ pub struct HvConfig {
 impl HvConfig {
     /// Default ports and queue depth for `vp_count` VPs.
     pub fn new(vp_count: u32) -> Self {
-        Self { vp_count, ports: hypercall::DEFAULT_PORTS, queue_depth: synic::DEFAULT_QUEUE_DEPTH }
+        Self {
+            vp_count,
+            ports: hypercall::DEFAULT_PORTS,
+            queue_depth: synic::DEFAULT_QUEUE_DEPTH,
+        }
     }
 }
 
@@ -156,7 +162,12 @@ impl HvPartition {
     /// Enlightenments for a partition with `config.vp_count` VPs; [`HvPartition::attach`] before running it.
     pub fn new(config: HvConfig) -> Arc<Self> {
         let vps = (0..config.vp_count)
-            .map(|vp| Mutex::new(VpState { vp_assist_page: 0, synic: SynicVp::new(vp, config.queue_depth) }))
+            .map(|vp| {
+                Mutex::new(VpState {
+                    vp_assist_page: 0,
+                    synic: SynicVp::new(vp, config.queue_depth),
+                })
+            })
             .collect();
         Arc::new(Self {
             config,
@@ -176,7 +187,9 @@ impl HvPartition {
     /// Connects the enlightenments to the KVM partition's RAM and interrupt controller (once, after the partition
     /// is built and before its vCPUs run).
     pub fn attach(&self, ram: GuestRam, platform: Arc<dyn HvPlatform>) -> Result<(), HvError> {
-        self.attached.set(Attachment { ram, platform }).map_err(|_| HvError::NotAttached)
+        self.attached
+            .set(Attachment { ram, platform })
+            .map_err(|_| HvError::NotAttached)
     }
 
     fn ram(&self) -> Option<&GuestRam> {
@@ -190,7 +203,9 @@ impl HvPartition {
 
     /// Parameters for [`cpuid::apply_hv_cpuid`].
     pub fn cpuid_config(&self) -> HvCpuidConfig {
-        HvCpuidConfig { vp_count: self.config.vp_count }
+        HvCpuidConfig {
+            vp_count: self.config.vp_count,
+        }
     }
 
     /// A snapshot of the counters.
@@ -239,7 +254,10 @@ impl HvPartition {
             SyntheticMsr::Hypercall => lock(&self.msrs).hypercall(),
             SyntheticMsr::VpIndex => u64::from(vp),
             SyntheticMsr::VpAssistPage => lock(state).vp_assist_page,
-            other => lock(state).synic.read_msr(other).ok_or(MsrError::Unknown(msr))?,
+            other => lock(state)
+                .synic
+                .read_msr(other)
+                .ok_or(MsrError::Unknown(msr))?,
         })
     }
 
@@ -277,7 +295,9 @@ impl HvPartition {
     /// A hypercall trapped on the hypercall port of `vp` (RCX, R9, R8 as read at the exit). Returns the status for
     /// RAX.
     pub fn hypercall(&self, vp: u32, regs: HypercallRegs) -> HvStatus {
-        self.counters.hypercall_exits.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .hypercall_exits
+            .fetch_add(1, Ordering::Relaxed);
         let Some(ram) = self.ram() else {
             tracing::error!(vp, "hypercall before the enlightenments were attached");
             return HvStatus::INVALID_HYPERCALL_CODE;
@@ -285,7 +305,10 @@ impl HvPartition {
         if !self.hypercall_page_enabled() {
             // The port is only reachable through our page; a guest poking it directly gets what Hyper-V gives a
             // partition without hypercalls enabled: no such call.
-            tracing::warn!(vp, "hypercall port used while the hypercall page is disabled");
+            tracing::warn!(
+                vp,
+                "hypercall port used while the hypercall page is disabled"
+            );
             return HvStatus::INVALID_HYPERCALL_CODE;
         }
         hypercall::dispatch(ram, vp, regs, self)
@@ -305,9 +328,17 @@ impl HvPartition {
     }
 
     /// Registers the HvPostMessage handler of `connection_id`.
-    pub fn register_post_message(&self, connection_id: u32, handler: PostMessageHandler) -> Result<(), HvError> {
+    pub fn register_post_message(
+        &self,
+        connection_id: u32,
+        handler: PostMessageHandler,
+    ) -> Result<(), HvError> {
         Self::check_connection_id(connection_id)?;
-        let mut post = self.connections.post.write().unwrap_or_else(|p| p.into_inner());
+        let mut post = self
+            .connections
+            .post
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
         if post.contains_key(&connection_id) {
             return Err(HvError::ConnectionInUse(connection_id));
         }
@@ -318,7 +349,12 @@ impl HvPartition {
     /// Removes the HvPostMessage handler of `connection_id`; later posts fail with 0x12. Returns whether one was
     /// registered.
     pub fn unregister_post_message(&self, connection_id: u32) -> bool {
-        self.connections.post.write().unwrap_or_else(|p| p.into_inner()).remove(&connection_id).is_some()
+        self.connections
+            .post
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&connection_id)
+            .is_some()
     }
 
     /// Registers `connection_id` for HvSignalEvent and returns the event fd signalled by every HvSignalEvent on it:
@@ -326,7 +362,11 @@ impl HvPartition {
     pub fn register_event(&self, connection_id: u32) -> Result<EventFd, HvError> {
         Self::check_connection_id(connection_id)?;
         let platform = &self.attached.get().ok_or(HvError::NotAttached)?.platform;
-        let mut events = self.connections.events.write().unwrap_or_else(|p| p.into_inner());
+        let mut events = self
+            .connections
+            .events
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
         if events.contains_key(&connection_id) {
             return Err(HvError::ConnectionInUse(connection_id));
         }
@@ -337,7 +377,13 @@ impl HvPartition {
     }
 
     /// Posts a SynIC message from the host to `sint` of `vp` with sender 0; see [`HvPartition::post_message_from`].
-    pub fn post_message(&self, vp: u32, sint: u8, message_type: u32, payload: &[u8]) -> Result<Delivery, HvError> {
+    pub fn post_message(
+        &self,
+        vp: u32,
+        sint: u8,
+        message_type: u32,
+        payload: &[u8],
+    ) -> Result<Delivery, HvError> {
         self.post_message_from(vp, sint, message_type, 0, payload)
     }
 
@@ -354,7 +400,10 @@ impl HvPartition {
     ) -> Result<Delivery, HvError> {
         let state = self.vp(vp).ok_or(SynicError::InvalidVp(vp))?;
         let ram = self.ram().ok_or(HvError::NotAttached)?;
-        let (delivery, vector) = lock(state).synic.post_message(ram, sint, message_type, sender, payload)?;
+        let (delivery, vector) =
+            lock(state)
+                .synic
+                .post_message(ram, sint, message_type, sender, payload)?;
         if let Some(vector) = vector {
             self.inject(vp, vector);
         }
@@ -380,10 +429,26 @@ impl HvPartition {
 }
 
 impl HypercallTarget for HvPartition {
-    fn post_message(&self, vp: u32, connection_id: u32, message_type: u32, payload: &[u8]) -> HvStatus {
-        let handler = self.connections.post.read().unwrap_or_else(|p| p.into_inner()).get(&connection_id).cloned();
+    fn post_message(
+        &self,
+        vp: u32,
+        connection_id: u32,
+        message_type: u32,
+        payload: &[u8],
+    ) -> HvStatus {
+        let handler = self
+            .connections
+            .post
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&connection_id)
+            .cloned();
         let Some(handler) = handler else {
-            tracing::warn!(vp, connection_id, "HvPostMessage to an unknown connection id");
+            tracing::warn!(
+                vp,
+                connection_id,
+                "HvPostMessage to an unknown connection id"
+            );
             return HvStatus::INVALID_CONNECTION_ID;
         };
         self.counters.guest_messages.fetch_add(1, Ordering::Relaxed);
@@ -391,9 +456,17 @@ impl HypercallTarget for HvPartition {
     }
 
     fn signal_event(&self, vp: u32, connection_id: u32) -> HvStatus {
-        let events = self.connections.events.read().unwrap_or_else(|p| p.into_inner());
+        let events = self
+            .connections
+            .events
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
         let Some(fd) = events.get(&connection_id) else {
-            tracing::warn!(vp, connection_id, "HvSignalEvent to an unknown connection id");
+            tracing::warn!(
+                vp,
+                connection_id,
+                "HvSignalEvent to an unknown connection id"
+            );
             return HvStatus::INVALID_CONNECTION_ID;
         };
         self.counters.guest_signals.fetch_add(1, Ordering::Relaxed);

@@ -157,7 +157,12 @@ impl HypercallMsrs {
 
     /// Writes HYPERCALL. A locked register ignores writes; so does one written before GUEST_OS_ID. Enabling it
     /// writes the hypercall page for `ports` into guest RAM at the page GPA, which must be RAM, else #GP.
-    pub fn write_hypercall(&mut self, ram: &GuestRam, ports: HypercallPorts, value: u64) -> Result<(), MsrError> {
+    pub fn write_hypercall(
+        &mut self,
+        ram: &GuestRam,
+        ports: HypercallPorts,
+        value: u64,
+    ) -> Result<(), MsrError> {
         if self.hypercall & HYPERCALL_LOCKED != 0 {
             tracing::debug!(value, "write to locked HYPERCALL MSR ignored");
             return Ok(());
@@ -191,10 +196,15 @@ mod tests {
                 assert_eq!(s.index(), msr);
             }
         }
-        assert_eq!(SyntheticMsr::from_index(0x4000_009F), Some(SyntheticMsr::Sint(15)));
+        assert_eq!(
+            SyntheticMsr::from_index(0x4000_009F),
+            Some(SyntheticMsr::Sint(15))
+        );
         assert_eq!(SyntheticMsr::from_index(0x4000_00A0), None);
         assert_eq!(SyntheticMsr::from_index(0x4000_0020), None);
-        let implemented = SYNTHETIC_MSR_RANGE.filter(|m| SyntheticMsr::from_index(*m).is_some()).count();
+        let implemented = SYNTHETIC_MSR_RANGE
+            .filter(|m| SyntheticMsr::from_index(*m).is_some())
+            .count();
         assert_eq!(implemented, 9 + 16);
     }
 
@@ -202,12 +212,14 @@ mod tests {
     fn hypercall_page_is_written_only_once_enabled_with_a_guest_id() {
         let ram = GuestRam::new(1 << 20).unwrap();
         let mut m = HypercallMsrs::default();
-        m.write_hypercall(&ram, DEFAULT_PORTS, 0x5000 | HYPERCALL_ENABLE).unwrap();
+        m.write_hypercall(&ram, DEFAULT_PORTS, 0x5000 | HYPERCALL_ENABLE)
+            .unwrap();
         assert_eq!(m.hypercall(), 0, "ignored without GUEST_OS_ID");
         assert_eq!(ram.read_u32(0x5000).unwrap(), 0);
 
         m.write_guest_os_id(0x8100_0000_0000_0000);
-        m.write_hypercall(&ram, DEFAULT_PORTS, 0x5000 | HYPERCALL_ENABLE).unwrap();
+        m.write_hypercall(&ram, DEFAULT_PORTS, 0x5000 | HYPERCALL_ENABLE)
+            .unwrap();
         assert_eq!(m.hypercall(), 0x5001);
         assert!(m.hypercall_enabled());
         let mut page = [0u8; 4096];
@@ -215,7 +227,10 @@ mod tests {
         assert_eq!(page, hypercall_page(DEFAULT_PORTS));
 
         m.write_guest_os_id(0);
-        assert!(!m.hypercall_enabled(), "clearing the guest id disables hypercalls");
+        assert!(
+            !m.hypercall_enabled(),
+            "clearing the guest id disables hypercalls"
+        );
         assert_eq!(m.hypercall(), 0x5000);
     }
 
@@ -224,7 +239,9 @@ mod tests {
         let ram = GuestRam::new(1 << 20).unwrap();
         let mut m = HypercallMsrs::default();
         m.write_guest_os_id(1);
-        let err = m.write_hypercall(&ram, DEFAULT_PORTS, (1 << 20) | HYPERCALL_ENABLE).unwrap_err();
+        let err = m
+            .write_hypercall(&ram, DEFAULT_PORTS, (1 << 20) | HYPERCALL_ENABLE)
+            .unwrap_err();
         assert_eq!(err, MsrError::HypercallPageNotRam(1 << 20));
         assert_eq!(m.hypercall(), 0);
         // Disabled with an out-of-RAM GPA is fine: nothing is written.
@@ -237,8 +254,14 @@ mod tests {
         let ram = GuestRam::new(1 << 20).unwrap();
         let mut m = HypercallMsrs::default();
         m.write_guest_os_id(1);
-        m.write_hypercall(&ram, DEFAULT_PORTS, 0x3000 | HYPERCALL_ENABLE | HYPERCALL_LOCKED).unwrap();
-        m.write_hypercall(&ram, DEFAULT_PORTS, 0x4000 | HYPERCALL_ENABLE).unwrap();
+        m.write_hypercall(
+            &ram,
+            DEFAULT_PORTS,
+            0x3000 | HYPERCALL_ENABLE | HYPERCALL_LOCKED,
+        )
+        .unwrap();
+        m.write_hypercall(&ram, DEFAULT_PORTS, 0x4000 | HYPERCALL_ENABLE)
+            .unwrap();
         assert_eq!(m.hypercall(), 0x3003);
         assert_eq!(ram.read_u32(0x4000).unwrap(), 0);
     }

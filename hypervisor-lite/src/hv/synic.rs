@@ -212,7 +212,12 @@ impl SynicVp {
 
     /// Writes a SynIC MSR. Returns the vectors to inject (messages delivered by this write: EOM, enabling the
     /// SIMP or SynIC, unmasking a SINT). `Err` means #GP. Non-SynIC MSRs are `Err(Unknown)`.
-    pub fn write_msr(&mut self, ram: &GuestRam, msr: SyntheticMsr, value: u64) -> Result<Vec<u8>, MsrError> {
+    pub fn write_msr(
+        &mut self,
+        ram: &GuestRam,
+        msr: SyntheticMsr,
+        value: u64,
+    ) -> Result<Vec<u8>, MsrError> {
         match msr {
             SyntheticMsr::Scontrol => {
                 self.scontrol = value;
@@ -234,12 +239,22 @@ impl SynicVp {
                     // Hyper-V faults unmasked SINTs with vectors 0–15; masked ones (e.g. the reset value
                     // 0x10000 written back) are accepted.
                     tracing::warn!(vp = self.vp, sint = n, value, "SINT with reserved vector");
-                    return Err(MsrError::ReservedVector { sint: n, vector: reg.vector() });
+                    return Err(MsrError::ReservedVector {
+                        sint: n,
+                        vector: reg.vector(),
+                    });
                 }
-                let slot = self.sint.get_mut(usize::from(n)).ok_or(MsrError::Unknown(msr.index()))?;
+                let slot = self
+                    .sint
+                    .get_mut(usize::from(n))
+                    .ok_or(MsrError::Unknown(msr.index()))?;
                 *slot = value;
                 if reg.auto_eoi() {
-                    tracing::debug!(vp = self.vp, sint = n, "auto-EOI requested but not honoured");
+                    tracing::debug!(
+                        vp = self.vp,
+                        sint = n,
+                        "auto-EOI requested but not honoured"
+                    );
                 }
                 Ok(self.flush(ram, n).into_iter().collect())
             }
@@ -250,11 +265,17 @@ impl SynicVp {
     /// The overlay page semantics of SIMP/SIEFP: a page that becomes enabled (or moves while enabled) starts
     /// zeroed. A page outside RAM is accepted (Hyper-V accepts any GPA) but nothing can be delivered into it.
     fn enable_overlay(&self, ram: &GuestRam, old: u64, new: u64, name: &str) -> u64 {
-        let newly = new & PAGE_ENABLE != 0 && (old & PAGE_ENABLE == 0 || old & PAGE_GPA_MASK != new & PAGE_GPA_MASK);
+        let newly = new & PAGE_ENABLE != 0
+            && (old & PAGE_ENABLE == 0 || old & PAGE_GPA_MASK != new & PAGE_GPA_MASK);
         if newly {
             let gpa = new & PAGE_GPA_MASK;
             if ram.zero(gpa, HV_PAGE_SIZE).is_err() {
-                tracing::warn!(vp = self.vp, gpa, page = name, "SynIC page is not guest RAM: delivery will fail");
+                tracing::warn!(
+                    vp = self.vp,
+                    gpa,
+                    page = name,
+                    "SynIC page is not guest RAM: delivery will fail"
+                );
             }
         }
         new
@@ -265,12 +286,23 @@ impl SynicVp {
             .then(|| (self.simp & PAGE_GPA_MASK) + u64::from(sint) * SLOT_SIZE)
     }
 
-    fn try_write_slot(&self, ram: &GuestRam, sint: u8, msg: &HvMessage, more_pending: bool) -> SlotAttempt {
+    fn try_write_slot(
+        &self,
+        ram: &GuestRam,
+        sint: u8,
+        msg: &HvMessage,
+        more_pending: bool,
+    ) -> SlotAttempt {
         let Some(slot) = self.simp_slot(sint) else {
             return SlotAttempt::Unavailable;
         };
         if !ram.contains(slot, SLOT_SIZE) {
-            tracing::warn!(vp = self.vp, sint, slot, "SIMP slot is not guest RAM: message stays queued");
+            tracing::warn!(
+                vp = self.vp,
+                sint,
+                slot,
+                "SIMP slot is not guest RAM: message stays queued"
+            );
             return SlotAttempt::Unavailable;
         }
         // In RAM and 256-aligned: the atomics and copies below cannot fail; treat a failure as unavailable.
@@ -287,13 +319,19 @@ impl SynicVp {
         }
         let size = usize::from(msg.header.payload_size).min(HV_MESSAGE_PAYLOAD_SIZE);
         let header = HvMessageHeader {
-            message_flags: if more_pending { MESSAGE_FLAG_PENDING } else { 0 },
+            message_flags: if more_pending {
+                MESSAGE_FLAG_PENDING
+            } else {
+                0
+            },
             reserved: 0,
             ..msg.header
         };
         let ok = ram.write(slot + 16, &msg.payload[..size]).is_ok()
             && ram.write(slot + 4, &header.as_bytes()[4..16]).is_ok()
-            && ram.store_u32(slot, header.message_type, Ordering::Release).is_ok();
+            && ram
+                .store_u32(slot, header.message_type, Ordering::Release)
+                .is_ok();
         if ok {
             SlotAttempt::Written
         } else {
@@ -316,7 +354,9 @@ impl SynicVp {
     }
 
     fn flush_all(&mut self, ram: &GuestRam) -> Vec<u8> {
-        (0..SINT_COUNT as u8).filter_map(|s| self.flush(ram, s)).collect()
+        (0..SINT_COUNT as u8)
+            .filter_map(|s| self.flush(ram, s))
+            .collect()
     }
 
     /// Posts a message to `sint`: written into the slot if it is free and nothing is queued ahead of it, else
@@ -340,7 +380,11 @@ impl SynicVp {
         }
         let queue = &mut self.queues[usize::from(sint)];
         if queue.len() >= self.queue_depth {
-            return Err(SynicError::QueueFull { vp: self.vp, sint, depth: self.queue_depth });
+            return Err(SynicError::QueueFull {
+                vp: self.vp,
+                sint,
+                depth: self.queue_depth,
+            });
         }
         let mut msg = HvMessage {
             header: HvMessageHeader {
@@ -355,12 +399,21 @@ impl SynicVp {
         msg.payload[..payload.len()].copy_from_slice(payload);
         queue.push_back(msg);
         let irq = self.flush(ram, sint);
-        let delivery = if self.queues[usize::from(sint)].is_empty() { Delivery::Delivered } else { Delivery::Queued };
+        let delivery = if self.queues[usize::from(sint)].is_empty() {
+            Delivery::Delivered
+        } else {
+            Delivery::Queued
+        };
         Ok((delivery, irq))
     }
 
     /// Sets event flag `flag` of `sint` in the SIEFP page. Returns what happened and the vector to inject, if any.
-    pub fn signal_event(&self, ram: &GuestRam, sint: u8, flag: u32) -> Result<(EventDelivery, Option<u8>), SynicError> {
+    pub fn signal_event(
+        &self,
+        ram: &GuestRam,
+        sint: u8,
+        flag: u32,
+    ) -> Result<(EventDelivery, Option<u8>), SynicError> {
         if usize::from(sint) >= SINT_COUNT {
             return Err(SynicError::InvalidSint(sint));
         }
@@ -370,7 +423,8 @@ impl SynicVp {
         if !self.enabled() || self.siefp & PAGE_ENABLE == 0 {
             return Ok((EventDelivery::NotEnabled, None));
         }
-        let word = (self.siefp & PAGE_GPA_MASK) + u64::from(sint) * SLOT_SIZE + u64::from(flag / 64) * 8;
+        let word =
+            (self.siefp & PAGE_GPA_MASK) + u64::from(sint) * SLOT_SIZE + u64::from(flag / 64) * 8;
         let bit = 1u64 << (flag % 64);
         match ram.fetch_or_u64(word, bit) {
             Ok(old) if old & bit != 0 => Ok((EventDelivery::AlreadySet, None)),

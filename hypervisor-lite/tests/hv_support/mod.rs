@@ -1,6 +1,9 @@
 //! Shared helpers of the `hv_*` KVM tests: boot a test guest with the enlightenments installed, read the
 //! guests' result words.
 
+// Each `tests/hv_*.rs` crate compiles this module and uses only part of it.
+#![allow(dead_code)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

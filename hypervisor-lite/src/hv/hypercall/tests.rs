@@ -8,8 +8,16 @@ use super::*;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Call {
-    Post { vp: u32, conn: u32, ty: u32, payload: Vec<u8> },
-    Signal { vp: u32, conn: u32 },
+    Post {
+        vp: u32,
+        conn: u32,
+        ty: u32,
+        payload: Vec<u8>,
+    },
+    Signal {
+        vp: u32,
+        conn: u32,
+    },
 }
 
 /// Records calls; connection 7 exists, every other id is unknown.
@@ -20,7 +28,12 @@ struct Recorder {
 
 impl HypercallTarget for Recorder {
     fn post_message(&self, vp: u32, conn: u32, ty: u32, payload: &[u8]) -> HvStatus {
-        self.calls.lock().unwrap().push(Call::Post { vp, conn, ty, payload: payload.to_vec() });
+        self.calls.lock().unwrap().push(Call::Post {
+            vp,
+            conn,
+            ty,
+            payload: payload.to_vec(),
+        });
         if conn == 7 {
             HvStatus::SUCCESS
         } else {
@@ -56,22 +69,29 @@ fn write_post(ram: &GuestRam, gpa: u64, conn: u32, ty: u32, size: u32, fill: u8)
 }
 
 fn regs(control: u64, input: u64) -> HypercallRegs {
-    HypercallRegs { control, input, output: 0 }
+    HypercallRegs {
+        control,
+        input,
+        output: 0,
+    }
 }
 
 #[test]
 fn page_code_matches_the_assembled_reference() {
     // `as --64` of the sequence documented in `hypercall_page`, ports 0x4854 (doorbell) and 0x4850.
     let reference: [u8; 0x2B] = [
-        0x48, 0x81, 0xf9, 0x5d, 0x00, 0x01, 0x00, 0x75, 0x18, 0x49, 0x89, 0xd1, 0x49, 0xc1, 0xe9, 0x20, 0x75, 0x0f,
-        0x89, 0xd0, 0xba, 0x54, 0x48, 0x00, 0x00, 0x45, 0x31, 0xdb, 0xef, 0x4c, 0x89, 0xd8, 0xc3, 0x49, 0x89, 0xd1,
-        0xba, 0x50, 0x48, 0x00, 0x00, 0xee, 0xc3,
+        0x48, 0x81, 0xf9, 0x5d, 0x00, 0x01, 0x00, 0x75, 0x18, 0x49, 0x89, 0xd1, 0x49, 0xc1, 0xe9,
+        0x20, 0x75, 0x0f, 0x89, 0xd0, 0xba, 0x54, 0x48, 0x00, 0x00, 0x45, 0x31, 0xdb, 0xef, 0x4c,
+        0x89, 0xd8, 0xc3, 0x49, 0x89, 0xd1, 0xba, 0x50, 0x48, 0x00, 0x00, 0xee, 0xc3,
     ];
     let page = hypercall_page(DEFAULT_PORTS);
     assert_eq!(&page[..reference.len()], &reference);
     assert!(page[reference.len()..].iter().all(|&b| b == 0xCC));
     assert_eq!(page[PAGE_SLOW_PATH_OFFSET], 0x49);
-    let other = hypercall_page(HypercallPorts { hypercall: 0x1234, doorbell: 0xABCD });
+    let other = hypercall_page(HypercallPorts {
+        hypercall: 0x1234,
+        doorbell: 0xABCD,
+    });
     assert_eq!(&other[0x15..0x17], &[0xCD, 0xAB]);
     assert_eq!(&other[0x25..0x27], &[0x34, 0x12]);
 }
@@ -99,10 +119,29 @@ fn post_message_reaches_the_target_with_exact_payload() {
     write_post(&ram, 0x2000, 7, 1, 5, 0xAB);
     assert_eq!(dispatch(&ram, 3, regs(POST, 0x2000), &t), HvStatus::SUCCESS);
     write_post(&ram, 0x2F00, 9, 0x7FFF_FFFF, 240, 0x11);
-    assert_eq!(dispatch(&ram, 0, regs(POST, 0x2F00), &t), HvStatus::INVALID_CONNECTION_ID);
+    assert_eq!(
+        dispatch(&ram, 0, regs(POST, 0x2F00), &t),
+        HvStatus::INVALID_CONNECTION_ID
+    );
     let calls = t.calls.lock().unwrap();
-    assert_eq!(calls[0], Call::Post { vp: 3, conn: 7, ty: 1, payload: vec![0xAB; 5] });
-    assert_eq!(calls[1], Call::Post { vp: 0, conn: 9, ty: 0x7FFF_FFFF, payload: vec![0x11; 240] });
+    assert_eq!(
+        calls[0],
+        Call::Post {
+            vp: 3,
+            conn: 7,
+            ty: 1,
+            payload: vec![0xAB; 5]
+        }
+    );
+    assert_eq!(
+        calls[1],
+        Call::Post {
+            vp: 0,
+            conn: 9,
+            ty: 0x7FFF_FFFF,
+            payload: vec![0x11; 240]
+        }
+    );
 }
 
 #[test]
@@ -110,20 +149,62 @@ fn bad_post_message_inputs_are_rejected_without_calling_the_target() {
     let ram = ram();
     let t = Recorder::default();
     write_post(&ram, 0x2000, 7, 1, 241, 0);
-    assert_eq!(dispatch(&ram, 0, regs(POST, 0x2000), &t), HvStatus::INVALID_PARAMETER, "size 241");
+    assert_eq!(
+        dispatch(&ram, 0, regs(POST, 0x2000), &t),
+        HvStatus::INVALID_PARAMETER,
+        "size 241"
+    );
     write_post(&ram, 0x2000, 7, 0, 4, 0);
-    assert_eq!(dispatch(&ram, 0, regs(POST, 0x2000), &t), HvStatus::INVALID_PARAMETER, "type 0");
+    assert_eq!(
+        dispatch(&ram, 0, regs(POST, 0x2000), &t),
+        HvStatus::INVALID_PARAMETER,
+        "type 0"
+    );
     write_post(&ram, 0x2000, 7, 0x8000_0001, 4, 0);
-    assert_eq!(dispatch(&ram, 0, regs(POST, 0x2000), &t), HvStatus::INVALID_PARAMETER, "hypervisor type");
+    assert_eq!(
+        dispatch(&ram, 0, regs(POST, 0x2000), &t),
+        HvStatus::INVALID_PARAMETER,
+        "hypervisor type"
+    );
     write_post(&ram, 0x2000, 7, 1, 4, 0);
-    assert_eq!(dispatch(&ram, 0, regs(POST, 0x2004), &t), HvStatus::INVALID_ALIGNMENT, "misaligned");
-    assert_eq!(dispatch(&ram, 0, regs(POST, 0x2F08), &t), HvStatus::INVALID_ALIGNMENT, "crosses a page");
-    assert_eq!(dispatch(&ram, 0, regs(POST, 1 << 20), &t), HvStatus::INVALID_PARAMETER, "beyond RAM");
-    assert_eq!(dispatch(&ram, 0, regs(POST, 0xFEE0_0000), &t), HvStatus::INVALID_PARAMETER, "MMIO");
-    assert_eq!(dispatch(&ram, 0, regs(POST | CONTROL_FAST, 0x2000), &t), HvStatus::INVALID_HYPERCALL_INPUT);
-    assert_eq!(dispatch(&ram, 0, regs(POST | (1 << 32), 0x2000), &t), HvStatus::INVALID_HYPERCALL_INPUT, "rep");
-    assert_eq!(dispatch(&ram, 0, regs(POST | (1 << 17), 0x2000), &t), HvStatus::INVALID_HYPERCALL_INPUT, "varhdr");
-    assert_eq!(dispatch(&ram, 0, regs(POST | (1 << 31), 0x2000), &t), HvStatus::INVALID_HYPERCALL_INPUT);
+    assert_eq!(
+        dispatch(&ram, 0, regs(POST, 0x2004), &t),
+        HvStatus::INVALID_ALIGNMENT,
+        "misaligned"
+    );
+    assert_eq!(
+        dispatch(&ram, 0, regs(POST, 0x2F08), &t),
+        HvStatus::INVALID_ALIGNMENT,
+        "crosses a page"
+    );
+    assert_eq!(
+        dispatch(&ram, 0, regs(POST, 1 << 20), &t),
+        HvStatus::INVALID_PARAMETER,
+        "beyond RAM"
+    );
+    assert_eq!(
+        dispatch(&ram, 0, regs(POST, 0xFEE0_0000), &t),
+        HvStatus::INVALID_PARAMETER,
+        "MMIO"
+    );
+    assert_eq!(
+        dispatch(&ram, 0, regs(POST | CONTROL_FAST, 0x2000), &t),
+        HvStatus::INVALID_HYPERCALL_INPUT
+    );
+    assert_eq!(
+        dispatch(&ram, 0, regs(POST | (1 << 32), 0x2000), &t),
+        HvStatus::INVALID_HYPERCALL_INPUT,
+        "rep"
+    );
+    assert_eq!(
+        dispatch(&ram, 0, regs(POST | (1 << 17), 0x2000), &t),
+        HvStatus::INVALID_HYPERCALL_INPUT,
+        "varhdr"
+    );
+    assert_eq!(
+        dispatch(&ram, 0, regs(POST | (1 << 31), 0x2000), &t),
+        HvStatus::INVALID_HYPERCALL_INPUT
+    );
     assert!(t.calls.lock().unwrap().is_empty());
 }
 
@@ -131,14 +212,27 @@ fn bad_post_message_inputs_are_rejected_without_calling_the_target() {
 fn signal_event_fast_and_slow() {
     let ram = ram();
     let t = Recorder::default();
-    assert_eq!(dispatch(&ram, 1, regs(SIGNAL | CONTROL_FAST, 7), &t), HvStatus::SUCCESS);
+    assert_eq!(
+        dispatch(&ram, 1, regs(SIGNAL | CONTROL_FAST, 7), &t),
+        HvStatus::SUCCESS
+    );
     ram.write_u64(0x3000, 7).unwrap();
-    assert_eq!(dispatch(&ram, 2, regs(SIGNAL, 0x3000), &t), HvStatus::SUCCESS);
+    assert_eq!(
+        dispatch(&ram, 2, regs(SIGNAL, 0x3000), &t),
+        HvStatus::SUCCESS
+    );
     ram.write_u64(0x3008, 8).unwrap();
-    assert_eq!(dispatch(&ram, 2, regs(SIGNAL, 0x3008), &t), HvStatus::INVALID_CONNECTION_ID);
+    assert_eq!(
+        dispatch(&ram, 2, regs(SIGNAL, 0x3008), &t),
+        HvStatus::INVALID_CONNECTION_ID
+    );
     assert_eq!(
         *t.calls.lock().unwrap(),
-        vec![Call::Signal { vp: 1, conn: 7 }, Call::Signal { vp: 2, conn: 7 }, Call::Signal { vp: 2, conn: 8 }]
+        vec![
+            Call::Signal { vp: 1, conn: 7 },
+            Call::Signal { vp: 2, conn: 7 },
+            Call::Signal { vp: 2, conn: 8 }
+        ]
     );
 }
 
@@ -147,13 +241,38 @@ fn bad_signal_event_inputs_are_rejected() {
     let ram = ram();
     let t = Recorder::default();
     let fast = SIGNAL | CONTROL_FAST;
-    assert_eq!(dispatch(&ram, 0, regs(fast, 7 | (1 << 32)), &t), HvStatus::INVALID_PORT_ID, "flag number");
-    assert_eq!(dispatch(&ram, 0, regs(fast, 7 | (1 << 48)), &t), HvStatus::INVALID_HYPERCALL_INPUT, "reserved");
-    assert_eq!(dispatch(&ram, 0, regs(fast, 0x0100_0007), &t), HvStatus::INVALID_HYPERCALL_INPUT, "conn bits");
-    assert_eq!(dispatch(&ram, 0, regs(fast | (3 << 32), 7), &t), HvStatus::INVALID_HYPERCALL_INPUT, "rep");
-    assert_eq!(dispatch(&ram, 0, regs(SIGNAL, 0x3004), &t), HvStatus::INVALID_ALIGNMENT);
-    assert_eq!(dispatch(&ram, 0, regs(SIGNAL, 1 << 20), &t), HvStatus::INVALID_PARAMETER);
-    assert_eq!(dispatch(&ram, 0, regs(SIGNAL, u64::MAX - 7), &t), HvStatus::INVALID_PARAMETER);
+    assert_eq!(
+        dispatch(&ram, 0, regs(fast, 7 | (1 << 32)), &t),
+        HvStatus::INVALID_PORT_ID,
+        "flag number"
+    );
+    assert_eq!(
+        dispatch(&ram, 0, regs(fast, 7 | (1 << 48)), &t),
+        HvStatus::INVALID_HYPERCALL_INPUT,
+        "reserved"
+    );
+    assert_eq!(
+        dispatch(&ram, 0, regs(fast, 0x0100_0007), &t),
+        HvStatus::INVALID_HYPERCALL_INPUT,
+        "conn bits"
+    );
+    assert_eq!(
+        dispatch(&ram, 0, regs(fast | (3 << 32), 7), &t),
+        HvStatus::INVALID_HYPERCALL_INPUT,
+        "rep"
+    );
+    assert_eq!(
+        dispatch(&ram, 0, regs(SIGNAL, 0x3004), &t),
+        HvStatus::INVALID_ALIGNMENT
+    );
+    assert_eq!(
+        dispatch(&ram, 0, regs(SIGNAL, 1 << 20), &t),
+        HvStatus::INVALID_PARAMETER
+    );
+    assert_eq!(
+        dispatch(&ram, 0, regs(SIGNAL, u64::MAX - 7), &t),
+        HvStatus::INVALID_PARAMETER
+    );
     assert!(t.calls.lock().unwrap().is_empty());
 }
 
@@ -162,7 +281,11 @@ fn unknown_codes_are_invalid_hypercall_code() {
     let ram = ram();
     let t = Recorder::default();
     for code in [0u64, 1, 0x5B, 0x5E, 0x8001, 0xFFFF, 0x5C5D] {
-        assert_eq!(dispatch(&ram, 0, regs(code, 0), &t), HvStatus::INVALID_HYPERCALL_CODE, "{code:#x}");
+        assert_eq!(
+            dispatch(&ram, 0, regs(code, 0), &t),
+            HvStatus::INVALID_HYPERCALL_CODE,
+            "{code:#x}"
+        );
     }
     assert_eq!(HvStatus::INVALID_HYPERCALL_CODE.to_rax(), 2);
 }

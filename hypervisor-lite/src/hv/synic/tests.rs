@@ -19,8 +19,10 @@ fn enabled_vp(ram: &GuestRam) -> SynicVp {
     let mut s = SynicVp::new(0, 4);
     s.write_msr(ram, SyntheticMsr::Simp, SIMP | 1).unwrap();
     s.write_msr(ram, SyntheticMsr::Siefp, SIEFP | 1).unwrap();
-    s.write_msr(ram, SyntheticMsr::Sint(2), u64::from(VECTOR)).unwrap();
-    s.write_msr(ram, SyntheticMsr::Scontrol, SCONTROL_ENABLE).unwrap();
+    s.write_msr(ram, SyntheticMsr::Sint(2), u64::from(VECTOR))
+        .unwrap();
+    s.write_msr(ram, SyntheticMsr::Scontrol, SCONTROL_ENABLE)
+        .unwrap();
     s
 }
 
@@ -53,18 +55,36 @@ fn reset_values_and_read_only_sversion() {
     assert_eq!(s.read_msr(SyntheticMsr::Sint(15)), Some(0x10000));
     assert_eq!(s.read_msr(SyntheticMsr::Eom), Some(0));
     assert_eq!(s.read_msr(SyntheticMsr::VpIndex), None);
-    assert_eq!(s.write_msr(&ram, SyntheticMsr::Sversion, 2), Err(MsrError::ReadOnly(0x4000_0081)));
-    assert_eq!(s.write_msr(&ram, SyntheticMsr::GuestOsId, 2), Err(MsrError::Unknown(0x4000_0000)));
+    assert_eq!(
+        s.write_msr(&ram, SyntheticMsr::Sversion, 2),
+        Err(MsrError::ReadOnly(0x4000_0081))
+    );
+    assert_eq!(
+        s.write_msr(&ram, SyntheticMsr::GuestOsId, 2),
+        Err(MsrError::Unknown(0x4000_0000))
+    );
 }
 
 #[test]
 fn sint_vectors_below_16_fault_unless_masked() {
     let ram = ram();
     let mut s = SynicVp::new(0, 4);
-    assert_eq!(s.write_msr(&ram, SyntheticMsr::Sint(3), 15), Err(MsrError::ReservedVector { sint: 3, vector: 15 }));
-    assert_eq!(s.read_msr(SyntheticMsr::Sint(3)), Some(SINT_RESET), "state unchanged");
-    s.write_msr(&ram, SyntheticMsr::Sint(3), SINT_MASKED).unwrap();
-    s.write_msr(&ram, SyntheticMsr::Sint(3), 16 | SINT_AUTO_EOI).unwrap();
+    assert_eq!(
+        s.write_msr(&ram, SyntheticMsr::Sint(3), 15),
+        Err(MsrError::ReservedVector {
+            sint: 3,
+            vector: 15
+        })
+    );
+    assert_eq!(
+        s.read_msr(SyntheticMsr::Sint(3)),
+        Some(SINT_RESET),
+        "state unchanged"
+    );
+    s.write_msr(&ram, SyntheticMsr::Sint(3), SINT_MASKED)
+        .unwrap();
+    s.write_msr(&ram, SyntheticMsr::Sint(3), 16 | SINT_AUTO_EOI)
+        .unwrap();
     assert_eq!(s.read_msr(SyntheticMsr::Sint(3)), Some(16 | SINT_AUTO_EOI));
 }
 
@@ -77,10 +97,20 @@ fn message_is_written_into_a_free_slot_and_raises_the_vector() {
     let m = slot(&ram, 2);
     assert_eq!(
         m.header,
-        HvMessageHeader { message_type: 0x42, payload_size: 5, message_flags: 0, reserved: 0, sender: 0x99 }
+        HvMessageHeader {
+            message_type: 0x42,
+            payload_size: 5,
+            message_flags: 0,
+            reserved: 0,
+            sender: 0x99
+        }
     );
     assert_eq!(&m.payload[..5], b"hello");
-    assert_eq!(slot(&ram, 1).header.message_type, 0, "other slots untouched");
+    assert_eq!(
+        slot(&ram, 1).header.message_type,
+        0,
+        "other slots untouched"
+    );
 }
 
 #[test]
@@ -90,15 +120,25 @@ fn second_message_waits_for_eom() {
     s.post_message(&ram, 2, 1, 0, &[1]).unwrap();
     let (d, irq) = s.post_message(&ram, 2, 1, 0, &[2]).unwrap();
     assert_eq!((d, irq), (Delivery::Queued, None));
-    assert_eq!(slot(&ram, 2).header.message_flags, MESSAGE_FLAG_PENDING, "pending set in the occupied slot");
+    assert_eq!(
+        slot(&ram, 2).header.message_flags,
+        MESSAGE_FLAG_PENDING,
+        "pending set in the occupied slot"
+    );
     assert_eq!(slot(&ram, 2).payload[0], 1);
     // EOM while the slot is still occupied delivers nothing.
     assert_eq!(s.write_msr(&ram, SyntheticMsr::Eom, 0).unwrap(), vec![]);
     assert_eq!(s.queued(2), 1);
     assert!(guest_free_slot(&ram, 2), "the guest sees the pending flag");
-    assert_eq!(s.write_msr(&ram, SyntheticMsr::Eom, 0).unwrap(), vec![VECTOR]);
+    assert_eq!(
+        s.write_msr(&ram, SyntheticMsr::Eom, 0).unwrap(),
+        vec![VECTOR]
+    );
     let m = slot(&ram, 2);
-    assert_eq!((m.header.message_type, m.payload[0], m.header.message_flags), (1, 2, 0));
+    assert_eq!(
+        (m.header.message_type, m.payload[0], m.header.message_flags),
+        (1, 2, 0)
+    );
     assert_eq!(s.queued(2), 0);
 }
 
@@ -111,10 +151,16 @@ fn redelivered_message_carries_pending_when_more_are_queued() {
     }
     assert!(guest_free_slot(&ram, 2));
     s.write_msr(&ram, SyntheticMsr::Eom, 0).unwrap();
-    assert_eq!((slot(&ram, 2).payload[0], slot(&ram, 2).header.message_flags), (1, MESSAGE_FLAG_PENDING));
+    assert_eq!(
+        (slot(&ram, 2).payload[0], slot(&ram, 2).header.message_flags),
+        (1, MESSAGE_FLAG_PENDING)
+    );
     assert!(guest_free_slot(&ram, 2));
     s.write_msr(&ram, SyntheticMsr::Eom, 0).unwrap();
-    assert_eq!((slot(&ram, 2).payload[0], slot(&ram, 2).header.message_flags), (2, 0));
+    assert_eq!(
+        (slot(&ram, 2).payload[0], slot(&ram, 2).header.message_flags),
+        (2, 0)
+    );
     assert!(!guest_free_slot(&ram, 2));
 }
 
@@ -124,13 +170,35 @@ fn queue_is_bounded_and_arguments_checked() {
     let mut s = enabled_vp(&ram);
     s.post_message(&ram, 2, 1, 0, &[]).unwrap(); // occupies the slot
     for _ in 0..4 {
-        assert_eq!(s.post_message(&ram, 2, 1, 0, &[]).unwrap().0, Delivery::Queued);
+        assert_eq!(
+            s.post_message(&ram, 2, 1, 0, &[]).unwrap().0,
+            Delivery::Queued
+        );
     }
-    assert_eq!(s.post_message(&ram, 2, 1, 0, &[]), Err(SynicError::QueueFull { vp: 0, sint: 2, depth: 4 }));
-    assert_eq!(s.post_message(&ram, 16, 1, 0, &[]), Err(SynicError::InvalidSint(16)));
-    assert_eq!(s.post_message(&ram, 3, 0, 0, &[]), Err(SynicError::InvalidMessageType));
-    assert_eq!(s.post_message(&ram, 3, 1, 0, &[0; 241]), Err(SynicError::PayloadTooLarge(241)));
-    assert_eq!(s.post_message(&ram, 3, 1, 0, &[7; 240]).unwrap().0, Delivery::Delivered);
+    assert_eq!(
+        s.post_message(&ram, 2, 1, 0, &[]),
+        Err(SynicError::QueueFull {
+            vp: 0,
+            sint: 2,
+            depth: 4
+        })
+    );
+    assert_eq!(
+        s.post_message(&ram, 16, 1, 0, &[]),
+        Err(SynicError::InvalidSint(16))
+    );
+    assert_eq!(
+        s.post_message(&ram, 3, 0, 0, &[]),
+        Err(SynicError::InvalidMessageType)
+    );
+    assert_eq!(
+        s.post_message(&ram, 3, 1, 0, &[0; 241]),
+        Err(SynicError::PayloadTooLarge(241))
+    );
+    assert_eq!(
+        s.post_message(&ram, 3, 1, 0, &[7; 240]).unwrap().0,
+        Delivery::Delivered
+    );
     assert_eq!(slot(&ram, 3).payload, [7; 240]);
 }
 
@@ -138,7 +206,10 @@ fn queue_is_bounded_and_arguments_checked() {
 fn masked_sint_gets_the_message_but_no_interrupt() {
     let ram = ram();
     let mut s = enabled_vp(&ram);
-    assert_eq!(s.post_message(&ram, 5, 1, 0, &[9]).unwrap(), (Delivery::Delivered, None));
+    assert_eq!(
+        s.post_message(&ram, 5, 1, 0, &[9]).unwrap(),
+        (Delivery::Delivered, None)
+    );
     assert_eq!(slot(&ram, 5).payload[0], 9);
 }
 
@@ -146,10 +217,21 @@ fn masked_sint_gets_the_message_but_no_interrupt() {
 fn disabled_synic_queues_until_enabled() {
     let ram = ram();
     let mut s = SynicVp::new(0, 4);
-    s.write_msr(&ram, SyntheticMsr::Sint(2), u64::from(VECTOR)).unwrap();
-    assert_eq!(s.post_message(&ram, 2, 1, 0, &[1]).unwrap(), (Delivery::Queued, None));
-    assert_eq!(s.write_msr(&ram, SyntheticMsr::Simp, SIMP | 1).unwrap(), vec![], "SCONTROL still off");
-    assert_eq!(s.write_msr(&ram, SyntheticMsr::Scontrol, 1).unwrap(), vec![VECTOR]);
+    s.write_msr(&ram, SyntheticMsr::Sint(2), u64::from(VECTOR))
+        .unwrap();
+    assert_eq!(
+        s.post_message(&ram, 2, 1, 0, &[1]).unwrap(),
+        (Delivery::Queued, None)
+    );
+    assert_eq!(
+        s.write_msr(&ram, SyntheticMsr::Simp, SIMP | 1).unwrap(),
+        vec![],
+        "SCONTROL still off"
+    );
+    assert_eq!(
+        s.write_msr(&ram, SyntheticMsr::Scontrol, 1).unwrap(),
+        vec![VECTOR]
+    );
     assert_eq!(slot(&ram, 2).payload[0], 1);
 }
 
@@ -162,20 +244,35 @@ fn enabling_a_page_zeroes_it_once() {
     assert_eq!(ram.read_u64(SIMP + 512).unwrap(), 0);
     ram.write_u64(SIMP + 512, 5).unwrap();
     s.write_msr(&ram, SyntheticMsr::Simp, SIMP | 1).unwrap();
-    assert_eq!(ram.read_u64(SIMP + 512).unwrap(), 5, "rewriting the same value keeps the contents");
+    assert_eq!(
+        ram.read_u64(SIMP + 512).unwrap(),
+        5,
+        "rewriting the same value keeps the contents"
+    );
 }
 
 #[test]
 fn pages_outside_ram_fail_delivery_cleanly() {
     let ram = ram();
     let mut s = enabled_vp(&ram);
-    s.write_msr(&ram, SyntheticMsr::Simp, 0xFEE0_0000 | 1).unwrap();
-    s.write_msr(&ram, SyntheticMsr::Siefp, (1 << 20) | 1).unwrap();
-    assert_eq!(s.post_message(&ram, 2, 1, 0, &[1]).unwrap(), (Delivery::Queued, None));
+    s.write_msr(&ram, SyntheticMsr::Simp, 0xFEE0_0000 | 1)
+        .unwrap();
+    s.write_msr(&ram, SyntheticMsr::Siefp, (1 << 20) | 1)
+        .unwrap();
+    assert_eq!(
+        s.post_message(&ram, 2, 1, 0, &[1]).unwrap(),
+        (Delivery::Queued, None)
+    );
     assert_eq!(s.write_msr(&ram, SyntheticMsr::Eom, 0).unwrap(), vec![]);
-    assert_eq!(s.signal_event(&ram, 2, 0).unwrap(), (EventDelivery::NotEnabled, None));
+    assert_eq!(
+        s.signal_event(&ram, 2, 0).unwrap(),
+        (EventDelivery::NotEnabled, None)
+    );
     // Moving the SIMP back into RAM delivers the queued message.
-    assert_eq!(s.write_msr(&ram, SyntheticMsr::Simp, SIMP | 1).unwrap(), vec![VECTOR]);
+    assert_eq!(
+        s.write_msr(&ram, SyntheticMsr::Simp, SIMP | 1).unwrap(),
+        vec![VECTOR]
+    );
     assert_eq!(slot(&ram, 2).payload[0], 1);
 }
 
@@ -183,16 +280,35 @@ fn pages_outside_ram_fail_delivery_cleanly() {
 fn event_flags_set_once_and_interrupt_on_the_edge() {
     let ram = ram();
     let s = enabled_vp(&ram);
-    assert_eq!(s.signal_event(&ram, 2, 67).unwrap(), (EventDelivery::Set, Some(VECTOR)));
+    assert_eq!(
+        s.signal_event(&ram, 2, 67).unwrap(),
+        (EventDelivery::Set, Some(VECTOR))
+    );
     assert_eq!(ram.read_u64(SIEFP + 2 * 256 + 8).unwrap(), 1 << 3);
-    assert_eq!(s.signal_event(&ram, 2, 67).unwrap(), (EventDelivery::AlreadySet, None));
+    assert_eq!(
+        s.signal_event(&ram, 2, 67).unwrap(),
+        (EventDelivery::AlreadySet, None)
+    );
     assert_eq!(s.signal_event(&ram, 2, 2047).unwrap().0, EventDelivery::Set);
     assert_eq!(ram.read_u64(SIEFP + 2 * 256 + 248).unwrap(), 1 << 63);
-    assert_eq!(s.signal_event(&ram, 4, 0).unwrap(), (EventDelivery::Set, None), "masked SINT4");
-    assert_eq!(s.signal_event(&ram, 2, 2048), Err(SynicError::InvalidFlag(2048)));
-    assert_eq!(s.signal_event(&ram, 16, 0), Err(SynicError::InvalidSint(16)));
+    assert_eq!(
+        s.signal_event(&ram, 4, 0).unwrap(),
+        (EventDelivery::Set, None),
+        "masked SINT4"
+    );
+    assert_eq!(
+        s.signal_event(&ram, 2, 2048),
+        Err(SynicError::InvalidFlag(2048))
+    );
+    assert_eq!(
+        s.signal_event(&ram, 16, 0),
+        Err(SynicError::InvalidSint(16))
+    );
     let off = SynicVp::new(0, 4);
-    assert_eq!(off.signal_event(&ram, 2, 0).unwrap(), (EventDelivery::NotEnabled, None));
+    assert_eq!(
+        off.signal_event(&ram, 2, 0).unwrap(),
+        (EventDelivery::NotEnabled, None)
+    );
 }
 
 /// A host thread posting and a "guest" thread consuming concurrently: every message arrives exactly once, in
@@ -207,7 +323,11 @@ fn concurrent_post_and_consume_lose_nothing() {
         std::thread::spawn(move || {
             let mut i = 0u32;
             while i < N {
-                match synic.lock().unwrap().post_message(&ram, 2, 1, 0, &i.to_le_bytes()) {
+                match synic
+                    .lock()
+                    .unwrap()
+                    .post_message(&ram, 2, 1, 0, &i.to_le_bytes())
+                {
                     Ok(_) => i += 1,
                     Err(SynicError::QueueFull { .. }) => std::thread::yield_now(),
                     Err(e) => panic!("{e}"),
@@ -228,7 +348,11 @@ fn concurrent_post_and_consume_lose_nothing() {
         assert_eq!(ram.read_u32(gpa + 16).unwrap(), next);
         next += 1;
         if guest_free_slot(&ram, 2) {
-            synic.lock().unwrap().write_msr(&ram, SyntheticMsr::Eom, 0).unwrap();
+            synic
+                .lock()
+                .unwrap()
+                .write_msr(&ram, SyntheticMsr::Eom, 0)
+                .unwrap();
         }
     }
     host.join().unwrap();
