@@ -466,6 +466,12 @@ fn hostile_message(kind: u8, a: u32, b: u32, c: u32, units: &[u64], cut: usize) 
             bytes.extend_from_slice(&(c % 4).to_le_bytes());
             bytes.extend_from_slice(&b.to_le_bytes());
         }
+        // OPENCHANNEL: relid, openid, ring GPADL, target VP, downstream page offset.
+        5 => {
+            for v in [a, a, b, c % 41, c % 64] {
+                bytes.extend_from_slice(&v.to_le_bytes());
+            }
+        }
         _ => {
             for v in [a, b, c % 64, c % 41, c] {
                 bytes.extend_from_slice(&v.to_le_bytes());
