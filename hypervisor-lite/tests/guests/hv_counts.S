@@ -45,7 +45,7 @@ to_user:                                 // Enter CPL3: GDT with user segments a
     mov word ptr [TSS + 102], 104
     mov byte ptr [TSS + TSS_LIMIT], 0xFF
     mov [TSS + 4], rsp                   // RSP0
-    mov ecx, 0xC0000081                  // STAR/LSTAR: KVM-PVM runs CPL3 natively only with SYSCALL set up
+    mov ecx, 0xC0000081                  // STAR/LSTAR as the guest kernel sets them (not needed by this loop)
     xor eax, eax
     mov edx, 0x00100008
     wrmsr
@@ -64,7 +64,7 @@ to_user:                                 // Enter CPL3: GDT with user segments a
     mov rax, rsp
     push 0x1B                            // SS: user data
     push rax                             // RSP
-    push 0x202                           // RFLAGS: IF=1 (KVM-PVM runs CPL3 natively only with IF set)
+    push 0x202                           // RFLAGS: IF=1, like the guest kernel's CPL3 (no LAPIC here: nothing arrives)
     push 0x23                            // CS: user code
     lea rax, [rip + loop]
     push rax
