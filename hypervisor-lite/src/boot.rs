@@ -32,6 +32,8 @@ pub const GDT_ADDR: u64 = 0x1000;
 pub const TSS_BASE: u64 = 0x9_0000;
 /// Distance between two vCPUs' TSSs.
 pub const TSS_STRIDE: u64 = 0x2100;
+const _: () = assert!(TSS_LIMIT < TSS_STRIDE, "TSSs must not overlap");
+
 /// Offset of the I/O permission bitmap in each TSS (right after the 104-byte 64-bit TSS).
 const TSS_IOPB: u64 = 0x68;
 /// TSS limit: the 8 KiB bitmap (all ports allowed) plus its 0xFF terminator byte.
@@ -279,7 +281,6 @@ mod tests {
         );
         assert!(stack_top(MAX_VCPUS - 1) - STACK_SIZE >= PD_ADDR + 64 * 0x1000);
         assert!(tss_addr(MAX_VCPUS) <= crate::loader::MIN_LOAD_ADDR);
-        assert!(TSS_LIMIT < TSS_STRIDE);
     }
 
     #[test]

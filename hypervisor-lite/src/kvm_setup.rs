@@ -257,14 +257,16 @@ mod tests {
     #[test]
     fn msr_ranges_are_split_and_bounded() {
         assert_eq!(
-            filter_ranges(&[0x4000_0000..0x4000_0100]).unwrap(),
+            filter_ranges(std::slice::from_ref(&(0x4000_0000..0x4000_0100))).unwrap(),
             vec![0x4000_0000..0x4000_0100]
         );
         assert_eq!(
-            filter_ranges(&[0..MAX_MSRS_PER_RANGE + 1]).unwrap().len(),
+            filter_ranges(std::slice::from_ref(&(0..MAX_MSRS_PER_RANGE + 1)))
+                .unwrap()
+                .len(),
             2
         );
-        assert!(filter_ranges(&[5..5]).is_err());
+        assert!(filter_ranges(std::slice::from_ref(&(5..5))).is_err());
         let many: Vec<_> = (0..17).map(|i| i * 10..i * 10 + 1).collect();
         assert!(filter_ranges(&many).is_err());
     }

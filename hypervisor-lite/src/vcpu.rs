@@ -308,7 +308,7 @@ pub(crate) struct VcpuRunner {
 
 enum Step {
     Continue,
-    Done(VcpuOutcome),
+    Done(Box<VcpuOutcome>),
 }
 
 impl VcpuRunner {
@@ -321,7 +321,7 @@ impl VcpuRunner {
                 return VcpuOutcome::Stopped;
             }
             if let Step::Done(outcome) = self.step() {
-                return outcome;
+                return *outcome;
             }
         }
     }
@@ -332,7 +332,7 @@ impl VcpuRunner {
 
     fn finish(ctx: VcpuCtx<'_>) -> Step {
         match ctx.exit_code {
-            Some(code) => Step::Done(VcpuOutcome::Exited { code }),
+            Some(code) => Step::Done(Box::new(VcpuOutcome::Exited { code })),
             None => Step::Continue,
         }
     }
@@ -347,12 +347,12 @@ impl VcpuRunner {
             }
             Err(e) => {
                 self.counters.record(ExitReason::Other);
-                return Step::Done(VcpuOutcome::Failed {
+                return Step::Done(Box::new(VcpuOutcome::Failed {
                     error: Error::Kvm {
                         op: "KVM_RUN",
                         source: e,
                     },
-                });
+                }));
             }
         };
         match exit {
@@ -365,9 +365,9 @@ impl VcpuRunner {
                     let mut code = [0u8; 4];
                     let n = len.min(4);
                     code[..n].copy_from_slice(&buf[..n]);
-                    return Step::Done(VcpuOutcome::Exited {
+                    return Step::Done(Box::new(VcpuOutcome::Exited {
                         code: u32::from_le_bytes(code),
-                    });
+                    }));
                 }
                 let mut ctx = self.ctx();
                 match self.devices.ports.get(port) {
@@ -445,18 +445,20 @@ impl VcpuRunner {
             }
             VcpuExit::Hlt => {
                 self.counters.record(ExitReason::Hlt);
-                Step::Done(VcpuOutcome::Halted(GuestState::capture(&self.fd)))
+                Step::Done(Box::new(VcpuOutcome::Halted(GuestState::capture(&self.fd))))
             }
             VcpuExit::Shutdown => {
                 self.counters.record(ExitReason::Shutdown);
-                Step::Done(VcpuOutcome::Shutdown(GuestState::capture(&self.fd)))
+                Step::Done(Box::new(VcpuOutcome::Shutdown(GuestState::capture(
+                    &self.fd,
+                ))))
             }
             VcpuExit::FailEntry(reason, _cpu) => {
                 self.counters.record(ExitReason::FailEntry);
-                Step::Done(VcpuOutcome::FailEntry {
+                Step::Done(Box::new(VcpuOutcome::FailEntry {
                     reason,
                     state: GuestState::capture(&self.fd),
-                })
+                }))
             }
             VcpuExit::InternalError => {
                 self.counters.record(ExitReason::InternalError);
@@ -466,20 +468,20 @@ impl VcpuRunner {
                 let n = (internal.ndata as usize).min(internal.data.len());
                 let data = internal.data[..n].to_vec();
                 let state = GuestState::capture(&self.fd);
-                Step::Done(VcpuOutcome::InternalError {
+                Step::Done(Box::new(VcpuOutcome::InternalError {
                     suberror: internal.suberror,
                     data,
                     state,
-                })
+                }))
             }
             VcpuExit::SystemEvent(kind, data) => {
                 self.counters.record(ExitReason::SystemEvent);
                 let data = data.to_vec();
-                Step::Done(VcpuOutcome::SystemEvent {
+                Step::Done(Box::new(VcpuOutcome::SystemEvent {
                     kind,
                     data,
                     state: GuestState::capture(&self.fd),
-                })
+                }))
             }
             VcpuExit::Intr => {
                 self.counters.record(ExitReason::Interrupted);
@@ -488,10 +490,10 @@ impl VcpuRunner {
             other => {
                 let exit = format!("{other:?}");
                 self.counters.record(ExitReason::Other);
-                Step::Done(VcpuOutcome::Unexpected {
+                Step::Done(Box::new(VcpuOutcome::Unexpected {
                     exit,
                     state: GuestState::capture(&self.fd),
-                })
+                }))
             }
         }
     }

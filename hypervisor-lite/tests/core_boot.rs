@@ -171,7 +171,7 @@ struct ScratchMsr {
 
 impl MsrHandler for ScratchMsr {
     fn msr_ranges(&self) -> Vec<std::ops::Range<u32>> {
-        vec![0x4000_0000..0x4000_0010]
+        std::iter::once(0x4000_0000..0x4000_0010).collect()
     }
     fn rdmsr(&self, vcpu: &mut VcpuCtx, msr: u32) -> Option<u64> {
         self.accesses
