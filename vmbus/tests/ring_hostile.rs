@@ -54,7 +54,17 @@ proptest! {
         control in proptest::collection::vec(any::<u8>(), 0x44),
         contents in proptest::collection::vec(any::<u8>(), 0..512),
         buf_len in 0usize..600,
+        plausible_indices in any::<bool>(),
     ) {
+        let mut control = control;
+        if plausible_indices {
+            // Keep the random bits but bring both indices into range, so the consumer walks
+            // forged descriptors instead of rejecting the indices outright.
+            for field in [0..4, 4..8] {
+                let raw = u32::from_le_bytes(control[field.clone()].try_into().unwrap());
+                control[field].copy_from_slice(&((raw % data8 as u32) * 8).to_le_bytes());
+            }
+        }
         let mem = hostile_ring(data8 * 8, &control, &contents);
         let _ = consume_all(&mem, buf_len);
         if let Ok(mut p) = RingProducer::new(&mem) {

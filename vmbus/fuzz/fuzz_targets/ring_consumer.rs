@@ -10,7 +10,9 @@ use vmbus::ring::{RingConsumer, RingProducer, CONTROL_PAGE_SIZE};
 const CONTROL_BYTES: usize = 0x44;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&shape, rest)) = data.split_first() else { return };
+    let Some((&shape, rest)) = data.split_first() else {
+        return;
+    };
     // Data area of 32..=2048 bytes, a multiple of 8; small so that wrapping is common.
     let size = (usize::from(shape & 0x3f) + 4) * 8;
     let batched = shape & 0x40 != 0;
@@ -42,7 +44,10 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             // Nobody refills the ring and each packet takes at least 24 bytes.
-            assert!(packets <= size / 24, "consumer returned more packets than fit");
+            assert!(
+                packets <= size / 24,
+                "consumer returned more packets than fit"
+            );
         }
     }
     if let Ok(mut p) = RingProducer::new(&mem) {
