@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use vmbus::mem::AlignedRingBuffer;
 use vmbus::packet::PacketFlags;
-use vmbus::ring::{initialize_control_page, RingConsumer, RingError, RingProducer, FEATURE_PENDING_SEND_SIZE};
+use vmbus::ring::{
+    initialize_control_page, RingConsumer, RingError, RingProducer, FEATURE_PENDING_SEND_SIZE,
+};
 
 const RING_DATA: usize = 256 * 1024;
 
@@ -54,7 +56,9 @@ fn bench(c: &mut Criterion) {
     for (name, payload) in [("64B", 64usize), ("4KiB", 4096)] {
         let mut g = c.benchmark_group(format!("ring_{name}"));
         g.throughput(Throughput::Bytes(payload as u64));
-        g.bench_function("two_threads", |b| b.iter_custom(|iters| ring_transfer(iters, payload)));
+        g.bench_function("two_threads", |b| {
+            b.iter_custom(|iters| ring_transfer(iters, payload))
+        });
         let src = vec![0x5au8; payload];
         let mut dst = vec![0u8; payload];
         g.bench_function("memcpy", |b| {
