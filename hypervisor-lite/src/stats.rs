@@ -5,6 +5,8 @@
 //!
 //! Under KVM-PVM `exits` counts every VM exit (ioeventfd writes included), `halt_exits` and `insn_emulation`
 //! work, while `io_exits` and `mmio_exits` stay 0: compare user exits with `exits`, not with those.
+//! Guest code at CPL0 runs inside KVM's instruction emulator there, so an ioeventfd write from CPL0 adds no
+//! `exits` at all (measured: 500 such writes, 0 exits), while the same write from CPL3 is one exit (~3 µs).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;

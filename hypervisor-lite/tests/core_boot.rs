@@ -365,3 +365,30 @@ fn invalid_configurations_are_rejected() {
     let mut p = PartitionConfig::new(4 << 20, 1).build().unwrap();
     assert!(matches!(p.start(), Err(Error::State(_))), "no image loaded");
 }
+
+#[test]
+fn emulation_failure_is_an_internal_error_with_registers() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let mut cfg = PartitionConfig::new(4 << 20, 1);
+    cfg.elf_file(guest_elf("sse_cpl0"));
+    let mut p = cfg.build().unwrap();
+    let entry = p.image().unwrap().entry;
+    let out = p.run_timeout(TIMEOUT).unwrap();
+    match &out[0] {
+        VcpuOutcome::InternalError {
+            suberror,
+            data,
+            state,
+        } => {
+            eprintln!("internal error {suberror} {data:x?} at {state}");
+            assert_eq!(state.regs.rbx, 0x5e5e, "{state}");
+            assert!((entry..entry + 16).contains(&state.regs.rip), "{state}");
+            assert_eq!(p.stats().vcpus[0].user_exits.internal_error, 1);
+        }
+        // Hardware-assisted KVM runs CPL0 SSE natively: the guest then completes.
+        VcpuOutcome::Exited { code } => assert_eq!(*code, 0x55),
+        other => panic!("expected an internal error (KVM-PVM) or a clean exit, got {other:?}"),
+    }
+}
