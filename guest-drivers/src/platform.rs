@@ -57,7 +57,8 @@ pub trait Platform {
 impl DmaRegion {
     fn check(&self, offset: usize, len: usize, align: usize) {
         assert!(
-            offset.is_multiple_of(align) && offset.checked_add(len).is_some_and(|end| end <= self.len),
+            offset.is_multiple_of(align)
+                && offset.checked_add(len).is_some_and(|end| end <= self.len),
             "DMA access {offset:#x}+{len} outside region of {:#x} bytes",
             self.len
         );

@@ -64,16 +64,31 @@ pub fn detect(platform: &impl Platform) -> Result<HvInfo, DetectError> {
     let [features_eax, features_ebx, _, _] = platform.cpuid(0x4000_0003, 0);
     let recommendations = platform.cpuid(0x4000_0004, 0)[0];
     let needs = [
-        (features_eax & features::HYPERCALL_MSRS, "the hypercall MSRs"),
+        (
+            features_eax & features::HYPERCALL_MSRS,
+            "the hypercall MSRs",
+        ),
         (features_eax & features::VP_INDEX_MSR, "the VP index MSR"),
         (features_eax & features::SYNIC_MSRS, "the SynIC MSRs"),
-        (features_ebx & features::POST_MESSAGES, "the HvPostMessage privilege"),
-        (features_ebx & features::SIGNAL_EVENTS, "the HvSignalEvent privilege"),
+        (
+            features_ebx & features::POST_MESSAGES,
+            "the HvPostMessage privilege",
+        ),
+        (
+            features_ebx & features::SIGNAL_EVENTS,
+            "the HvSignalEvent privilege",
+        ),
     ];
     if let Some((_, what)) = needs.iter().find(|(bit, _)| *bit == 0) {
         return Err(DetectError::MissingFeature(what));
     }
-    Ok(HvInfo { max_leaf, vendor, features_eax, features_ebx, recommendations })
+    Ok(HvInfo {
+        max_leaf,
+        vendor,
+        features_eax,
+        features_ebx,
+        recommendations,
+    })
 }
 
 #[cfg(test)]
@@ -126,21 +141,33 @@ mod tests {
 
     #[test]
     fn refuses_bare_metal_kvm_and_missing_features() {
-        assert_eq!(detect(&FakeCpuid(|_| [0; 4])), Err(DetectError::NoHypervisor));
+        assert_eq!(
+            detect(&FakeCpuid(|_| [0; 4])),
+            Err(DetectError::NoHypervisor)
+        );
         let kvm = |leaf| match leaf {
             0x4000_0001 => [0x0100_007b, 0, 0, 0],
             other => hyperv(other),
         };
-        assert_eq!(detect(&FakeCpuid(kvm)), Err(DetectError::NotHyperV(0x0100_007b)));
+        assert_eq!(
+            detect(&FakeCpuid(kvm)),
+            Err(DetectError::NotHyperV(0x0100_007b))
+        );
         let no_synic = |leaf| match leaf {
             0x4000_0003 => [(1 << 5) | (1 << 6), (1 << 4) | (1 << 5), 0, 0],
             other => hyperv(other),
         };
-        assert_eq!(detect(&FakeCpuid(no_synic)), Err(DetectError::MissingFeature("the SynIC MSRs")));
+        assert_eq!(
+            detect(&FakeCpuid(no_synic)),
+            Err(DetectError::MissingFeature("the SynIC MSRs"))
+        );
         let short = |leaf| match leaf {
             0x4000_0000 => [0x4000_0001, 0, 0, 0],
             other => hyperv(other),
         };
-        assert_eq!(detect(&FakeCpuid(short)), Err(DetectError::TooFewLeaves(0x4000_0001)));
+        assert_eq!(
+            detect(&FakeCpuid(short)),
+            Err(DetectError::TooFewLeaves(0x4000_0001))
+        );
     }
 }

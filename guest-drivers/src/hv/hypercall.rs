@@ -83,7 +83,12 @@ impl Hypercalls {
     }
 
     /// HvPostMessage: send a message of `message_type` to connection `connection_id`.
-    pub fn post_message(&self, connection_id: u32, message_type: u32, payload: &[u8]) -> Result<(), HypercallError> {
+    pub fn post_message(
+        &self,
+        connection_id: u32,
+        message_type: u32,
+        payload: &[u8],
+    ) -> Result<(), HypercallError> {
         if payload.len() > MAX_MESSAGE_PAYLOAD {
             return Err(HypercallError::MessageTooLarge(payload.len()));
         }
@@ -109,7 +114,8 @@ impl Hypercalls {
 
     /// Write raw bytes into the input page and return its GPA (with [`Hypercalls::raw`]).
     pub fn stage_input(&self, bytes: &[u8]) -> u64 {
-        self.input.write(0, &bytes[..bytes.len().min(crate::platform::PAGE_SIZE)]);
+        self.input
+            .write(0, &bytes[..bytes.len().min(crate::platform::PAGE_SIZE)]);
         self.input.pa
     }
 }

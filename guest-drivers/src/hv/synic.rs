@@ -68,7 +68,11 @@ impl Synic {
         platform.wrmsr(msr::SIEFP, siefp.pa | 1);
         platform.wrmsr(msr::SINT0 + u32::from(sint), u64::from(vector));
         platform.wrmsr(msr::SCONTROL, 1);
-        Ok(Self { simp, siefp, eoms: 0 })
+        Ok(Self {
+            simp,
+            siefp,
+            eoms: 0,
+        })
     }
 
     /// Take the message waiting in `sint`'s slot, if any, and free the slot. When the hypervisor marked
@@ -94,7 +98,12 @@ impl Synic {
             self.eoms += 1;
             platform.wrmsr(msr::EOM, 0);
         }
-        Some(SynicMessage { message_type, sender, len, payload })
+        Some(SynicMessage {
+            message_type,
+            sender,
+            len,
+            payload,
+        })
     }
 
     /// Atomically test and clear event flag `flag` of `sint`.
@@ -102,6 +111,10 @@ impl Synic {
         let flag = flag % (SLOT_SIZE as u32 * 8);
         let offset = usize::from(sint & 15) * SLOT_SIZE + (flag as usize / 64) * 8;
         let bit = 1u64 << (flag % 64);
-        self.siefp.atomic_u64(offset).fetch_and(!bit, Ordering::AcqRel) & bit != 0
+        self.siefp
+            .atomic_u64(offset)
+            .fetch_and(!bit, Ordering::AcqRel)
+            & bit
+            != 0
     }
 }

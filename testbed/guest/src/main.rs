@@ -1,8 +1,9 @@
 //! The viridian guest kernel: a freestanding x86-64 kernel whose CPL0 part is the tiny asm shim in
 //! `shim.s` and whose Rust part runs entirely at CPL3 (this machine's KVM emulates CPL0 code).
 //!
-//! Boot: hypervisor-lite enters `_start` in long mode with RDI = VP index and RSI = the boot-info GPA;
-//! the shim sets up paging, descriptor tables and SYSCALL, then `iretq`s to [`kernel_main`] at CPL3.
+//! Boot: hypervisor-lite enters `_start` in long mode with RDI = VP index; the host has written a
+//! [`BootInfo`] at [`BOOT_INFO_GPA`]. The shim sets up paging, descriptor tables and the service gate, then `iretq`s
+//! to [`kernel_main`] at CPL3.
 //! The host gives the kernel a command line of scenarios in the boot info; the kernel runs them in
 //! order, reports over serial and ends with an exit code on [`arch::EXIT_PORT`].
 #![no_std]
@@ -33,6 +34,9 @@ pub struct BootInfo {
     pub cmdline_gpa: u64,
     pub cmdline_len: u64,
 }
+
+/// Where the host writes [`BootInfo`] (below the kernel image, above hypervisor-lite's boot area).
+pub const BOOT_INFO_GPA: u64 = 0xe_0000;
 
 /// "VIRIDIAN" as a little-endian u64.
 pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"VIRIDIAN");

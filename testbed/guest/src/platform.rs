@@ -1,5 +1,5 @@
 //! This kernel's implementation of `guest_drivers::platform::Platform`: identity-mapped heap pages as
-//! DMA memory, SYSCALL gates for MSRs and CPUID, the shim's interrupt counters.
+//! DMA memory, the int3 service gate for MSRs, the boot CPUID snapshot, the shim's interrupt counters.
 
 use core::alloc::Layout;
 use core::ptr::NonNull;

@@ -57,3 +57,4 @@ fn hv() -> Result<(), String> {
     println!("hv: hypercall page at {:#x}, SynIC enabled", hc.page_gpa());
     Ok(())
 }
+

@@ -3,16 +3,17 @@
 // Everything here runs at CPL0, where this machine's KVM (KVM-PVM) emulates every instruction (~1 us each)
 // and SSE faults. So the shim is integer-only and as short as possible. It:
 //   1. builds identity page tables for the first 4 GiB (2 MiB pages, user-accessible) and loads CR3;
-//   2. loads a GDT (kernel/user code+data, a TSS whose I/O bitmap opens every port to CPL3), an IDT of
-//      uniform stubs, and the SYSCALL MSRs;
+//   2. loads a GDT (kernel/user code+data, a TSS whose I/O bitmap opens every port to CPL3) and an IDT of
+//      uniform stubs;
 //   3. enables the local APIC and `iretq`s to the Rust kernel at CPL3 with interrupts enabled.
 // After boot CPL0 is entered only through:
-//   - SYSCALL gates (rax = service): privileged work the CPL3 kernel cannot do (rdmsr/wrmsr, cpuid, hlt);
+//   - the `int3` service gate (rax = service): privileged work the CPL3 kernel cannot do (rdmsr/wrmsr, hlt);
 //   - interrupt stubs: count the vector in `irq_counts`, EOI the LAPIC, return (6 instructions);
 //   - exception stubs: report the vector and faulting RIP to the host on port 0x502, then halt forever.
 // Only the bootstrap processor (VP index 0 in RDI at entry) runs the kernel; other VPs park in `hlt`.
 //
-// Register contract at entry (set by hypervisor-lite): 64-bit mode, RDI = VP index, RSI = boot info GPA.
+// Register contract at entry (set by hypervisor-lite): 64-bit mode, RDI = VP index. The host leaves the boot
+// info (see main.rs) at BOOT_INFO.
 
 
 .set KCODE, 0x08
@@ -23,6 +24,7 @@
 .set LAPIC, 0xfee00000
 .set FAULT_PORT, 0x502
 .set TSS_LIMIT, 104 + 8192
+.set BOOT_INFO, 0xe0000
 
 .section .text.entry, "ax"
 .global _start
@@ -31,7 +33,26 @@ _start:
     cli
     test edi, edi
     jnz park
-    mov r15, rsi                       // boot info GPA, handed to Rust
+
+    // Snapshot the CPUID leaves the drivers need (1 and 0x40000000..=0x40000005) now, while this code is
+    // still run by KVM's emulator: after the first trip through CPL3, KVM-PVM runs our CPL0 code natively
+    // in hardware ring 3, where CPUID returns the real machine's values instead of the hypervisor's.
+    lea r8, [rip + cpuid_table]
+    mov r9d, 1
+    mov r10d, 0x40000000
+10: mov eax, r9d
+    xor ecx, ecx
+    cpuid
+    mov [r8], r9d
+    mov [r8 + 4], eax
+    mov [r8 + 8], ebx
+    mov [r8 + 12], ecx
+    mov [r8 + 16], edx
+    add r8, 20
+    mov r9d, r10d
+    inc r10d
+    cmp r9d, 0x40000006
+    jne 10b
 
     // Page tables: PML4[0] -> PDPT; PDPT[0..4] -> PD0..PD3; PD entries map 2 MiB each (P|RW|US|PS).
     lea rdi, [rip + pd_tables]
@@ -97,6 +118,9 @@ _start:
     cmp ecx, 32
     jae 4f
     mov byte ptr [rdi + 4], 1
+    cmp ecx, 3
+    jne 4f
+    mov byte ptr [rdi + 5], 0xee        // int3: a DPL3 interrupt gate (the service gate)
 4:  shr rax, 16
     mov [rdi + 6], ax
     shr rax, 16
@@ -107,25 +131,6 @@ _start:
     cmp ecx, 256
     jne 3b
     lidt [rip + idt_ptr]
-
-    // SYSCALL: EFER.SCE, STAR (kernel CS 0x08, user base 0x10 -> CS 0x23 / SS 0x1b), LSTAR, FMASK (IF|DF|TF).
-    mov ecx, 0xc0000080
-    rdmsr
-    or eax, 1
-    wrmsr
-    mov ecx, 0xc0000081
-    xor eax, eax
-    mov edx, 0x00100008
-    wrmsr
-    mov ecx, 0xc0000082
-    lea rax, [rip + syscall_entry]
-    mov rdx, rax
-    shr rdx, 32
-    wrmsr
-    mov ecx, 0xc0000084
-    mov eax, 0x700
-    xor edx, edx
-    wrmsr
 
     // Local APIC: software enable, spurious vector 0xff, accept every priority.
     mov eax, LAPIC
@@ -141,20 +146,28 @@ _start:
     push UCODE
     lea rax, [rip + kernel_main]
     push rax
-    mov rdi, r15
+    mov edi, BOOT_INFO
     iretq
 
 park:
     hlt
     jmp park
 
-// SYSCALL services. In: rax = service, rdi/rsi/rdx = arguments. Out: rax (+ rdi/rsi/rdx for cpuid).
-// RCX/R11 hold the user RIP/RFLAGS and are preserved across the gate on the kernel stack.
-syscall_entry:
-    mov [rip + saved_user_rsp], rsp
-    lea rsp, [rip + kernel_stack_top]
+// The service gate. In: rax = service, rdi/rsi/rdx = arguments. Out: rax (+ rdi/rsi/rdx for cpuid).
+// CPL3 enters it with `int3` (vector 3 is the one DPL3 gate; the CPU pushed an IRETQ frame on IST1 and
+// cleared IF). Not SYSCALL: on this KVM-PVM host the SYSCALL target runs in a mode where privileged
+// instructions (rdmsr, wrmsr, sysret) raise #GP instead of being emulated, while the int3 path reaches
+// KVM's emulator, so MSR accesses exit to the VMM as they should.
+int3_gate:
+    add rsp, 8                          // the stub's vector
     push rcx
     push r11
+    call service
+    pop r11
+    pop rcx
+    iretq
+
+service:
     cmp eax, 1
     je sys_rdmsr
     cmp eax, 2
@@ -164,11 +177,7 @@ syscall_entry:
     cmp eax, 4
     je sys_halt
     mov rax, -1
-sys_return:
-    pop r11
-    pop rcx
-    mov rsp, [rip + saved_user_rsp]
-    sysretq
+    ret
 
 // rdmsr(rdi = msr) -> rax
 sys_rdmsr:
@@ -176,7 +185,7 @@ sys_rdmsr:
     rdmsr
     shl rdx, 32
     or rax, rdx
-    jmp sys_return
+    ret
 // wrmsr(rdi = msr, rsi = value) -> 0
 sys_wrmsr:
     mov ecx, edi
@@ -185,8 +194,8 @@ sys_wrmsr:
     shr rdx, 32
     wrmsr
     xor eax, eax
-    jmp sys_return
-// cpuid(rdi = leaf, rsi = subleaf) -> eax, edi = ebx, esi = ecx, edx  (CPUID at CPL3 would bypass KVM_SET_CPUID2)
+    ret
+// cpuid(rdi = leaf, rsi = subleaf) -> eax, edi = ebx, esi = ecx, edx.
 sys_cpuid:
     push rbx
     mov eax, edi
@@ -195,9 +204,9 @@ sys_cpuid:
     mov edi, ebx
     mov esi, ecx
     pop rbx
-    jmp sys_return
+    ret
 // halt(rdi = interrupt total the caller last saw): sleep until an interrupt, unless one already arrived.
-// Interrupts are off here (FMASK), so the check and `sti; hlt` cannot lose a wakeup.
+// Interrupts are off in the gate, so the check and `sti; hlt` cannot lose a wakeup.
 sys_halt:
     cmp rdi, [rip + irq_total]
     jne 5f
@@ -205,7 +214,7 @@ sys_halt:
     hlt
     cli
 5:  mov rax, [rip + irq_total]
-    jmp sys_return
+    ret
 
 // 256 uniform 16-byte stubs: push the vector, jump to the common path.
 .balign 16
@@ -220,6 +229,8 @@ stubs:
 .endr
 
 stub_common:
+    cmp qword ptr [rsp], 3
+    je int3_gate
     cmp qword ptr [rsp], 32
     jb fault
     push rax
@@ -288,7 +299,9 @@ tss: .skip 104 + 8192 + 8
 irq_counts: .skip 256 * 8
 .global irq_total
 irq_total: .skip 8
-saved_user_rsp: .skip 8
+// Rows of u32 (leaf, eax, ebx, ecx, edx) for leaf 1 and 0x40000000..=0x40000005, filled at boot.
+.global cpuid_table
+cpuid_table: .skip 7 * 20
 .balign 16
 fault_stack: .skip 4096
 fault_stack_top:

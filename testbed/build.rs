@@ -1,0 +1,80 @@
+//! Builds the guest kernel (`testbed/guest`, its own workspace: it must never share feature unification
+//! with host crates) as a freestanding release ELF and tells the testbed where it is
+//! (`VIRIDIAN_GUEST_ELF`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn main() {
+    let manifest_dir =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let guest = manifest_dir.join("guest");
+    let target_dir = out_dir.join("guest-target");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+
+    let mut cmd = Command::new(cargo);
+    cmd.arg("build")
+        .arg("--release")
+        .arg("--manifest-path")
+        .arg(guest.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir);
+    // Nothing of the outer build (clippy's wrapper, flags, target dir, profile settings) may leak into
+    // the guest build.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        let leaks = (key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_MAKEFLAGS")
+            || matches!(
+                key.as_str(),
+                "RUSTFLAGS" | "RUSTC_WRAPPER" | "RUSTC_WORKSPACE_WRAPPER" | "RUSTDOCFLAGS"
+            );
+        if leaks {
+            cmd.env_remove(&key);
+        }
+    }
+    let status = cmd
+        .status()
+        .expect("spawning cargo to build the guest kernel");
+    assert!(
+        status.success(),
+        "building the guest kernel (testbed/guest) failed: {status}"
+    );
+
+    let elf = target_dir.join("release").join("viridian-guest");
+    println!("cargo:rustc-env=VIRIDIAN_GUEST_ELF={}", elf.display());
+    let root = manifest_dir
+        .parent()
+        .expect("testbed lives inside the workspace");
+    for dir in [
+        "testbed/guest/src",
+        "guest-drivers/src",
+        "vmbus/src",
+        "ic-protocol/src",
+    ] {
+        rerun_for_tree(&root.join(dir));
+    }
+    for file in [
+        "testbed/guest/Cargo.toml",
+        "testbed/guest/link.ld",
+        "testbed/guest/build.rs",
+        "guest-drivers/Cargo.toml",
+        "vmbus/Cargo.toml",
+    ] {
+        println!("cargo:rerun-if-changed={}", root.join(file).display());
+    }
+}
+
+fn rerun_for_tree(dir: &Path) {
+    println!("cargo:rerun-if-changed={}", dir.display());
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                rerun_for_tree(&path);
+            } else {
+                println!("cargo:rerun-if-changed={}", path.display());
+            }
+        }
+    }
+}

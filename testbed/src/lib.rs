@@ -1,0 +1,13 @@
+//! The viridian testbed: boots our guest kernel (`testbed/guest`, built by this crate's build script) on
+//! hypervisor-lite with the Hyper-V enlightenments and the host VMBus service, runs scenarios in it and
+//! measures mode transitions.
+//!
+//! [`GuestVm`] is the one way to boot the guest: it loads the ELF, writes the boot info (scenario command
+//! line), wires the enlightenments and reports the guest's console, exit code and faults.
+
+pub mod vm;
+
+pub use vm::{GuestRun, GuestVm, GuestVmConfig};
+
+/// Path of the guest kernel ELF built by `build.rs`.
+pub const GUEST_ELF: &str = env!("VIRIDIAN_GUEST_ELF");

@@ -1,0 +1,195 @@
+//! Booting the guest kernel: partition + enlightenments + boot info, then run to the guest's exit.
+//!
+//! Boot-info contract with `testbed/guest/src/main.rs`: at [`BOOT_INFO_GPA`] the host writes
+//! `{u64 magic "VIRIDIAN", u64 ram_bytes, u64 cmdline_gpa, u64 cmdline_len}`; the command line (scenario
+//! names separated by spaces) follows at [`CMDLINE_GPA`]. The guest reports CPU exceptions on
+//! [`FAULT_PORT`] (vector, then RIP low and high halves) and exits through hypervisor-lite's exit port.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use hypervisor_lite::hv::{HvConfig, HvPartition};
+use hypervisor_lite::{
+    Partition, PartitionConfig, PortHandler, StatsSnapshot, VcpuCtx, VcpuOutcome,
+};
+
+/// Where the boot info goes (the guest's shim hands this address to Rust).
+pub const BOOT_INFO_GPA: u64 = 0xe_0000;
+/// Where the command line goes.
+pub const CMDLINE_GPA: u64 = 0xe_0100;
+/// Longest command line.
+pub const MAX_CMDLINE: usize = 0xf00;
+/// The guest's exception reports.
+pub const FAULT_PORT: u16 = 0x502;
+const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"VIRIDIAN");
+
+/// How to boot the guest.
+#[derive(Debug, Clone)]
+pub struct GuestVmConfig {
+    /// Guest RAM in bytes.
+    pub ram_bytes: u64,
+    /// Scenario command line.
+    pub cmdline: String,
+    /// Echo the guest console to stderr as it arrives.
+    pub echo: bool,
+}
+
+impl GuestVmConfig {
+    /// 64 MiB of RAM running `cmdline`.
+    pub fn new(cmdline: impl Into<String>) -> Self {
+        Self {
+            ram_bytes: 64 << 20,
+            cmdline: cmdline.into(),
+            echo: false,
+        }
+    }
+}
+
+/// Exceptions the guest reported on [`FAULT_PORT`].
+#[derive(Debug, Default)]
+struct FaultLog {
+    words: Mutex<Vec<u32>>,
+}
+
+impl PortHandler for FaultLog {
+    fn read(&self, _vcpu: &mut VcpuCtx, _port: u16, data: &mut [u8]) {
+        data.fill(0xff);
+    }
+
+    fn write(&self, _vcpu: &mut VcpuCtx, _port: u16, data: &[u8]) {
+        let mut word = [0u8; 4];
+        let n = data.len().min(4);
+        word[..n].copy_from_slice(&data[..n]);
+        let mut words = self.words.lock().unwrap_or_else(|e| e.into_inner());
+        if words.len() < 3 * 16 {
+            words.push(u32::from_le_bytes(word));
+        }
+    }
+}
+
+/// A booted (not yet started) guest.
+pub struct GuestVm {
+    partition: Partition,
+    hv: Arc<HvPartition>,
+    faults: Arc<FaultLog>,
+}
+
+impl std::fmt::Debug for GuestVm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestVm").finish_non_exhaustive()
+    }
+}
+
+/// How a guest run ended.
+#[derive(Debug)]
+pub struct GuestRun {
+    /// The guest's exit code (0 = every scenario passed).
+    pub exit_code: Option<u32>,
+    /// Everything the guest printed.
+    pub console: String,
+    /// The vCPU outcome.
+    pub outcome: VcpuOutcome,
+    /// CPU exceptions the guest reported: (vector, RIP).
+    pub faults: Vec<(u32, u64)>,
+    /// Counters over the whole run.
+    pub stats: StatsSnapshot,
+}
+
+impl GuestRun {
+    /// Fail with the console and faults unless the guest exited with 0.
+    pub fn expect_success(&self) -> Result<()> {
+        if self.exit_code != Some(0) {
+            bail!(
+                "guest did not succeed: outcome {:?}, faults {:x?}\nuser exits {:?}\n--- console ---\n{}",
+                self.outcome,
+                self.faults,
+                self.stats.vcpus.first().map(|v| &v.user_exits),
+                self.console
+            );
+        }
+        Ok(())
+    }
+}
+
+impl GuestVm {
+    /// Build the partition, load the guest kernel and write its boot info.
+    pub fn new(config: &GuestVmConfig) -> Result<Self> {
+        if config.cmdline.len() > MAX_CMDLINE {
+            bail!(
+                "command line of {} bytes exceeds {MAX_CMDLINE}",
+                config.cmdline.len()
+            );
+        }
+        let hv = HvPartition::new(HvConfig::new(1));
+        let faults = Arc::new(FaultLog::default());
+        let mut pc = PartitionConfig::new(config.ram_bytes, 1);
+        pc.elf_file(crate::GUEST_ELF).serial_echo(config.echo);
+        pc.add_port_handler(FAULT_PORT..FAULT_PORT + 1, faults.clone());
+        hv.install(&mut pc);
+        let partition = pc.build().context("building the guest partition")?;
+        hv.attach_to(&partition)
+            .context("attaching the enlightenments")?;
+        let ram = partition.ram();
+        let info = [
+            BOOT_MAGIC,
+            config.ram_bytes,
+            CMDLINE_GPA,
+            config.cmdline.len() as u64,
+        ];
+        for (i, word) in info.iter().enumerate() {
+            ram.write_u64(BOOT_INFO_GPA + 8 * i as u64, *word)?;
+        }
+        ram.write(CMDLINE_GPA, config.cmdline.as_bytes())?;
+        Ok(Self {
+            partition,
+            hv,
+            faults,
+        })
+    }
+
+    /// The enlightenments (to register VMBus connections before the guest starts).
+    pub fn hv(&self) -> &Arc<HvPartition> {
+        &self.hv
+    }
+
+    /// The partition.
+    pub fn partition(&self) -> &Partition {
+        &self.partition
+    }
+
+    /// A counter snapshot.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.partition.stats()
+    }
+
+    /// Run the guest until it exits (or `timeout`).
+    pub fn run(mut self, timeout: Duration) -> Result<GuestRun> {
+        let before = self.partition.stats();
+        let mut outcomes = self
+            .partition
+            .run_timeout(timeout)
+            .context("running the guest")?;
+        let outcome = outcomes
+            .drain(..)
+            .next()
+            .context("the partition has no vCPU")?;
+        let words = self
+            .faults
+            .words
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let faults = words
+            .chunks_exact(3)
+            .map(|w| (w[0], u64::from(w[1]) | (u64::from(w[2]) << 32)))
+            .collect();
+        Ok(GuestRun {
+            exit_code: outcome.exit_code(),
+            console: self.partition.serial_output().text(),
+            outcome,
+            faults,
+            stats: self.partition.stats().delta(&before),
+        })
+    }
+}
