@@ -1,4 +1,9 @@
 //! Host side of viridian's synthetic devices: the VMBus server that serves a guest's channel messages
-//! on hypervisor-lite's SynIC hooks, and the VSPs (virtual service providers) behind its channels.
+//! on hypervisor-lite's SynIC hooks, the VSPs (virtual service providers) behind its channels, and the
+//! emulated and virtio storage baselines they are compared with — all over the same disk backends.
+//!
+//! - [`disk`]: the disk backend trait, raw image files and RAM disks;
+//! - [`ic`]: host side of the heartbeat and shutdown integration components.
 
+pub mod disk;
 pub mod ic;

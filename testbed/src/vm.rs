@@ -24,8 +24,12 @@ pub const MAX_CMDLINE: usize = 0xf00;
 pub const FAULT_PORT: u16 = 0x502;
 const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"VIRIDIAN");
 
+/// Adds device handlers to the partition before it is built.
+pub type ConfigureHook = Box<dyn FnOnce(&mut PartitionConfig) -> Result<()> + Send>;
+/// Wires devices to the built partition (ioeventfds, irqfds, guest RAM) before the guest starts.
+pub type AttachHook = Box<dyn FnOnce(&Partition, &Arc<HvPartition>) -> Result<()> + Send>;
+
 /// How to boot the guest.
-#[derive(Debug, Clone)]
 pub struct GuestVmConfig {
     /// Guest RAM in bytes.
     pub ram_bytes: u64,
@@ -33,6 +37,18 @@ pub struct GuestVmConfig {
     pub cmdline: String,
     /// Echo the guest console to stderr as it arrives.
     pub echo: bool,
+    configure: Vec<ConfigureHook>,
+    attach: Vec<AttachHook>,
+}
+
+impl std::fmt::Debug for GuestVmConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestVmConfig")
+            .field("ram_bytes", &self.ram_bytes)
+            .field("cmdline", &self.cmdline)
+            .field("devices", &self.configure.len())
+            .finish()
+    }
 }
 
 impl GuestVmConfig {
@@ -42,7 +58,27 @@ impl GuestVmConfig {
             ram_bytes: 64 << 20,
             cmdline: cmdline.into(),
             echo: false,
+            configure: Vec::new(),
+            attach: Vec::new(),
         }
+    }
+
+    /// Add device handlers to the partition configuration.
+    pub fn configure(
+        &mut self,
+        hook: impl FnOnce(&mut PartitionConfig) -> Result<()> + Send + 'static,
+    ) -> &mut Self {
+        self.configure.push(Box::new(hook));
+        self
+    }
+
+    /// Wire devices to the built partition before the guest starts.
+    pub fn attach(
+        &mut self,
+        hook: impl FnOnce(&Partition, &Arc<HvPartition>) -> Result<()> + Send + 'static,
+    ) -> &mut Self {
+        self.attach.push(Box::new(hook));
+        self
     }
 }
 
@@ -114,7 +150,7 @@ impl GuestRun {
 
 impl GuestVm {
     /// Build the partition, load the guest kernel and write its boot info.
-    pub fn new(config: &GuestVmConfig) -> Result<Self> {
+    pub fn new(mut config: GuestVmConfig) -> Result<Self> {
         if config.cmdline.len() > MAX_CMDLINE {
             bail!(
                 "command line of {} bytes exceeds {MAX_CMDLINE}",
@@ -127,9 +163,15 @@ impl GuestVm {
         pc.elf_file(crate::GUEST_ELF).serial_echo(config.echo);
         pc.add_port_handler(FAULT_PORT..FAULT_PORT + 1, faults.clone());
         hv.install(&mut pc);
+        for hook in config.configure.drain(..) {
+            hook(&mut pc)?;
+        }
         let partition = pc.build().context("building the guest partition")?;
         hv.attach_to(&partition)
             .context("attaching the enlightenments")?;
+        for hook in config.attach.drain(..) {
+            hook(&partition, &hv)?;
+        }
         let ram = partition.ram();
         let info = [
             BOOT_MAGIC,

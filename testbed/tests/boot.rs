@@ -9,7 +9,7 @@ fn guest_kernel_boots_and_detects_hyperv() {
     if !hypervisor_lite::testing::kvm_or_skip() {
         return;
     }
-    let vm = GuestVm::new(&GuestVmConfig::new("hello hv")).unwrap();
+    let vm = GuestVm::new(GuestVmConfig::new("hello hv")).unwrap();
     let run = vm.run(Duration::from_secs(30)).unwrap();
     run.expect_success().unwrap();
     assert!(
@@ -25,7 +25,7 @@ fn unknown_scenario_fails_with_its_index() {
     if !hypervisor_lite::testing::kvm_or_skip() {
         return;
     }
-    let run = GuestVm::new(&GuestVmConfig::new("hello nonsense"))
+    let run = GuestVm::new(GuestVmConfig::new("hello nonsense"))
         .unwrap()
         .run(Duration::from_secs(30))
         .unwrap();

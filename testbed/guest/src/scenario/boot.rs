@@ -1,34 +1,25 @@
-//! Scenarios the host asks for on the command line, run in order. Each returns Ok or an error message;
-//! the kernel's exit code is 0 when all pass, else the 1-based index of the first failure.
+//! Boot scenarios: `hello` (CPL3 Rust, heap, CPUID snapshot) and `hv` (enlightenments: detection, the
+//! hypercall page, the SynIC).
 
-use alloc::string::{String, ToString};
+use alloc::string::ToString;
 
 use guest_drivers::hv::{detect, hypercall::Hypercalls, synic::Synic};
 
+use super::Outcome;
 use crate::platform::Kernel;
 use crate::{arch, println};
 
-/// Run every scenario named in `cmdline`.
-pub fn run_all(cmdline: &str) -> u32 {
-    for (i, name) in cmdline.split_ascii_whitespace().enumerate() {
-        let result = match name {
-            "hello" => hello(),
-            "hv" => hv(),
-            other => Err(alloc::format!("unknown scenario `{other}`")),
-        };
-        match result {
-            Ok(()) => println!("scenario {name}: ok"),
-            Err(e) => {
-                println!("scenario {name}: FAILED: {e}");
-                return i as u32 + 1;
-            }
-        }
-    }
-    0
+/// Run `name` if it is a boot scenario.
+pub fn run(name: &str, _args: &str) -> Option<Outcome> {
+    Some(match name {
+        "hello" => hello(),
+        "hv" => hv(),
+        _ => return None,
+    })
 }
 
 /// Boot smoke test: the hypervisor's CPUID vendor as seen from CPL0, and the heap.
-fn hello() -> Result<(), alloc::string::String> {
+fn hello() -> Outcome {
     let [max, b, c, d] = arch::cpuid(0x4000_0000, 0);
     let mut vendor = [0u8; 12];
     vendor[0..4].copy_from_slice(&b.to_le_bytes());
@@ -44,7 +35,7 @@ fn hello() -> Result<(), alloc::string::String> {
 }
 
 /// Enlightenments: detect Hyper-V, enable the hypercall page and the SynIC (SINT2 on vector 0xF3).
-fn hv() -> Result<(), String> {
+fn hv() -> Outcome {
     let info = detect::detect(&Kernel).map_err(|e| e.to_string())?;
     println!(
         "hv: vendor `{}` features {:#x}/{:#x}",

@@ -1,0 +1,29 @@
+//! Scenarios the host asks for on the command line, run in order. Each returns Ok or an error message;
+//! the kernel's exit code is 0 when all pass, else the 1-based index of the first failure. Each submodule
+//! owns a family of scenarios and answers `run(name, args)` with `None` for names that are not its own.
+
+use alloc::format;
+use alloc::string::String;
+
+use crate::println;
+
+mod boot;
+
+/// The outcome of one scenario.
+pub type Outcome = Result<(), String>;
+
+/// Run every scenario named in `cmdline` (tokens `name` or `name:args`, separated by spaces).
+pub fn run_all(cmdline: &str) -> u32 {
+    for (i, token) in cmdline.split_ascii_whitespace().enumerate() {
+        let (name, args) = token.split_once(':').unwrap_or((token, ""));
+        let result = boot::run(name, args).unwrap_or_else(|| Err(format!("unknown scenario `{name}`")));
+        match result {
+            Ok(()) => println!("scenario {name}: ok"),
+            Err(e) => {
+                println!("scenario {name}: FAILED: {e}");
+                return i as u32 + 1;
+            }
+        }
+    }
+    0
+}
