@@ -112,6 +112,19 @@ impl Server {
             GpadlSlot::Pending(asm) => asm.finish(),
             GpadlSlot::Ready(ready) => Ok(ready),
         };
+        let outside = finished.as_ref().ok().and_then(|ready| {
+            let ram = &self.config.guest_pfns;
+            ready
+                .ranges
+                .iter()
+                .flat_map(|r| r.pfns.iter().copied())
+                .find(|pfn| !ram.is_empty() && !ram.iter().any(|r| r.contains(pfn)))
+        });
+        if let Some(pfn) = outside {
+            self.reserved_pfns = self.reserved_pfns.saturating_sub(entry.reserved);
+            self.gpadl_failed(relid, gpadl, STATUS_INVALID_PARAMETER);
+            return Err(ServerError::GpadlOutsideRam { gpadl, pfn });
+        }
         match finished {
             Ok(ready) => {
                 entry.slot = GpadlSlot::Ready(ready);

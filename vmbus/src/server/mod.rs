@@ -60,6 +60,10 @@ pub struct ServerConfig {
     /// Channel connection ids default to this plus the relid.
     pub channel_connection_id_base: u32,
     pub limits: ServerLimits,
+    /// Page frame numbers of guest RAM. A GPADL naming any page outside these ranges fails
+    /// (GPADL_CREATED with an error status) instead of reaching the device layer. Empty: no check
+    /// (the host then validates pages when it maps them).
+    pub guest_pfns: Vec<core::ops::Range<u64>>,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +73,7 @@ impl Default for ServerConfig {
             vp_count: 64,
             channel_connection_id_base: 0x1000,
             limits: ServerLimits::default(),
+            guest_pfns: Vec::new(),
         }
     }
 }
@@ -209,6 +214,9 @@ pub enum ServerError {
     Unsupported(MessageType),
     #[error("limit reached: {0}")]
     Limit(&'static str),
+    /// A GPADL names a page that is not guest RAM.
+    #[error("GPADL {gpadl:#x} names page {pfn:#x}, which is not guest RAM")]
+    GpadlOutsideRam { gpadl: u32, pfn: u64 },
     #[error("connection id {0:#x} is out of range")]
     BadConnectionId(u32),
 }

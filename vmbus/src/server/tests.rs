@@ -377,3 +377,41 @@ fn offers_rescind_and_limits() {
         Some(Message::UnloadResponse)
     ));
 }
+
+#[test]
+fn gpadl_pages_outside_guest_ram_fail() {
+    let mut server = connected(
+        ServerConfig {
+            guest_pfns: vec![0x100..0x110, 0x1000..0x1004],
+            ..ServerConfig::default()
+        },
+        1,
+    );
+    // Pages 0x100..0x108 are RAM: accepted.
+    make_gpadl(&mut server, 1, 7, 8);
+    // 40 pages from 0x100 run past 0x110: refused with an error status, nothing reaches the devices.
+    let pfns: Vec<u64> = (0..40).map(|p| 0x100 + p).collect();
+    let range = GpaRange::whole_pages(&pfns).unwrap();
+    let mut last = Ok(PostOutcome::Accepted);
+    for msg in GpadlMessages::new(1, 8, range).unwrap() {
+        last = server.handle_post(CONN, msg.as_bytes());
+    }
+    assert_eq!(
+        last,
+        Err(ServerError::GpadlOutsideRam {
+            gpadl: 8,
+            pfn: 0x110
+        })
+    );
+    let actions = drain(&mut server);
+    assert!(!actions
+        .iter()
+        .any(|a| matches!(a, ServerAction::GpadlReady { .. })));
+    assert!(sent(&actions)
+        .iter()
+        .any(|m| matches!(m, Message::GpadlCreated(c) if c.gpadl == 8 && c.creation_status != 0)));
+    assert!(server.gpadl(8).is_none());
+    assert_eq!(server.check_invariants(), Ok(()));
+    // The accepted GPADL is untouched.
+    assert!(server.gpadl(7).is_some());
+}
