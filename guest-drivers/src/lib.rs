@@ -11,3 +11,4 @@ extern crate alloc;
 pub mod hv;
 pub mod ic;
 pub mod platform;
+pub mod vmbus_client;

@@ -3,7 +3,11 @@
 //! emulated and virtio storage baselines they are compared with — all over the same disk backends.
 //!
 //! - [`disk`]: the disk backend trait, raw image files and RAM disks;
-//! - [`ic`]: host side of the heartbeat and shutdown integration components.
+//! - [`ic`]: host side of the heartbeat and shutdown integration components;
+//! - [`vmbus_service`]: the VMBus server on hypervisor-lite's SynIC hooks, serving [`vmbus_service::VmbusDevice`]s;
+//! - [`ic_vsp`]: the heartbeat and shutdown VSPs.
 
 pub mod disk;
 pub mod ic;
+pub mod ic_vsp;
+pub mod vmbus_service;

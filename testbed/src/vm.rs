@@ -109,6 +109,7 @@ pub struct GuestVm {
     partition: Partition,
     hv: Arc<HvPartition>,
     faults: Arc<FaultLog>,
+    started: Option<StatsSnapshot>,
 }
 
 impl std::fmt::Debug for GuestVm {
@@ -187,6 +188,7 @@ impl GuestVm {
             partition,
             hv,
             faults,
+            started: None,
         })
     }
 
@@ -207,11 +209,20 @@ impl GuestVm {
 
     /// Run the guest until it exits (or `timeout`).
     pub fn run(mut self, timeout: Duration) -> Result<GuestRun> {
-        let before = self.partition.stats();
-        let mut outcomes = self
-            .partition
-            .run_timeout(timeout)
-            .context("running the guest")?;
+        self.start()?;
+        self.wait(timeout)
+    }
+
+    /// Start the guest's vCPUs (counters of [`GuestRun::stats`] start here).
+    pub fn start(&mut self) -> Result<()> {
+        self.started = Some(self.partition.stats());
+        self.partition.start().context("starting the guest")
+    }
+
+    /// Wait for a started guest to exit (or `timeout`, after which it is stopped).
+    pub fn wait(mut self, timeout: Duration) -> Result<GuestRun> {
+        let before = self.started.take().context("the guest was not started")?;
+        let mut outcomes = self.partition.join_timeout(timeout);
         let outcome = outcomes
             .drain(..)
             .next()

@@ -8,6 +8,7 @@ use alloc::string::String;
 use crate::println;
 
 mod boot;
+mod vmbus;
 
 /// The outcome of one scenario.
 pub type Outcome = Result<(), String>;
@@ -15,6 +16,7 @@ pub type Outcome = Result<(), String>;
 /// Every scenario family, asked in order; one line each.
 const FAMILIES: &[fn(&str, &str) -> Option<Outcome>] = &[
     boot::run,
+    vmbus::run,
 ];
 
 /// Run every scenario named in `cmdline` (tokens `name` or `name:args`, separated by spaces).
