@@ -351,6 +351,28 @@ impl<'p, P: Platform> VmbusConnection<'p, P> {
         }
     }
 
+    /// Close an open channel (CLOSECHANNEL), tear down its ring GPADL and take the pages back once
+    /// the host confirms it let go of them.
+    pub fn close_channel(&mut self, channel: Channel) -> Result<(), VmbusError> {
+        let Channel {
+            relid,
+            gpadl,
+            outbound,
+            inbound,
+            region,
+            ..
+        } = channel;
+        self.client.close_channel(relid)?;
+        self.client.teardown_gpadl(gpadl)?;
+        self.wait_for(
+            |a| matches!(a, ClientAction::GpadlTornDown { gpadl: g, .. } if *g == gpadl),
+        )?;
+        // The host no longer maps the pages: drop our ring views, then free the memory.
+        drop((outbound, inbound));
+        self.platform.free_dma(region);
+        Ok(())
+    }
+
     /// Handle any channel messages that arrived (offers, rescinds...) without waiting.
     pub fn poll_messages(&mut self) -> Result<(), VmbusError> {
         while self.receive() {}
@@ -391,7 +413,6 @@ pub struct Channel {
     pub gpadl: u32,
     outbound: RingProducer<ContiguousMemory<'static>>,
     inbound: RingConsumer<ContiguousMemory<'static>>,
-    #[allow(dead_code)]
     region: DmaRegion,
     signal_pending: bool,
     /// Counters.

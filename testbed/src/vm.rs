@@ -20,6 +20,10 @@ pub const BOOT_INFO_GPA: u64 = 0xe_0000;
 pub const CMDLINE_GPA: u64 = 0xe_0100;
 /// Longest command line.
 pub const MAX_CMDLINE: usize = 0xf00;
+/// The guest's shared-memory log: `{u64 written, u64 dropped, text}` (see the guest's `console`).
+pub const LOG_GPA: u64 = 0xe_1000;
+/// Size of the log area (up to the 1 MiB line where the kernel image may start).
+pub const LOG_LEN: u64 = 0x10_0000 - LOG_GPA;
 /// The guest's exception reports.
 pub const FAULT_PORT: u16 = 0x502;
 const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"VIRIDIAN");
@@ -179,6 +183,8 @@ impl GuestVm {
             config.ram_bytes,
             CMDLINE_GPA,
             config.cmdline.len() as u64,
+            LOG_GPA,
+            LOG_LEN,
         ];
         for (i, word) in info.iter().enumerate() {
             ram.write_u64(BOOT_INFO_GPA + 8 * i as u64, *word)?;
@@ -190,6 +196,23 @@ impl GuestVm {
             faults,
             started: None,
         })
+    }
+
+    /// What the guest wrote to its shared-memory log so far (bounded by the log area; a guest that
+    /// writes garbage into the header only gets its text truncated).
+    pub fn log(&self) -> String {
+        let ram = self.partition.ram();
+        let written = ram.read_u64(LOG_GPA).unwrap_or(0).min(LOG_LEN - 16);
+        let mut text = vec![0u8; written as usize];
+        if ram.read(LOG_GPA + 16, &mut text).is_err() {
+            return String::new();
+        }
+        let dropped = ram.read_u64(LOG_GPA + 8).unwrap_or(0);
+        let mut log = String::from_utf8_lossy(&text).into_owned();
+        if dropped > 0 {
+            log.push_str(&format!("\n[{dropped} log bytes dropped]\n"));
+        }
+        log
     }
 
     /// The enlightenments (to register VMBus connections before the guest starts).
@@ -239,7 +262,7 @@ impl GuestVm {
             .collect();
         Ok(GuestRun {
             exit_code: outcome.exit_code(),
-            console: self.partition.serial_output().text(),
+            console: format!("{}{}", self.partition.serial_output().text(), self.log()),
             outcome,
             faults,
             stats: self.partition.stats().delta(&before),

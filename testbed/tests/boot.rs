@@ -32,3 +32,20 @@ fn unknown_scenario_fails_with_its_index() {
     assert_eq!(run.exit_code, Some(2), "{}", run.console);
     assert!(run.console.contains("unknown scenario `nonsense`"));
 }
+
+#[test]
+fn guest_output_goes_through_shared_memory_not_exits() {
+    if !hypervisor_lite::testing::kvm_or_skip() {
+        return;
+    }
+    let run = GuestVm::new(GuestVmConfig::new("hello hello hello"))
+        .unwrap()
+        .run(Duration::from_secs(30))
+        .unwrap();
+    run.expect_success().unwrap();
+    assert_eq!(run.console.matches("hello from CPL3").count(), 3);
+    // ~300 bytes of output, yet the only exit to user space is the final write to the exit port.
+    let exits = &run.stats.vcpus[0].user_exits;
+    assert_eq!(run.stats.user_exits(), 1, "{exits:?}");
+    assert_eq!(exits.io, 1, "{exits:?}");
+}

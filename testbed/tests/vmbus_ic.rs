@@ -85,6 +85,10 @@ fn heartbeats_then_shutdown_over_vmbus() {
 
     let service = b.service.lock().unwrap().clone().unwrap();
     assert_eq!(service.version(), Some(Version::WIN10_V5_3));
+    // The guest closed the heartbeat channel: its device thread was stopped and joined.
+    assert_eq!(value(&run, "ic-closed"), 1);
+    assert!(!b.heartbeat.snapshot().serving);
+    assert!(!service.is_serving(service.relids()[0]));
     assert_eq!(value(&run, "vmbus-version"), 5);
     assert_eq!(value(&run, "vmbus-offers"), 2);
     assert_eq!(value(&run, "ic-heartbeats"), HEARTBEATS);

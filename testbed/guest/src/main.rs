@@ -5,7 +5,7 @@
 //! [`BootInfo`] at [`BOOT_INFO_GPA`]. The shim sets up paging, descriptor tables and the service gate, then `iretq`s
 //! to [`kernel_main`] at CPL3.
 //! The host gives the kernel a command line of scenarios in the boot info; the kernel runs them in
-//! order, reports over serial and ends with an exit code on [`arch::EXIT_PORT`].
+//! order, reports through a shared-memory log and ends with an exit code on [`arch::EXIT_PORT`].
 #![no_std]
 #![no_main]
 
@@ -33,6 +33,9 @@ pub struct BootInfo {
     /// GPA and length of the command line (ASCII scenario names separated by spaces).
     pub cmdline_gpa: u64,
     pub cmdline_len: u64,
+    /// GPA and length of the shared-memory log (see `console`); length 0: log to COM1.
+    pub log_gpa: u64,
+    pub log_len: u64,
 }
 
 /// Where the host writes [`BootInfo`] (below the kernel image, above hypervisor-lite's boot area).
@@ -51,6 +54,7 @@ extern "C" fn kernel_main(boot_info: u64) -> ! {
         console::write_str("viridian-guest: bad boot info magic\n");
         arch::exit(0xbad);
     }
+    console::init_log(info.log_gpa, info.log_len);
     heap::init(info.ram_bytes);
     // SAFETY: the host wrote `cmdline_len` ASCII bytes at `cmdline_gpa`, inside guest RAM.
     let cmdline = unsafe {

@@ -73,6 +73,7 @@ extern "C" fn rust_eh_personality() {}
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
+    let _ = core::fmt::Write::write_fmt(&mut crate::console::Serial, format_args!("guest panic: {info}\n"));
     crate::println!("guest panic: {info}");
     crate::arch::exit(0xdead)
 }

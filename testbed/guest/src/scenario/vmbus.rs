@@ -196,6 +196,11 @@ fn serve_ics(conn: &mut VmbusConnection<'_, Kernel>) -> Outcome {
         }
     }
     let signals: u64 = channels.iter().map(|(c, _)| c.stats.signals).sum();
+    // The heartbeat channel is done: close it (the shutdown channel stays open until we power off,
+    // so the host surely reads our acknowledgement).
+    let [(heartbeat_channel, _), _] = channels;
+    conn.close_channel(heartbeat_channel).map_err(err)?;
+    println!("ic-closed=1");
     println!(
         "ic-heartbeats={} ic-batches={} ic-signals={} ic-interrupts={} ic-waits={}",
         stats.heartbeats,
