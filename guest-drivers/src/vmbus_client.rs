@@ -367,8 +367,7 @@ impl<'p, P: Platform> VmbusConnection<'p, P> {
         self.wait_for(
             |a| matches!(a, ClientAction::GpadlTornDown { gpadl: g, .. } if *g == gpadl),
         )?;
-        // The host no longer maps the pages: drop our ring views, then free the memory.
-        drop((outbound, inbound));
+        // The host no longer maps the pages (our ring views went with `channel`): free them.
         self.platform.free_dma(region);
         Ok(())
     }
