@@ -357,8 +357,6 @@ impl<'p, P: Platform> VmbusConnection<'p, P> {
         let Channel {
             relid,
             gpadl,
-            outbound,
-            inbound,
             region,
             ..
         } = channel;
