@@ -27,5 +27,5 @@ pub use error::{Error, KvmUnavailableCause, Result};
 pub use irq::{InterruptController, IoEventAddress};
 pub use memory::{GuestRam, MemoryError};
 pub use partition::{Partition, PartitionConfig, StopHandle};
-pub use stats::{ExitReason, StatsSnapshot, UserExits, VcpuStats};
+pub use stats::{ExitReason, StatsProbe, StatsSnapshot, UserExits, VcpuStats};
 pub use vcpu::{GuestState, VcpuCtx, VcpuOutcome, EXIT_PORT};

@@ -36,7 +36,7 @@ use crate::kvm_setup;
 use crate::loader::{self, LoadedImage};
 use crate::memory::GuestRam;
 use crate::serial::{SerialConsole, SerialOutput, COM1_GSI, COM1_PORTS};
-use crate::stats::{self, ExitCounters, KvmStatsFile, StatsSnapshot, VcpuStatSources};
+use crate::stats::{ExitCounters, KvmStatsFile, StatsProbe, StatsSnapshot, VcpuStatSources};
 use crate::vcpu::{install_kick_handler, VcpuControl, VcpuOutcome, VcpuRunner};
 
 /// Default KVM device node.
@@ -320,8 +320,7 @@ impl PartitionConfig {
             },
             done_tx,
             done_rx,
-            stat_sources,
-            vm_stats,
+            stats: StatsProbe::new(vm_stats, stat_sources),
             serial,
             image: None,
             mode: self.mode,
@@ -392,8 +391,7 @@ pub struct Partition {
     stop: StopHandle,
     done_tx: Sender<u32>,
     done_rx: Receiver<u32>,
-    stat_sources: Vec<VcpuStatSources>,
-    vm_stats: Option<KvmStatsFile>,
+    stats: StatsProbe,
     serial: Option<Arc<SerialConsole>>,
     image: Option<LoadedImage>,
     mode: BootMode,
@@ -499,7 +497,13 @@ impl Partition {
 
     /// Accounting now: user exits per vCPU and reason, KVM statistics per vCPU and VM.
     pub fn stats(&self) -> StatsSnapshot {
-        stats::snapshot(self.vm_stats.as_ref(), &self.stat_sources)
+        self.stats.snapshot()
+    }
+
+    /// A cloneable handle that takes [`Partition::stats`] snapshots from any thread — e.g. from a port
+    /// handler, to delimit a measured window at an exact point of the guest's execution.
+    pub fn stats_probe(&self) -> StatsProbe {
+        self.stats.clone()
     }
 
     /// Starts one host thread per vCPU at the image's entry point.

@@ -437,6 +437,21 @@ pub(crate) struct VcpuStatSources {
     pub(crate) kvm: Option<KvmStatsFile>,
 }
 
+/// Takes accounting snapshots of one partition from any thread (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct StatsProbe(Arc<(Option<KvmStatsFile>, Vec<VcpuStatSources>)>);
+
+impl StatsProbe {
+    pub(crate) fn new(vm: Option<KvmStatsFile>, vcpus: Vec<VcpuStatSources>) -> Self {
+        Self(Arc::new((vm, vcpus)))
+    }
+
+    /// Accounting now: user exits per vCPU and reason, KVM statistics per vCPU and VM.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        snapshot(self.0 .0.as_ref(), &self.0 .1)
+    }
+}
+
 /// Takes a snapshot from live sources. KVM stats that cannot be read are reported as empty maps
 /// (the user-exit counters are always exact).
 pub(crate) fn snapshot(vm: Option<&KvmStatsFile>, vcpus: &[VcpuStatSources]) -> StatsSnapshot {

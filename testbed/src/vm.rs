@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use hypervisor_lite::hv::{HvConfig, HvPartition};
 use hypervisor_lite::{
-    Partition, PartitionConfig, PortHandler, StatsSnapshot, VcpuCtx, VcpuOutcome,
+    Partition, PartitionConfig, PortHandler, StatsProbe, StatsSnapshot, VcpuCtx, VcpuOutcome,
 };
 
 /// Where the boot info goes (the guest's shim hands this address to Rust).
@@ -26,6 +26,9 @@ pub const LOG_GPA: u64 = 0xe_1000;
 pub const LOG_LEN: u64 = 0x10_0000 - LOG_GPA;
 /// The guest's exception reports.
 pub const FAULT_PORT: u16 = 0x502;
+/// The guest writes a u32 marker here to delimit a measured window; the host snapshots the
+/// counters at that exact point (the snapshot includes the marker write's own exit).
+pub const MARK_PORT: u16 = 0x503;
 const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"VIRIDIAN");
 
 /// Adds device handlers to the partition before it is built.
@@ -108,11 +111,38 @@ impl PortHandler for FaultLog {
     }
 }
 
+/// Counter snapshots taken when the guest wrote to [`MARK_PORT`].
+#[derive(Debug, Default)]
+struct MarkLog {
+    probe: std::sync::OnceLock<StatsProbe>,
+    marks: Mutex<Vec<(u32, StatsSnapshot)>>,
+}
+
+impl PortHandler for MarkLog {
+    fn read(&self, _vcpu: &mut VcpuCtx, _port: u16, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn write(&self, _vcpu: &mut VcpuCtx, _port: u16, data: &[u8]) {
+        let mut word = [0u8; 4];
+        let n = data.len().min(4);
+        word[..n].copy_from_slice(&data[..n]);
+        if let Some(probe) = self.probe.get() {
+            let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+            // Bounded whatever the guest does.
+            if marks.len() < 4096 {
+                marks.push((u32::from_le_bytes(word), probe.snapshot()));
+            }
+        }
+    }
+}
+
 /// A booted (not yet started) guest.
 pub struct GuestVm {
     partition: Partition,
     hv: Arc<HvPartition>,
     faults: Arc<FaultLog>,
+    marks: Arc<MarkLog>,
     started: Option<StatsSnapshot>,
 }
 
@@ -135,6 +165,21 @@ pub struct GuestRun {
     pub faults: Vec<(u32, u64)>,
     /// Counters over the whole run.
     pub stats: StatsSnapshot,
+    /// Snapshots at the guest's marks, in order.
+    pub marks: Vec<(u32, StatsSnapshot)>,
+}
+
+impl GuestRun {
+    /// Counters between the first marks `start` and `end` (the end marker's own exit removed).
+    pub fn window(&self, start: u32, end: u32) -> Option<StatsSnapshot> {
+        let a = self.marks.iter().find(|(m, _)| *m == start)?;
+        let b = self.marks.iter().find(|(m, _)| *m == end)?;
+        let mut delta = b.1.delta(&a.1);
+        if let Some(v) = delta.vcpus.first_mut() {
+            v.user_exits.io = v.user_exits.io.saturating_sub(1);
+        }
+        Some(delta)
+    }
 }
 
 impl GuestRun {
@@ -167,11 +212,14 @@ impl GuestVm {
         let mut pc = PartitionConfig::new(config.ram_bytes, 1);
         pc.elf_file(crate::GUEST_ELF).serial_echo(config.echo);
         pc.add_port_handler(FAULT_PORT..FAULT_PORT + 1, faults.clone());
+        let marks = Arc::new(MarkLog::default());
+        pc.add_port_handler(MARK_PORT..MARK_PORT + 1, marks.clone());
         hv.install(&mut pc);
         for hook in config.configure.drain(..) {
             hook(&mut pc)?;
         }
         let partition = pc.build().context("building the guest partition")?;
+        let _ = marks.probe.set(partition.stats_probe());
         hv.attach_to(&partition)
             .context("attaching the enlightenments")?;
         for hook in config.attach.drain(..) {
@@ -194,6 +242,7 @@ impl GuestVm {
             partition,
             hv,
             faults,
+            marks,
             started: None,
         })
     }
@@ -266,6 +315,7 @@ impl GuestVm {
             outcome,
             faults,
             stats: self.partition.stats().delta(&before),
+            marks: std::mem::take(&mut *self.marks.marks.lock().unwrap_or_else(|e| e.into_inner())),
         })
     }
 }

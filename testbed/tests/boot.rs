@@ -49,3 +49,22 @@ fn guest_output_goes_through_shared_memory_not_exits() {
     assert_eq!(run.stats.user_exits(), 1, "{exits:?}");
     assert_eq!(exits.io, 1, "{exits:?}");
 }
+
+#[test]
+fn marks_delimit_windows_exactly() {
+    if !hypervisor_lite::testing::kvm_or_skip() {
+        return;
+    }
+    let run = GuestVm::new(GuestVmConfig::new("marks"))
+        .unwrap()
+        .run(Duration::from_secs(30))
+        .unwrap();
+    run.expect_success().unwrap();
+    assert_eq!(
+        run.marks.iter().map(|(m, _)| *m).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    // Nothing happens between two consecutive marks: an empty window.
+    let window = run.window(1, 2).unwrap();
+    assert_eq!(window.user_exits(), 0, "{:?}", window.vcpus[0].user_exits);
+}

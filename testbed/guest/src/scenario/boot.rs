@@ -14,6 +14,11 @@ pub fn run(name: &str, _args: &str) -> Option<Outcome> {
     Some(match name {
         "hello" => hello(),
         "hv" => hv(),
+        "marks" => {
+            arch::mark(1);
+            arch::mark(2);
+            Ok(())
+        }
         _ => return None,
     })
 }
