@@ -194,7 +194,7 @@ impl VmbusDevice for IcVsp {
                 };
                 // One update per batch, with the channel counters that belong to it, so observers
                 // never see answers without the signals that delivered them.
-                let stats = channel.stats;
+                let stats = channel.stats();
                 let mut errors = Vec::new();
                 self.control.update(|s| {
                     s.channel = stats;
@@ -255,7 +255,7 @@ impl VmbusDevice for IcVsp {
                     }
                 }
             }
-            let stats = channel.stats;
+            let stats = channel.stats();
             self.control.update(|s| s.channel = stats);
             if channel.wait(Duration::from_millis(20)) == Wake::Stopped {
                 self.control.update(|s| s.serving = false);

@@ -17,7 +17,7 @@ use std::time::Duration;
 use hypervisor_lite::hv::hypercall::HvStatus;
 use hypervisor_lite::hv::{HvError, HvPartition};
 use hypervisor_lite::GuestRam;
-use vmbus::mem::PagedMemory;
+use vmbus::mem::{PagedMemory, RingMemory};
 use vmbus::protocol::Version;
 use vmbus::ring::{RingConsumer, RingError, RingProducer};
 use vmbus::server::{OfferConfig, Server, ServerAction, ServerConfig};
@@ -286,7 +286,7 @@ impl VmbusService {
                 return;
             }
         };
-        let stop = channel.stop.clone();
+        let stop = channel.signals.stop.clone();
         let device = slot.device.clone();
         let name = format!("vsp-{}-{relid}", device.name());
         match std::thread::Builder::new()
@@ -350,35 +350,79 @@ pub struct HostChannelStats {
     pub wakeups: u64,
 }
 
-/// The host end of one open channel: the guest→host ring (read), the host→guest ring (written), the
-/// event fd the guest signals, and the way to interrupt the guest.
+/// Ring memory in guest pages: the host mapping of a ring's pages plus a handle on guest RAM that keeps
+/// the mapping alive for as long as the ring exists, so rings may move to any thread or struct.
+#[derive(Debug)]
+pub struct GuestPages {
+    pages: PagedMemory<'static>,
+    _ram: GuestRam,
+}
+
+impl RingMemory for GuestPages {
+    fn len(&self) -> usize {
+        self.pages.len()
+    }
+
+    fn load_u32(&self, off: usize, order: Ordering) -> u32 {
+        self.pages.load_u32(off, order)
+    }
+
+    fn store_u32(&self, off: usize, value: u32, order: Ordering) {
+        self.pages.store_u32(off, value, order)
+    }
+
+    fn read_bytes(&self, off: usize, dst: &mut [u8]) {
+        self.pages.read_bytes(off, dst)
+    }
+
+    fn write_bytes(&self, off: usize, src: &[u8]) {
+        self.pages.write_bytes(off, src)
+    }
+}
+
+/// The host end of one open channel: the guest→host ring (read), the host→guest ring (written) and
+/// [`ChannelSignals`] (the event fd the guest signals, and the way to interrupt the guest).
 pub struct HostChannel {
     /// The channel's relid (the guest's event flag number).
     pub relid: u32,
     /// Guest→host ring.
-    pub inbound: RingConsumer<PagedMemory<'static>>,
+    pub inbound: RingConsumer<GuestPages>,
     /// Host→guest ring.
-    pub outbound: RingProducer<PagedMemory<'static>>,
-    /// Counters.
-    pub stats: HostChannelStats,
-    event: EventFd,
-    hv: Arc<HvPartition>,
-    target_vp: u32,
-    stop: Arc<AtomicBool>,
-    // Declared last: dropped after the rings whose pages it keeps mapped.
-    _ram: GuestRam,
+    pub outbound: RingProducer<GuestPages>,
+    /// Notifications in both directions, and their counters.
+    pub signals: ChannelSignals,
 }
 
 impl std::fmt::Debug for HostChannel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HostChannel")
             .field("relid", &self.relid)
+            .field("signals", &self.signals)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A channel's notifications: the event fd the guest signals and the way to interrupt the guest.
+pub struct ChannelSignals {
+    relid: u32,
+    /// Counters.
+    pub stats: HostChannelStats,
+    event: EventFd,
+    hv: Arc<HvPartition>,
+    target_vp: u32,
+    stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for ChannelSignals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelSignals")
+            .field("relid", &self.relid)
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
 }
 
-/// What [`HostChannel::wait`] saw.
+/// What [`ChannelSignals::wait`] saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wake {
     /// The guest signalled (this many times since the last wait).
@@ -418,7 +462,7 @@ impl HostChannel {
         let (inbound_pages, outbound_pages) = pages.split_at(split);
         // SAFETY: every pointer addresses a whole 4 KiB page inside a guest RAM mapping (checked by
         // `host_ptr_range`), which stays mapped while any `GuestRam` clone lives; the channel keeps one
-        // (`_ram`) and drops it after the rings. The guest may write these pages concurrently; the ring
+        // (in each ring's `GuestPages`). The guest may write these pages concurrently; the ring
         // code accesses them only atomically and never forms references to them.
         let (inbound_mem, outbound_mem) = unsafe {
             (
@@ -426,19 +470,62 @@ impl HostChannel {
                 PagedMemory::new(outbound_pages.to_vec()),
             )
         };
+        let inbound = RingConsumer::new(GuestPages {
+            pages: inbound_mem,
+            _ram: ram.clone(),
+        })?;
+        let outbound = RingProducer::new(GuestPages {
+            pages: outbound_mem,
+            _ram: ram.clone(),
+        })?;
         Ok(Self {
             relid,
-            inbound: RingConsumer::new(inbound_mem)?,
-            outbound: RingProducer::new(outbound_mem)?,
-            stats: HostChannelStats::default(),
-            event: event.try_clone()?,
-            hv: hv.clone(),
-            target_vp,
-            stop: Arc::new(AtomicBool::new(false)),
-            _ram: ram.clone(),
+            inbound,
+            outbound,
+            signals: ChannelSignals {
+                relid,
+                stats: HostChannelStats::default(),
+                event: event.try_clone()?,
+                hv: hv.clone(),
+                target_vp,
+                stop: Arc::new(AtomicBool::new(false)),
+            },
         })
     }
 
+    /// Split into the two rings and the signals (for devices that keep the rings in a worker).
+    pub fn into_parts(
+        self,
+    ) -> (
+        RingConsumer<GuestPages>,
+        RingProducer<GuestPages>,
+        ChannelSignals,
+    ) {
+        (self.inbound, self.outbound, self.signals)
+    }
+
+    /// See [`ChannelSignals::is_stopped`].
+    pub fn is_stopped(&self) -> bool {
+        self.signals.is_stopped()
+    }
+
+    /// See [`ChannelSignals::wait`].
+    pub fn wait(&mut self, timeout: Duration) -> Wake {
+        self.signals.wait(timeout)
+    }
+
+    /// See [`ChannelSignals::notify_guest`].
+    pub fn notify_guest(&mut self) {
+        self.signals.notify_guest()
+    }
+
+    /// The channel's counters.
+    pub fn stats(&self) -> HostChannelStats {
+        self.signals.stats
+    }
+}
+
+impl ChannelSignals {
     /// Whether the service asked this channel's device to stop.
     pub fn is_stopped(&self) -> bool {
         self.stop.load(Ordering::Acquire)
