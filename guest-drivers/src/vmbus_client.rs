@@ -16,7 +16,7 @@ use vmbus::mem::ContiguousMemory;
 use vmbus::packet::PacketFlags;
 use vmbus::protocol::{Guid, MessageType, OfferChannel, Version};
 use vmbus::ring::{
-    initialize_control_page, Drained, PacketInfo, RingConsumer, RingError, RingProducer,
+    initialize_control_page, Drained, PacketInfo, RingConsumer, RingError, RingProducer, Written,
 };
 
 use crate::hv::detect::{self, DetectError};
@@ -424,19 +424,8 @@ impl Channel {
         flags: PacketFlags,
         payload: &[&[u8]],
     ) -> Result<(), RingError> {
-        match self.outbound.write_inband(trans_id, flags, payload) {
-            Ok(written) => {
-                self.signal_pending |= written.signal;
-                self.stats.sent += 1;
-                Ok(())
-            }
-            Err(e) => {
-                if matches!(e, RingError::Full { .. }) {
-                    self.stats.full += 1;
-                }
-                Err(e)
-            }
-        }
+        let written = self.outbound.write_inband(trans_id, flags, payload);
+        self.account(written)
     }
 
     /// Queue a GPA-direct packet (data buffers by page number); signal deferred to [`Channel::flush`].
@@ -447,10 +436,15 @@ impl Channel {
         ranges: &[vmbus::packet::GpaRangeSpec<'_>],
         payload: &[&[u8]],
     ) -> Result<(), RingError> {
-        match self
+        let written = self
             .outbound
-            .write_gpa_direct(trans_id, flags, ranges, payload)
-        {
+            .write_gpa_direct(trans_id, flags, ranges, payload);
+        self.account(written)
+    }
+
+    /// Count a write and remember whether the host must be signalled at the next flush.
+    fn account(&mut self, written: Result<Written, RingError>) -> Result<(), RingError> {
+        match written {
             Ok(written) => {
                 self.signal_pending |= written.signal;
                 self.stats.sent += 1;
