@@ -9,5 +9,6 @@
 
 pub mod disk;
 pub mod ic;
+pub mod ide;
 pub mod ic_vsp;
 pub mod vmbus_service;
