@@ -11,4 +11,5 @@ pub mod disk;
 pub mod ic;
 pub mod ide;
 pub mod ic_vsp;
+pub mod virtio_blk;
 pub mod vmbus_service;

@@ -1,0 +1,420 @@
+//! virtio-blk without KVM: a test driver sets the device up through its MMIO registers and builds split
+//! virtqueue rings and descriptor chains in a hypervisor-lite `GuestRam`, then the device processes them.
+
+use std::sync::Arc;
+
+use hypervisor_lite::GuestRam;
+
+use super::request::{req_type, status};
+use super::transport::{device_status as ds, features as f, regs};
+use super::*;
+use crate::disk::RamDisk;
+
+const RAM: u64 = 4 << 20;
+const QSIZE: u16 = 16;
+const DESC: u64 = 0x10_0000;
+const AVAIL: u64 = 0x10_1000;
+const USED: u64 = 0x10_2000;
+const BUFS: u64 = 0x20_0000;
+const NEXT: u16 = 1;
+const WRITE: u16 = 2;
+
+struct Driver {
+    ram: GuestRam,
+    dev: VirtioBlkDevice,
+    avail_idx: u16,
+    used_seen: u16,
+}
+
+fn w32(dev: &VirtioBlkDevice, reg: u64, v: u32) {
+    dev.mmio_write(reg, &v.to_le_bytes());
+}
+
+fn r32(dev: &VirtioBlkDevice, reg: u64) -> u32 {
+    let mut b = [0u8; 4];
+    dev.mmio_read(reg, &mut b);
+    u32::from_le_bytes(b)
+}
+
+impl Driver {
+    /// Negotiates `accept` (intersected with the offer) and sets up queue 0.
+    fn new(disk: Arc<dyn BlockBackend>, accept: u64) -> Self {
+        let ram = GuestRam::new(RAM).unwrap();
+        let dev = VirtioBlkDevice::new(disk, VirtioBlkConfig::default()).unwrap();
+        dev.attach_memory(&ram).unwrap();
+        assert_eq!(r32(&dev, regs::MAGIC), transport::MAGIC);
+        assert_eq!(r32(&dev, regs::VERSION), 2);
+        assert_eq!(r32(&dev, regs::DEVICE_ID), 2);
+        w32(&dev, regs::STATUS, 0);
+        w32(&dev, regs::STATUS, ds::ACKNOWLEDGE | ds::DRIVER);
+        let mut offered = 0u64;
+        for sel in 0..2 {
+            w32(&dev, regs::DEVICE_FEATURES_SEL, sel);
+            offered |= u64::from(r32(&dev, regs::DEVICE_FEATURES)) << (32 * sel);
+        }
+        let chosen = offered & accept;
+        for sel in 0..2 {
+            w32(&dev, regs::DRIVER_FEATURES_SEL, sel);
+            w32(&dev, regs::DRIVER_FEATURES, (chosen >> (32 * sel)) as u32);
+        }
+        w32(
+            &dev,
+            regs::STATUS,
+            ds::ACKNOWLEDGE | ds::DRIVER | ds::FEATURES_OK,
+        );
+        assert_ne!(r32(&dev, regs::STATUS) & ds::FEATURES_OK, 0);
+        w32(&dev, regs::QUEUE_SEL, 0);
+        assert_eq!(
+            r32(&dev, regs::QUEUE_NUM_MAX),
+            u32::from(transport::QUEUE_MAX)
+        );
+        w32(&dev, regs::QUEUE_NUM, u32::from(QSIZE));
+        for (lo, hi, gpa) in [
+            (regs::QUEUE_DESC_LOW, regs::QUEUE_DESC_HIGH, DESC),
+            (regs::QUEUE_DRIVER_LOW, regs::QUEUE_DRIVER_HIGH, AVAIL),
+            (regs::QUEUE_DEVICE_LOW, regs::QUEUE_DEVICE_HIGH, USED),
+        ] {
+            w32(&dev, lo, gpa as u32);
+            w32(&dev, hi, (gpa >> 32) as u32);
+        }
+        w32(&dev, regs::QUEUE_READY, 1);
+        assert_eq!(r32(&dev, regs::QUEUE_READY), 1);
+        w32(
+            &dev,
+            regs::STATUS,
+            ds::ACKNOWLEDGE | ds::DRIVER | ds::FEATURES_OK | ds::DRIVER_OK,
+        );
+        Self {
+            ram,
+            dev,
+            avail_idx: 0,
+            used_seen: 0,
+        }
+    }
+
+    fn desc(&self, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let at = DESC + 16 * u64::from(i);
+        self.ram.write_u64(at, addr).unwrap();
+        self.ram.write_u32(at + 8, len).unwrap();
+        self.ram.write(at + 12, &flags.to_le_bytes()).unwrap();
+        self.ram.write(at + 14, &next.to_le_bytes()).unwrap();
+    }
+
+    fn publish(&mut self, head: u16) {
+        let slot = AVAIL + 4 + 2 * u64::from(self.avail_idx % QSIZE);
+        self.ram.write(slot, &head.to_le_bytes()).unwrap();
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        self.ram
+            .write(AVAIL + 2, &self.avail_idx.to_le_bytes())
+            .unwrap();
+    }
+
+    fn set_used_event(&self, v: u16) {
+        self.ram
+            .write(AVAIL + 4 + 2 * u64::from(QSIZE), &v.to_le_bytes())
+            .unwrap();
+    }
+
+    fn avail_event(&self) -> u16 {
+        let mut b = [0u8; 2];
+        self.ram
+            .read(USED + 4 + 8 * u64::from(QSIZE), &mut b)
+            .unwrap();
+        u16::from_le_bytes(b)
+    }
+
+    /// Used entries (id, len) not seen yet.
+    fn used(&mut self) -> Vec<(u32, u32)> {
+        let mut b = [0u8; 2];
+        self.ram.read(USED + 2, &mut b).unwrap();
+        let idx = u16::from_le_bytes(b);
+        let mut out = Vec::new();
+        while self.used_seen != idx {
+            let at = USED + 4 + 8 * u64::from(self.used_seen % QSIZE);
+            out.push((
+                self.ram.read_u32(at).unwrap(),
+                self.ram.read_u32(at + 4).unwrap(),
+            ));
+            self.used_seen = self.used_seen.wrapping_add(1);
+        }
+        out
+    }
+
+    fn header(&self, at: u64, kind: u32, sector: u64) {
+        self.ram.write_u32(at, kind).unwrap();
+        self.ram.write_u32(at + 4, 0).unwrap();
+        self.ram.write_u64(at + 8, sector).unwrap();
+    }
+
+    fn status_byte(&self, at: u64) -> u8 {
+        let mut b = [0u8];
+        self.ram.read(at, &mut b).unwrap();
+        b[0]
+    }
+
+    /// Queues a 3-descriptor request at descriptors `d..d+3`, data at `data`, status at `st`.
+    fn request(&mut self, d: u16, kind: u32, sector: u64, data: u64, len: u32, st: u64) {
+        let hdr = st + 0x100;
+        self.header(hdr, kind, sector);
+        let data_flags = if kind == req_type::OUT {
+            NEXT
+        } else {
+            NEXT | WRITE
+        };
+        self.desc(d, hdr, 16, NEXT, d + 1);
+        self.desc(d + 1, data, len, data_flags, d + 2);
+        self.desc(d + 2, st, 1, WRITE, 0);
+        self.publish(d);
+    }
+}
+
+const ALL: u64 = f::VERSION_1 | f::RING_EVENT_IDX | f::BLK_FLUSH | f::BLK_SEG_MAX | f::BLK_BLK_SIZE;
+
+#[test]
+fn config_space_and_feature_offer() {
+    let disk = Arc::new(RamDisk::new(1 << 20));
+    let drv = Driver::new(disk, ALL);
+    let mut cap = [0u8; 8];
+    drv.dev.mmio_read(regs::CONFIG, &mut cap);
+    assert_eq!(u64::from_le_bytes(cap), 2048);
+    assert_eq!(r32(&drv.dev, regs::CONFIG + 20), 512, "blk_size");
+    assert_eq!(
+        r32(&drv.dev, regs::CONFIG + 12),
+        request::SEG_MAX,
+        "seg_max"
+    );
+    let mut past = [0xAAu8; 4];
+    drv.dev.mmio_read(0xFFC, &mut past);
+    assert_eq!(past, [0; 4]);
+    w32(&drv.dev, regs::DEVICE_FEATURES_SEL, 0);
+    assert_eq!(r32(&drv.dev, regs::DEVICE_FEATURES) & (f::BLK_RO as u32), 0);
+    let ro = VirtioBlkDevice::new(
+        Arc::new(RamDisk::read_only_from(vec![0; 4096])),
+        VirtioBlkConfig::default(),
+    )
+    .unwrap();
+    assert_ne!(r32(&ro, regs::DEVICE_FEATURES) & (f::BLK_RO as u32), 0);
+}
+
+#[test]
+fn features_ok_is_refused_for_unoffered_or_legacy_drivers() {
+    let dev =
+        VirtioBlkDevice::new(Arc::new(RamDisk::new(4096)), VirtioBlkConfig::default()).unwrap();
+    for (lo, hi) in [(1u32 << 31, 1u32), (0, 0)] {
+        w32(&dev, regs::STATUS, 0);
+        w32(&dev, regs::DRIVER_FEATURES_SEL, 0);
+        w32(&dev, regs::DRIVER_FEATURES, lo);
+        w32(&dev, regs::DRIVER_FEATURES_SEL, 1);
+        w32(&dev, regs::DRIVER_FEATURES, hi);
+        w32(
+            &dev,
+            regs::STATUS,
+            ds::ACKNOWLEDGE | ds::DRIVER | ds::FEATURES_OK,
+        );
+        assert_eq!(
+            r32(&dev, regs::STATUS) & ds::FEATURES_OK,
+            0,
+            "{lo:#x}/{hi:#x}"
+        );
+    }
+}
+
+#[test]
+fn write_read_flush_and_get_id_round_trip() {
+    let disk = Arc::new(RamDisk::new(1 << 20));
+    let mut drv = Driver::new(disk.clone(), ALL);
+    let pattern: Vec<u8> = (0..8192u32).map(|i| (i * 7 + 3) as u8).collect();
+    drv.ram.write(BUFS, &pattern).unwrap();
+    drv.request(0, req_type::OUT, 8, BUFS, 8192, BUFS + 0x10000);
+    drv.request(3, req_type::IN, 8, BUFS + 0x4000, 8192, BUFS + 0x10010);
+    drv.request(6, req_type::FLUSH, 0, BUFS + 0x9000, 0, BUFS + 0x10020);
+    // GET_ID: header + 20-byte writable buffer + status.
+    drv.request(9, req_type::GET_ID, 0, BUFS + 0xA000, 20, BUFS + 0x10030);
+    assert_eq!(drv.dev.process_queue(), 4);
+    assert_eq!(&disk.snapshot()[8 * 512..][..8192], &pattern[..]);
+    let mut back = vec![0u8; 8192];
+    drv.ram.read(BUFS + 0x4000, &mut back).unwrap();
+    assert_eq!(back, pattern);
+    for at in [0x10000, 0x10010, 0x10020, 0x10030] {
+        assert_eq!(drv.status_byte(BUFS + at), status::OK, "{at:#x}");
+    }
+    let mut id = [0u8; 20];
+    drv.ram.read(BUFS + 0xA000, &mut id).unwrap();
+    assert!(id.starts_with(b"viridian-virtio-blk"));
+    assert_eq!(drv.used(), vec![(0, 1), (3, 8193), (6, 1), (9, 21)]);
+    let s = drv.dev.stats();
+    assert_eq!(
+        (s.requests, s.reads, s.writes, s.flushes, s.errors),
+        (4, 1, 1, 1, 0)
+    );
+}
+
+#[test]
+fn bad_requests_get_ioerr_or_unsupp() {
+    let disk = Arc::new(RamDisk::new(64 * 512));
+    let mut drv = Driver::new(disk, ALL);
+    // Past the end of the disk.
+    drv.request(0, req_type::IN, 63, BUFS, 1024, BUFS + 0x1000);
+    // Overflowing sector number.
+    drv.request(3, req_type::OUT, u64::MAX / 256, BUFS, 512, BUFS + 0x1010);
+    // Data not a multiple of 512.
+    drv.request(6, req_type::IN, 0, BUFS, 100, BUFS + 0x1020);
+    // Unknown type.
+    drv.request(9, 77, 0, BUFS, 512, BUFS + 0x1030);
+    // Data buffer outside guest RAM.
+    drv.request(12, req_type::IN, 0, RAM - 256, 512, BUFS + 0x1040);
+    assert_eq!(drv.dev.process_queue(), 5);
+    let expect = [
+        status::IOERR,
+        status::IOERR,
+        status::IOERR,
+        status::UNSUPP,
+        status::IOERR,
+    ];
+    for (i, want) in expect.into_iter().enumerate() {
+        assert_eq!(
+            drv.status_byte(BUFS + 0x1000 + 0x10 * i as u64),
+            want,
+            "request {i}"
+        );
+    }
+    assert_eq!(drv.dev.stats().errors, 5);
+    assert_eq!(drv.dev.device_status() & ds::NEEDS_RESET, 0);
+}
+
+#[test]
+fn read_only_disk_refuses_writes() {
+    let disk = Arc::new(RamDisk::read_only_from(vec![0x11; 4096]));
+    let mut drv = Driver::new(disk.clone(), ALL | f::BLK_RO);
+    drv.request(0, req_type::OUT, 0, BUFS, 512, BUFS + 0x1000);
+    drv.request(3, req_type::IN, 0, BUFS + 0x200, 512, BUFS + 0x1010);
+    drv.dev.process_queue();
+    assert_eq!(drv.status_byte(BUFS + 0x1000), status::IOERR);
+    assert_eq!(drv.status_byte(BUFS + 0x1010), status::OK);
+    assert_eq!(disk.snapshot(), vec![0x11; 4096]);
+}
+
+#[test]
+fn hostile_chains_never_escape_guest_ram() {
+    let disk = Arc::new(RamDisk::new(64 * 512));
+    let mut drv = Driver::new(disk.clone(), ALL);
+    let st = BUFS + 0x3000;
+    // 1. A descriptor loop: 0 -> 1 -> 0 ... ; the chain walk stops at the queue size.
+    drv.header(BUFS, req_type::OUT, 0);
+    drv.desc(0, BUFS, 16, NEXT, 1);
+    drv.desc(1, BUFS + 0x100, 512, NEXT, 0);
+    drv.publish(0);
+    // 2. Header beyond RAM, status in RAM.
+    drv.desc(2, 0xFFFF_FFFF_FFFF_FF00, 16, NEXT, 3);
+    drv.desc(3, st, 1, WRITE, 0);
+    drv.publish(2);
+    // 3. Readable after writable.
+    drv.header(BUFS + 0x200, req_type::IN, 0);
+    drv.desc(4, st + 1, 1, WRITE | NEXT, 5);
+    drv.desc(5, BUFS + 0x200, 16, NEXT, 6);
+    drv.desc(6, st + 2, 1, WRITE, 0);
+    drv.publish(4);
+    // 4. No writable byte at all: completed with length 0.
+    drv.desc(7, BUFS + 0x200, 16, 0, 0);
+    drv.publish(7);
+    // 5. Next index beyond the table.
+    drv.desc(8, BUFS + 0x200, 16, NEXT, 500);
+    drv.publish(8);
+    // 6. Short header.
+    drv.desc(9, BUFS + 0x200, 8, NEXT, 10);
+    drv.desc(10, st + 3, 1, WRITE, 0);
+    drv.publish(9);
+    assert_eq!(drv.dev.process_queue(), 6);
+    assert_eq!(drv.status_byte(st), status::IOERR);
+    assert_eq!(drv.status_byte(st + 2), status::IOERR);
+    assert_eq!(drv.status_byte(st + 3), status::IOERR);
+    let used = drv.used();
+    assert_eq!(used.len(), 6);
+    assert_eq!(used[3], (7, 0));
+    assert_eq!(disk.snapshot(), vec![0; 64 * 512], "nothing was written");
+    // The device still works.
+    drv.request(11, req_type::IN, 0, BUFS, 512, st + 4);
+    assert_eq!(drv.dev.process_queue(), 1);
+    assert_eq!(drv.status_byte(st + 4), status::OK);
+    // A head index beyond the table cannot be completed: the device stops until reset.
+    drv.publish(1000);
+    assert_eq!(drv.dev.process_queue(), 0);
+    assert_ne!(drv.dev.device_status() & ds::NEEDS_RESET, 0);
+    drv.request(0, req_type::IN, 0, BUFS, 512, st + 5);
+    assert_eq!(
+        drv.dev.process_queue(),
+        0,
+        "no processing while NEEDS_RESET"
+    );
+}
+
+#[test]
+fn avail_index_running_ahead_puts_the_device_in_needs_reset() {
+    let mut drv = Driver::new(Arc::new(RamDisk::new(4096)), ALL);
+    drv.ram
+        .write(AVAIL + 2, &(QSIZE + 1).to_le_bytes())
+        .unwrap();
+    drv.avail_idx = QSIZE + 1;
+    assert_eq!(drv.dev.process_queue(), 0);
+    assert_ne!(drv.dev.device_status() & ds::NEEDS_RESET, 0);
+    assert_ne!(r32(&drv.dev, regs::INTERRUPT_STATUS) & 2, 0);
+    assert_eq!(drv.dev.stats().interrupts, 1);
+    // Reset brings it back.
+    w32(&drv.dev, regs::STATUS, 0);
+    assert_eq!(drv.dev.device_status(), 0);
+    assert_eq!(r32(&drv.dev, regs::QUEUE_READY), 0);
+}
+
+#[test]
+fn event_idx_suppresses_interrupts_until_used_event_is_crossed() {
+    let mut drv = Driver::new(Arc::new(RamDisk::new(1 << 20)), ALL);
+    // used_event = 2: the driver wants an interrupt only once the 3rd completion is used.
+    drv.set_used_event(2);
+    drv.request(0, req_type::IN, 0, BUFS, 512, BUFS + 0x1000);
+    drv.dev.process_queue();
+    assert_eq!(drv.dev.stats().interrupts, 0);
+    assert_eq!(
+        drv.avail_event(),
+        1,
+        "the device asks to be notified for the next request"
+    );
+    drv.request(3, req_type::IN, 0, BUFS, 512, BUFS + 0x1000);
+    drv.dev.process_queue();
+    assert_eq!(drv.dev.stats().interrupts, 0);
+    drv.request(6, req_type::IN, 0, BUFS, 512, BUFS + 0x1000);
+    drv.request(9, req_type::IN, 0, BUFS, 512, BUFS + 0x1000);
+    drv.dev.process_queue();
+    assert_eq!(drv.dev.stats().interrupts, 1);
+    assert_eq!(drv.avail_event(), 4);
+    assert_ne!(r32(&drv.dev, regs::INTERRUPT_STATUS) & 1, 0);
+    w32(&drv.dev, regs::INTERRUPT_ACK, 1);
+    assert_eq!(r32(&drv.dev, regs::INTERRUPT_STATUS), 0);
+}
+
+#[test]
+fn without_event_idx_every_batch_interrupts_and_notify_register_works() {
+    let mut drv = Driver::new(Arc::new(RamDisk::new(1 << 20)), ALL & !f::RING_EVENT_IDX);
+    drv.request(0, req_type::IN, 0, BUFS, 512, BUFS + 0x1000);
+    // No worker thread: a QueueNotify that reaches the handler processes inline.
+    w32(&drv.dev, regs::QUEUE_NOTIFY, 0);
+    assert_eq!(drv.used().len(), 1);
+    let s = drv.dev.stats();
+    assert_eq!((s.register_notifies, s.interrupts), (1, 1));
+    // Notifies for queues that do not exist are ignored.
+    w32(&drv.dev, regs::QUEUE_NOTIFY, 3);
+    assert_eq!(drv.dev.stats().register_notifies, 1);
+}
+
+#[test]
+fn queue_with_rings_outside_ram_never_becomes_ready() {
+    let ram = GuestRam::new(RAM).unwrap();
+    let dev =
+        VirtioBlkDevice::new(Arc::new(RamDisk::new(4096)), VirtioBlkConfig::default()).unwrap();
+    dev.attach_memory(&ram).unwrap();
+    w32(&dev, regs::QUEUE_NUM, 16);
+    w32(&dev, regs::QUEUE_DESC_LOW, 0xF000_0000);
+    w32(&dev, regs::QUEUE_DRIVER_LOW, AVAIL as u32);
+    w32(&dev, regs::QUEUE_DEVICE_LOW, USED as u32);
+    w32(&dev, regs::QUEUE_READY, 1);
+    assert_eq!(r32(&dev, regs::QUEUE_READY), 0);
+}
