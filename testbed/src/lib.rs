@@ -5,6 +5,8 @@
 //! [`GuestVm`] is the one way to boot the guest: it loads the ELF, writes the boot info (scenario command
 //! line), wires the enlightenments and reports the guest's console, exit code and faults.
 
+pub mod bench;
+pub mod report;
 pub mod vm;
 
 pub use vm::{GuestRun, GuestVm, GuestVmConfig};

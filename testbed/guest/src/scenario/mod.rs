@@ -7,6 +7,7 @@ use alloc::string::String;
 
 use crate::println;
 
+mod bench;
 mod boot;
 mod vmbus;
 
@@ -16,6 +17,7 @@ pub type Outcome = Result<(), String>;
 /// Every scenario family, asked in order; one line each.
 const FAMILIES: &[fn(&str, &str) -> Option<Outcome>] = &[
     boot::run,
+    bench::run,
     vmbus::run,
 ];
 

@@ -1,0 +1,252 @@
+//! Block I/O benchmark scenarios, run by the `workload` crate's engine:
+//! - `bench-tsc:<hz>`: the TSC rate the host measured (needed for workloads with a time budget);
+//! - `bench:<device>:<spec>`: run one workload (`WorkloadSpec` encoding) on the named device and print
+//!   its `bench ...` result line. The k-th `bench` token of a boot measures between marks `2k` and
+//!   `2k + 1`, and a workload that writes stores generation `k + 1`.
+//!
+//! Devices register in [`open_device`]; each one is opened per token and flushed after its window. The
+//! generations every device's sectors hold ([`DiskModel`]) persist across tokens, so later reads are
+//! checked against earlier writes. `ramdisk` is the in-guest baseline: a disk image the host copies into
+//! guest RAM when it is opened and back when it is flushed (one port write each, outside the measured
+//! window), served synchronously with no exit at all.
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use workload::line::BenchOutcome;
+use workload::pattern::MAX_GENERATION;
+use workload::{
+    BenchLine, BlockQueue, Completion, DeviceError, DiskModel, DmaBuffer, IoStatus, Op, RunEnv,
+    SubmitError, WorkloadSpec,
+};
+
+use super::Outcome;
+use crate::{arch, println};
+
+/// TSC ticks per second, from `bench-tsc` (0 = unknown).
+static TSC_HZ: AtomicU64 = AtomicU64::new(0);
+/// `bench` tokens run so far in this boot.
+static BENCH_INDEX: AtomicU32 = AtomicU32::new(0);
+/// Per device: the generation each sector holds.
+static MODELS: spin::Mutex<Vec<(String, DiskModel)>> = spin::Mutex::new(Vec::new());
+
+/// Run `name` if it is a bench scenario.
+pub fn run(name: &str, args: &str) -> Option<Outcome> {
+    match name {
+        "bench-tsc" => Some(set_tsc(args)),
+        "bench" => Some(bench(args)),
+        _ => None,
+    }
+}
+
+/// Open a guest block device by name. A device registers with one match arm.
+fn open_device(name: &str) -> Result<Box<dyn BlockQueue>, String> {
+    match name {
+        "ramdisk" => Ok(Box::new(RamDisk::open()?)),
+        _ => Err(format!("unknown bench device `{name}`")),
+    }
+}
+
+fn set_tsc(args: &str) -> Outcome {
+    let hz: u64 = args
+        .parse()
+        .map_err(|_| format!("bench-tsc: `{args}` is not a rate in Hz"))?;
+    TSC_HZ.store(hz, Ordering::Relaxed);
+    Ok(())
+}
+
+fn tsc() -> u64 {
+    // SAFETY: RDTSC only reads the time-stamp counter; it is allowed at CPL3 (CR4.TSD is clear) and has
+    // no memory effects.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+fn bench(args: &str) -> Outcome {
+    let k = BENCH_INDEX.fetch_add(1, Ordering::Relaxed);
+    let (device, token) = args.split_once(':').unwrap_or((args, ""));
+    let spec = WorkloadSpec::parse(token);
+    let generation = match &spec {
+        Ok(s) if s.kind.writes() => u8::try_from(k + 1).unwrap_or(u8::MAX),
+        _ => 0,
+    };
+    let result = spec
+        .as_ref()
+        .map_err(ToString::to_string)
+        .and_then(|spec| measure(device, spec, k, generation));
+    let line = BenchLine {
+        mark: 2 * k,
+        device: device.to_string(),
+        workload: spec.as_ref().map_or("?".to_string(), |s| s.name.clone()),
+        generation,
+        spec: spec.as_ref().map_or(token.to_string(), ToString::to_string),
+        outcome: match &result {
+            Ok(r) => BenchOutcome::Done(r.clone()),
+            Err(e) => BenchOutcome::Failed(e.clone()),
+        },
+    };
+    println!("{line}");
+    result.map(|_| ())
+}
+
+/// Open the device, run the engine between marks `2k` and `2k + 1`, flush.
+fn measure(
+    device: &str,
+    spec: &WorkloadSpec,
+    k: u32,
+    generation: u8,
+) -> Result<workload::WorkloadResult, String> {
+    if generation > MAX_GENERATION {
+        return Err(format!("too many bench tokens for write generations ({k})"));
+    }
+    let mut queue = open_device(device)?;
+    let mut models = MODELS.lock();
+    let at = match models.iter().position(|(name, _)| name == device) {
+        Some(at) => at,
+        None => {
+            models.push((device.to_string(), DiskModel::new()));
+            models.len() - 1
+        }
+    };
+    let mark = |id| arch::mark(id);
+    let env = RunEnv {
+        clock: &tsc,
+        tsc_hz: TSC_HZ.load(Ordering::Relaxed),
+        mark: &mark,
+        start_mark: 2 * k,
+        end_mark: 2 * k + 1,
+        // The kernel maps all RAM one to one.
+        phys: &|va| va as u64,
+        interrupts: &arch::interrupts_total,
+        generation,
+    };
+    let result =
+        workload::run(&mut *queue, spec, &mut models[at].1, &env).map_err(|e| e.to_string());
+    let flushed = queue.flush().map_err(|e| format!("flush: {e}"));
+    let result = result?;
+    flushed?;
+    Ok(result)
+}
+
+/// The host's side of the RAM disk: the kernel writes the GPA of a [`RamDiskCommand`] block here.
+/// Must match `testbed::bench::RAMDISK_PORT`.
+const RAMDISK_PORT: u16 = 0x5d0;
+const CMD_QUERY: u64 = 1;
+const CMD_LOAD: u64 = 2;
+const CMD_STORE: u64 = 3;
+/// Status before the host has answered.
+const NO_ANSWER: u64 = u64::MAX;
+
+/// `{cmd, gpa, len, status, capacity}` shared with the host (only accessed atomically).
+type RamDiskCommand = [AtomicU64; 5];
+
+/// A disk image held in guest RAM, served synchronously: requests complete inside `submit`.
+struct RamDisk {
+    data: Vec<u8>,
+    done: Vec<Completion>,
+    command: Box<RamDiskCommand>,
+}
+
+impl RamDisk {
+    fn open() -> Result<Self, String> {
+        let mut disk = RamDisk {
+            data: Vec::new(),
+            done: Vec::new(),
+            command: Box::new(core::array::from_fn(|_| AtomicU64::new(0))),
+        };
+        let capacity = disk.host(CMD_QUERY, 0, 0)?;
+        let len = usize::try_from(capacity)
+            .ok()
+            .filter(|&l| l > 0 && l.is_multiple_of(512))
+            .ok_or_else(|| format!("ramdisk: bad capacity {capacity}"))?;
+        disk.data = vec![0u8; len];
+        let gpa = disk.data.as_ptr() as u64;
+        disk.host(CMD_LOAD, gpa, capacity)?;
+        Ok(disk)
+    }
+
+    /// One command to the host (one exit); returns the capacity word.
+    fn host(&mut self, cmd: u64, gpa: u64, len: u64) -> Result<u64, String> {
+        let c = &self.command;
+        c[1].store(gpa, Ordering::Relaxed);
+        c[2].store(len, Ordering::Relaxed);
+        c[3].store(NO_ANSWER, Ordering::Relaxed);
+        c[0].store(cmd, Ordering::Release);
+        let block = c.as_ptr() as u64;
+        let block = u32::try_from(block).map_err(|_| "ramdisk: command block above 4 GiB")?;
+        arch::outl(RAMDISK_PORT, block);
+        // Acquire: the host's answer (and, for LOAD, the disk contents it wrote) happen before.
+        match c[3].load(Ordering::Acquire) {
+            0 => Ok(c[4].load(Ordering::Relaxed)),
+            NO_ANSWER => {
+                Err("ramdisk: no host backend answers (is the ramdisk kit attached?)".into())
+            }
+            status => Err(format!(
+                "ramdisk: host refused command {cmd}: status {status}"
+            )),
+        }
+    }
+}
+
+impl BlockQueue for RamDisk {
+    fn block_size(&self) -> u32 {
+        512
+    }
+
+    fn capacity_blocks(&self) -> u64 {
+        self.data.len() as u64 / 512
+    }
+
+    fn max_outstanding(&self) -> usize {
+        256
+    }
+
+    fn submit(
+        &mut self,
+        tag: u32,
+        op: Op,
+        lba: u64,
+        buffer: &mut DmaBuffer<'_>,
+    ) -> Result<(), SubmitError> {
+        let range = usize::try_from(lba)
+            .ok()
+            .and_then(|l| l.checked_mul(512))
+            .and_then(|at| Some(at..at.checked_add(buffer.len())?))
+            .filter(|r| r.end <= self.data.len())
+            .ok_or(SubmitError::Error(DeviceError {
+                code: 1,
+                reason: "request beyond the ramdisk",
+            }))?;
+        match op {
+            Op::Read => buffer.bytes().copy_from_slice(&self.data[range]),
+            Op::Write => self.data[range].copy_from_slice(buffer.bytes()),
+        }
+        self.done.push(Completion {
+            tag,
+            status: IoStatus::Ok,
+        });
+        Ok(())
+    }
+
+    fn kick(&mut self) {}
+
+    fn poll(&mut self, completions: &mut Vec<Completion>) -> usize {
+        let n = self.done.len();
+        completions.append(&mut self.done);
+        n
+    }
+
+    fn flush(&mut self) -> Result<(), DeviceError> {
+        let gpa = self.data.as_ptr() as u64;
+        let len = self.data.len() as u64;
+        self.host(CMD_STORE, gpa, len)
+            .map(|_| ())
+            .map_err(|_| DeviceError {
+                code: 2,
+                reason: "ramdisk: the host did not store the image",
+            })
+    }
+}

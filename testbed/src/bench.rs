@@ -1,0 +1,481 @@
+//! Running workloads on devices and turning them into report rows.
+//!
+//! For each device, [`run_device`]: pre-fills the backend's touched range with generation 0
+//! ([`prefill`]), boots the guest with `bench-tsc:<hz> bench:<device>:<spec> ...` and the device's host
+//! side attached ([`DeviceKit::configure`]), pairs the k-th `bench` line with the counters of the mark
+//! window `(2k, 2k + 1)`, checks that guest and host agree on the I/O sequence (checksum), and finally
+//! checks the backend's contents against the model of every write ([`DeviceKit::verify`], by default
+//! [`verify_disk`]). A device whose data is wrong, that reports I/O errors or whose guest run fails gets
+//! FAILED rows, never numbers.
+//!
+//! A device plugs in with a [`DeviceKit`] on the host and one match arm in the guest's `open_device`.
+
+pub mod ramdisk;
+
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use host_vsp::disk::{BlockBackend, DiskError};
+use hypervisor_lite::GuestRam;
+use workload::pattern::{pattern, PATTERN_UNIT};
+use workload::{BenchLine, BenchOutcome, DiskModel, Op, Plan, PlanError, WorkloadSpec};
+
+pub use ramdisk::RamdiskKit;
+
+use crate::report::{Measurement, Row};
+use crate::vm::{LOG_GPA, LOG_LEN};
+use crate::{GuestVm, GuestVmConfig};
+
+/// A disk backend shared between the host side of a device and the testbed.
+pub type Backend = Arc<dyn BlockBackend>;
+
+/// Guest RAM for bench runs (kits may ask for more).
+pub const BENCH_RAM_BYTES: u64 = 256 << 20;
+
+/// One device as the testbed drives it: how to attach its host side and check its data afterwards.
+pub trait DeviceKit {
+    /// Name in the report.
+    fn name(&self) -> &str;
+    /// Name of the device in the guest's bench registry (`bench:<guest_name>:<spec>`).
+    fn guest_name(&self) -> &str;
+    /// Whether this is the in-guest baseline rather than a device (labelled as such).
+    fn baseline(&self) -> bool {
+        false
+    }
+    /// Attach the device's host side, serving `backend`, to the guest about to boot.
+    fn configure(&self, config: &mut GuestVmConfig, backend: Backend) -> Result<()>;
+    /// Check the backend after the guest ran `runs` (in order); the default replays their writes into a
+    /// [`DiskModel`] and compares every touched sector ([`verify_disk`]).
+    fn verify(&self, backend: &dyn BlockBackend, runs: &[CompletedRun]) -> Result<()> {
+        verify_disk(backend, runs).map_err(Into::into)
+    }
+}
+
+/// Every device kit the testbed knows, in report order. A device adds one line here.
+pub fn kits() -> Vec<Box<dyn DeviceKit>> {
+    vec![Box::new(RamdiskKit)]
+}
+
+/// A workload the guest completed: what ran, the generation its writes stored, how many I/Os.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletedRun {
+    /// The spec.
+    pub spec: WorkloadSpec,
+    /// The generation of its writes.
+    pub generation: u8,
+    /// I/Os the guest submitted (and completed).
+    pub ios: u64,
+}
+
+/// Why a disk's contents are not what the workloads wrote.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// The backend failed.
+    #[error("disk backend: {0}")]
+    Disk(#[from] DiskError),
+    /// A workload does not fit the disk.
+    #[error("{0}")]
+    Plan(#[from] PlanError),
+    /// A sector holds the wrong contents.
+    #[error("sector {sector} does not hold the data of generation {expected}")]
+    Mismatch {
+        /// The first wrong sector.
+        sector: u64,
+        /// The generation it should hold.
+        expected: u8,
+    },
+}
+
+/// Measure the TSC rate against the monotonic clock over about 20 ms (the guest's TSC runs at the
+/// host's rate here).
+pub fn calibrate_tsc() -> u64 {
+    fn tsc() -> u64 {
+        // SAFETY: RDTSC only reads the time-stamp counter; it has no memory effects.
+        unsafe { core::arch::x86_64::_rdtsc() }
+    }
+    let mut rates: Vec<u64> = (0..3)
+        .map(|_| {
+            let (t0, c0) = (Instant::now(), tsc());
+            std::thread::sleep(Duration::from_millis(7));
+            let (c1, t1) = (tsc(), Instant::now());
+            (c1.wrapping_sub(c0) as f64 / (t1 - t0).as_secs_f64()) as u64
+        })
+        .collect();
+    rates.sort_unstable();
+    rates[1]
+}
+
+/// The sectors `[start, end)` the specs can touch on a disk of `capacity_sectors`.
+pub fn span(specs: &[WorkloadSpec], capacity_sectors: u64) -> Result<(u64, u64), PlanError> {
+    let mut span: Option<(u64, u64)> = None;
+    for spec in specs {
+        let plan = Plan::new(spec, capacity_sectors)?;
+        let (start, end) = (spec.lba_range.start, plan.end_sector());
+        span = Some(span.map_or((start, end), |(s, e)| (s.min(start), e.max(end))));
+    }
+    Ok(span.unwrap_or((0, 0)))
+}
+
+/// Write generation 0 over every sector the specs can touch.
+pub fn prefill(backend: &dyn BlockBackend, specs: &[WorkloadSpec]) -> Result<(), DataError> {
+    let (start, end) = span(specs, backend.sectors())?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut sector = start;
+    while sector < end {
+        let n = (end - sector).min((buf.len() / PATTERN_UNIT) as u64);
+        let bytes = &mut buf[..n as usize * PATTERN_UNIT];
+        pattern(sector, 0, bytes);
+        backend.write_at(sector * PATTERN_UNIT as u64, bytes, false)?;
+        sector += n;
+    }
+    backend.flush()?;
+    Ok(())
+}
+
+/// Replay the writes of `runs` into a model and check every sector they could have touched.
+pub fn verify_disk(backend: &dyn BlockBackend, runs: &[CompletedRun]) -> Result<(), DataError> {
+    let capacity = backend.sectors();
+    let mut model = DiskModel::new();
+    for run in runs.iter().filter(|r| r.spec.kind.writes()) {
+        let plan = Plan::new(&run.spec, capacity)?;
+        for i in 0..run.ios {
+            if let (Op::Write, sector) = plan.io(i) {
+                model.record(sector, plan.block_sectors(), run.generation);
+            }
+        }
+    }
+    let specs: Vec<WorkloadSpec> = runs.iter().map(|r| r.spec.clone()).collect();
+    let (start, end) = span(&specs, capacity)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut sector = start;
+    while sector < end {
+        let n = (end - sector).min((buf.len() / PATTERN_UNIT) as u64);
+        let bytes = &mut buf[..n as usize * PATTERN_UNIT];
+        backend.read_at(sector * PATTERN_UNIT as u64, bytes)?;
+        model
+            .check(sector, bytes)
+            .map_err(|m| DataError::Mismatch {
+                sector: m.sector,
+                expected: m.expected,
+            })?;
+        sector += n;
+    }
+    Ok(())
+}
+
+/// How to run a device.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// TSC ticks per second ([`calibrate_tsc`]).
+    pub tsc_hz: u64,
+    /// Print a line per finished workload to stderr while the guest runs.
+    pub progress: bool,
+    /// Echo the guest's serial console.
+    pub echo: bool,
+    /// Stop the guest after this long (default: the specs' budgets plus a minute).
+    pub timeout: Option<Duration>,
+}
+
+/// What one device's run produced.
+#[derive(Debug)]
+pub struct DeviceRun {
+    /// One row per spec, in order.
+    pub rows: Vec<Row>,
+    /// The guest's console (empty if it never booted).
+    pub console: String,
+}
+
+/// The guest command line for `specs` on `device`.
+pub fn cmdline(device: &str, specs: &[WorkloadSpec], tsc_hz: u64) -> String {
+    let mut line = format!("bench-tsc:{tsc_hz}");
+    for spec in specs {
+        line.push_str(&format!(" bench:{device}:{spec}"));
+    }
+    line
+}
+
+/// Run `specs` on one device (see the module docs). Never fails: failures become FAILED rows.
+pub fn run_device(
+    kit: &dyn DeviceKit,
+    backend: Backend,
+    specs: &[WorkloadSpec],
+    opts: &BenchOptions,
+) -> DeviceRun {
+    let row = |spec: &WorkloadSpec, outcome| Row {
+        device: kit.name().to_string(),
+        baseline: kit.baseline(),
+        workload: spec.name.clone(),
+        spec: spec.to_string(),
+        outcome,
+    };
+    let all_failed = |why: String| DeviceRun {
+        rows: specs.iter().map(|s| row(s, Err(why.clone()))).collect(),
+        console: String::new(),
+    };
+    if let Err(e) = prefill(&*backend, specs) {
+        return all_failed(format!("pre-filling the disk: {e}"));
+    }
+    let (run, console) = match boot_and_run(kit, backend.clone(), specs, opts) {
+        Ok(r) => r,
+        Err(e) => return all_failed(format!("{e:#}")),
+    };
+    let capacity = backend.sectors();
+    let lines: Vec<BenchLine> = console
+        .lines()
+        .filter_map(|l| BenchLine::parse(l).ok())
+        .collect();
+    let mut outcomes: Vec<Result<Measurement, String>> = Vec::new();
+    let mut completed = Vec::new();
+    for (k, spec) in specs.iter().enumerate() {
+        let mark = 2 * k as u32;
+        let Some(line) = lines.iter().find(|l| l.mark == mark) else {
+            outcomes.push(Err(format!(
+                "not run: the guest stopped first ({:?}, exit code {:?})",
+                run.outcome, run.exit_code
+            )));
+            continue;
+        };
+        let outcome = match &line.outcome {
+            BenchOutcome::Failed(why) => Err(format!("in the guest: {why}")),
+            BenchOutcome::Done(r) => {
+                completed.push(CompletedRun {
+                    spec: spec.clone(),
+                    generation: line.generation,
+                    ios: r.ios,
+                });
+                let expected = Plan::new(spec, capacity).map(|p| p.checksum(r.ios));
+                if line.device != kit.guest_name() || line.spec != spec.to_string() {
+                    Err(format!(
+                        "the guest ran `{}` on `{}`",
+                        line.spec, line.device
+                    ))
+                } else if expected != Ok(r.checksum) {
+                    Err("guest and host disagree on the I/O sequence (checksum)".to_string())
+                } else if r.errors > 0 {
+                    Err(format!("{} of {} I/Os failed", r.errors, r.ios))
+                } else {
+                    run.window(mark, mark + 1)
+                        .map(|w| Measurement::new(r, &w, opts.tsc_hz))
+                        .ok_or_else(|| "the guest's mark window is missing".to_string())
+                }
+            }
+        };
+        outcomes.push(outcome);
+    }
+    // The device's data: checked as a whole, after the run.
+    let device_failure = if run.exit_code != Some(0) {
+        outcomes
+            .iter()
+            .zip(specs)
+            .find_map(|(o, s)| {
+                o.as_ref()
+                    .err()
+                    .map(|e| format!("workload {} failed: {e}", s.name))
+            })
+            .or_else(|| Some(format!("guest run failed: {:?}", run.outcome)))
+    } else {
+        kit.verify(&*backend, &completed)
+            .err()
+            .map(|e| format!("data check after the run: {e:#}"))
+    };
+    let rows = specs
+        .iter()
+        .zip(outcomes)
+        .map(|(spec, outcome)| {
+            let outcome = match (&device_failure, outcome) {
+                (_, Err(e)) => Err(e),
+                (Some(why), Ok(_)) => Err(why.clone()),
+                (None, Ok(m)) => Ok(m),
+            };
+            row(spec, outcome)
+        })
+        .collect();
+    DeviceRun { rows, console }
+}
+
+/// Boot the guest with the kit attached and run it to the end, printing progress if asked.
+fn boot_and_run(
+    kit: &dyn DeviceKit,
+    backend: Backend,
+    specs: &[WorkloadSpec],
+    opts: &BenchOptions,
+) -> Result<(crate::GuestRun, String)> {
+    let mut config = GuestVmConfig::new(cmdline(kit.guest_name(), specs, opts.tsc_hz));
+    config.ram_bytes = BENCH_RAM_BYTES;
+    config.echo = opts.echo;
+    kit.configure(&mut config, backend)
+        .with_context(|| format!("attaching {}", kit.name()))?;
+    let timeout = opts.timeout.unwrap_or_else(|| {
+        let budgets: u64 = specs
+            .iter()
+            .map(|s| {
+                if s.max_millis > 0 {
+                    u64::from(s.max_millis)
+                } else {
+                    30_000
+                }
+            })
+            .sum();
+        Duration::from_millis(budgets + 60_000)
+    });
+    let vm = GuestVm::new(config).context("booting the guest")?;
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = opts.progress.then(|| {
+        let (ram, done, name) = (
+            vm.partition().ram().clone(),
+            done.clone(),
+            kit.name().to_string(),
+        );
+        let total = specs.len();
+        std::thread::spawn(move || watch_progress(&ram, &done, &name, total))
+    });
+    let run = vm.run(timeout);
+    done.store(true, Ordering::Release);
+    if let Some(w) = watcher {
+        let _ = w.join();
+    }
+    let run = run?;
+    let console = run.console.clone();
+    Ok((run, console))
+}
+
+/// Print a stderr line for each `bench` line the guest logs, until `done`.
+fn watch_progress(ram: &GuestRam, done: &AtomicBool, device: &str, total: usize) {
+    let mut seen = 0usize;
+    let mut consumed = 0u64;
+    let mut pending = String::new();
+    loop {
+        let finished = done.load(Ordering::Acquire);
+        let written = ram
+            .load_u64(LOG_GPA, Ordering::Acquire)
+            .unwrap_or(0)
+            .min(LOG_LEN - 16);
+        if written > consumed {
+            let mut text = vec![0u8; (written - consumed) as usize];
+            if ram.read(LOG_GPA + 16 + consumed, &mut text).is_ok() {
+                pending.push_str(&String::from_utf8_lossy(&text));
+                consumed = written;
+            }
+        }
+        while let Some(at) = pending.find('\n') {
+            let line: String = pending.drain(..=at).collect();
+            if let Ok(l) = BenchLine::parse(&line) {
+                seen += 1;
+                let what = match &l.outcome {
+                    BenchOutcome::Done(r) => format!("{} I/Os", r.ios),
+                    BenchOutcome::Failed(why) => format!("FAILED: {why}"),
+                };
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "  [{device}] {seen}/{total} {}: {what}",
+                    l.workload
+                );
+            }
+        }
+        if finished {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use host_vsp::disk::RamDisk;
+    use workload::spec::{Kind, LbaRange};
+
+    fn spec(name: &str, kind: Kind, bs: u32, n: u64, start: u64, count: u64) -> WorkloadSpec {
+        WorkloadSpec {
+            lba_range: LbaRange { start, count },
+            ..WorkloadSpec::new(name, kind, bs, 4, n)
+        }
+    }
+
+    /// Apply a plan's writes to a backend the way a correct device would.
+    fn write_like_a_device(disk: &RamDisk, run: &CompletedRun) {
+        let plan = Plan::new(&run.spec, disk.sectors()).unwrap();
+        let mut buf = vec![0u8; plan.block_bytes() as usize];
+        for i in 0..run.ios {
+            if let (Op::Write, sector) = plan.io(i) {
+                pattern(sector, run.generation, &mut buf);
+                disk.write_at(sector * 512, &buf, false).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn prefill_then_verify_accepts_correct_writes_and_catches_wrong_ones() {
+        let disk = RamDisk::new(4 << 20);
+        let specs = [
+            spec("r", Kind::RandRead, 4096, 100, 0, 4096),
+            spec("w", Kind::RandWrite, 4096, 200, 1024, 2048),
+            spec("s", Kind::SeqWrite, 65536, 40, 0, 0),
+        ];
+        prefill(&disk, &specs).unwrap();
+        assert_eq!(span(&specs, disk.sectors()).unwrap(), (0, 8192));
+        let runs = vec![
+            CompletedRun {
+                spec: specs[0].clone(),
+                generation: 0,
+                ios: 100,
+            },
+            CompletedRun {
+                spec: specs[1].clone(),
+                generation: 2,
+                ios: 150,
+            },
+            CompletedRun {
+                spec: specs[2].clone(),
+                generation: 3,
+                ios: 40,
+            },
+        ];
+        // Before the writes reached the disk, the check fails.
+        assert!(matches!(
+            verify_disk(&disk, &runs),
+            Err(DataError::Mismatch {
+                expected: 2 | 3,
+                ..
+            })
+        ));
+        write_like_a_device(&disk, &runs[1]);
+        write_like_a_device(&disk, &runs[2]);
+        verify_disk(&disk, &runs).unwrap();
+        // One flipped byte anywhere in the span is caught.
+        let mut b = [0u8; 1];
+        disk.read_at(7000 * 512 + 3, &mut b).unwrap();
+        disk.write_at(7000 * 512 + 3, &[b[0] ^ 1], false).unwrap();
+        assert!(matches!(
+            verify_disk(&disk, &runs),
+            Err(DataError::Mismatch { sector: 7000, .. })
+        ));
+        // A range beyond the disk is an error, not a pass.
+        let too_far = [spec("x", Kind::SeqRead, 512, 1, 1 << 30, 1)];
+        assert!(matches!(prefill(&disk, &too_far), Err(DataError::Plan(_))));
+    }
+
+    #[test]
+    fn cmdline_carries_the_tsc_and_every_spec() {
+        let specs = workload::default_workloads();
+        let line = cmdline("ramdisk", &specs, 2_400_000_000);
+        let tokens: Vec<&str> = line.split(' ').collect();
+        assert_eq!(tokens[0], "bench-tsc:2400000000");
+        assert_eq!(tokens.len(), 1 + specs.len());
+        for (t, s) in tokens[1..].iter().zip(&specs) {
+            let (dev, spec) = t.strip_prefix("bench:").unwrap().split_once(':').unwrap();
+            assert_eq!(dev, "ramdisk");
+            assert_eq!(&WorkloadSpec::parse(spec).unwrap(), s);
+        }
+        assert!(line.len() <= crate::vm::MAX_CMDLINE);
+    }
+
+    #[test]
+    fn tsc_calibration_is_plausible() {
+        let hz = calibrate_tsc();
+        assert!((100_000_000..20_000_000_000).contains(&hz), "{hz}");
+    }
+}

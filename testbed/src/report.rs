@@ -1,0 +1,439 @@
+//! The testbed's report: one [`Row`] per device × workload, built from the guest's result line and the
+//! host's counters over the line's mark window ([`Measurement::new`]), rendered as an aligned text
+//! table ([`table`]), JSON ([`json`]) and an SVG chart ([`svg::chart`]).
+//!
+//! Per DESIGN.md, a count "per I/O" is its delta over the measured window divided by the I/Os completed
+//! in it. A row whose device failed (wrong data, I/O errors, no window) carries only its reason: wrong
+//! data never produces numbers.
+
+pub mod svg;
+
+use std::fmt::Write as _;
+
+use hypervisor_lite::StatsSnapshot;
+use serde_json::{json, Value};
+use workload::WorkloadResult;
+
+/// The numbers of one device × workload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measurement {
+    /// I/Os completed.
+    pub ios: u64,
+    /// Bytes transferred.
+    pub bytes: u64,
+    /// Seconds from the first submit to the last completion (guest TSC).
+    pub seconds: f64,
+    /// Median latency in µs.
+    pub lat_p50_us: f64,
+    /// 99th-percentile latency in µs.
+    pub lat_p99_us: f64,
+    /// Largest latency in µs.
+    pub lat_max_us: f64,
+    /// Returns of KVM_RUN to user space in the window.
+    pub user_exits: u64,
+    /// KVM `exits` (every VM exit) in the window.
+    pub vm_exits: u64,
+    /// KVM `irq_injections` in the window.
+    pub interrupts: u64,
+    /// Guest→host notifications the guest device reported.
+    pub guest_signals: u64,
+    /// Interrupts the guest kernel counted taking.
+    pub guest_interrupts: u64,
+}
+
+impl Measurement {
+    /// Combine the guest's result with the host's window counters; cycles are converted at `tsc_hz`.
+    pub fn new(result: &WorkloadResult, window: &StatsSnapshot, tsc_hz: u64) -> Self {
+        let us = |cycles: u64| cycles as f64 * 1e6 / tsc_hz.max(1) as f64;
+        Self {
+            ios: result.ios,
+            bytes: result.bytes,
+            seconds: result.cycles as f64 / tsc_hz.max(1) as f64,
+            lat_p50_us: us(result.p50),
+            lat_p99_us: us(result.p99),
+            lat_max_us: us(result.max),
+            user_exits: window.user_exits(),
+            vm_exits: window.kvm_exits(),
+            interrupts: window.vcpu_sum("irq_injections"),
+            guest_signals: result.signals,
+            guest_interrupts: result.interrupts,
+        }
+    }
+
+    /// I/Os per second.
+    pub fn iops(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.ios as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+
+    /// Megabytes (10^6 bytes) per second.
+    pub fn mb_per_s(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.bytes as f64 / 1e6 / self.seconds
+        } else {
+            0.0
+        }
+    }
+
+    /// `count` divided by the I/Os (0 when none completed).
+    pub fn per_io(&self, count: u64) -> f64 {
+        if self.ios == 0 {
+            0.0
+        } else {
+            count as f64 / self.ios as f64
+        }
+    }
+
+    /// The transition counts per I/O, in [`TRANSITIONS`] order.
+    pub fn transitions_per_io(&self) -> [f64; 4] {
+        [
+            self.per_io(self.user_exits),
+            self.per_io(self.vm_exits),
+            self.per_io(self.interrupts),
+            self.per_io(self.guest_signals),
+        ]
+    }
+}
+
+/// Names of [`Measurement::transitions_per_io`]'s entries.
+pub const TRANSITIONS: [&str; 4] = ["user exits", "VM exits", "interrupts", "guest signals"];
+
+/// One line of the report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// The device (kit) name.
+    pub device: String,
+    /// The in-guest baseline rather than a device.
+    pub baseline: bool,
+    /// The workload name.
+    pub workload: String,
+    /// The full spec token.
+    pub spec: String,
+    /// Numbers, or why there are none.
+    pub outcome: Result<Measurement, String>,
+}
+
+impl Row {
+    /// The device label (baselines are starred).
+    pub fn label(&self) -> String {
+        if self.baseline {
+            format!("{}*", self.device)
+        } else {
+            self.device.clone()
+        }
+    }
+}
+
+fn fixed(v: f64) -> String {
+    if v == 0.0 {
+        "0".into()
+    } else if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// The rows as an aligned text table, failed rows with their reason, and a footnote for baselines.
+pub fn table(rows: &[Row]) -> String {
+    let header = [
+        "device",
+        "workload",
+        "I/Os",
+        "MiB",
+        "s",
+        "IOPS",
+        "MB/s",
+        "p50 µs",
+        "p99 µs",
+        "user exits",
+        "/IO",
+        "VM exits",
+        "/IO",
+        "irqs",
+        "/IO",
+        "signals",
+        "/IO",
+    ];
+    let mut cells: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    let mut failures = Vec::new();
+    for row in rows {
+        let mut line = vec![row.label(), row.workload.clone()];
+        match &row.outcome {
+            Ok(m) => {
+                line.extend([
+                    m.ios.to_string(),
+                    format!("{:.1}", m.bytes as f64 / (1 << 20) as f64),
+                    format!("{:.3}", m.seconds),
+                    format!("{:.0}", m.iops()),
+                    format!("{:.1}", m.mb_per_s()),
+                    fixed(m.lat_p50_us),
+                    fixed(m.lat_p99_us),
+                ]);
+                for count in [m.user_exits, m.vm_exits, m.interrupts, m.guest_signals] {
+                    line.push(count.to_string());
+                    line.push(fixed(m.per_io(count)));
+                }
+            }
+            Err(why) => failures.push((line.clone(), why.clone())),
+        }
+        if row.outcome.is_ok() {
+            cells.push(line);
+        }
+    }
+    let columns = header.len();
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            cells
+                .iter()
+                .map(|r| r[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    let emit = |out: &mut String, line: &[String]| {
+        for (c, cell) in line.iter().enumerate() {
+            let pad = widths[c].saturating_sub(cell.chars().count());
+            if c < 2 {
+                let _ = write!(out, "{cell}{}", " ".repeat(pad));
+            } else {
+                let _ = write!(out, "{}{cell}", " ".repeat(pad));
+            }
+            out.push_str(if c + 1 < line.len() { "  " } else { "\n" });
+        }
+    };
+    emit(&mut out, &cells[0]);
+    let rule: usize = widths.iter().sum::<usize>() + 2 * (columns - 1);
+    out.push_str(&"-".repeat(rule));
+    out.push('\n');
+    for line in &cells[1..] {
+        emit(&mut out, line);
+    }
+    for (line, why) in failures {
+        let _ = writeln!(
+            out,
+            "{:w0$}  {:w1$}  FAILED: {why}",
+            line[0],
+            line[1],
+            w0 = widths[0],
+            w1 = widths[1]
+        );
+    }
+    if rows.iter().any(|r| r.baseline) {
+        out.push_str(
+            "* in-guest baseline: the workload served from guest RAM inside the guest, no device and no \
+             exit — the floor every device is compared with\n",
+        );
+    }
+    out
+}
+
+/// The rows as a JSON array of objects (failed rows: `status` "failed", `error`, numbers null).
+pub fn json(rows: &[Row]) -> Value {
+    Value::Array(
+        rows.iter()
+            .map(|row| {
+                let mut o = json!({
+                    "device": row.device,
+                    "baseline": row.baseline,
+                    "workload": row.workload,
+                    "spec": row.spec,
+                });
+                let fields = match &row.outcome {
+                    Ok(m) => json!({
+                        "status": "ok",
+                        "error": null,
+                        "ios": m.ios,
+                        "bytes": m.bytes,
+                        "seconds": m.seconds,
+                        "iops": m.iops(),
+                        "mb_per_s": m.mb_per_s(),
+                        "lat_p50_us": m.lat_p50_us,
+                        "lat_p99_us": m.lat_p99_us,
+                        "lat_max_us": m.lat_max_us,
+                        "user_exits": m.user_exits,
+                        "vm_exits": m.vm_exits,
+                        "interrupts": m.interrupts,
+                        "guest_signals": m.guest_signals,
+                        "guest_interrupts": m.guest_interrupts,
+                        "user_exits_per_io": m.per_io(m.user_exits),
+                        "vm_exits_per_io": m.per_io(m.vm_exits),
+                        "interrupts_per_io": m.per_io(m.interrupts),
+                        "guest_signals_per_io": m.per_io(m.guest_signals),
+                    }),
+                    Err(why) => {
+                        let mut f = json!({ "status": "failed", "error": why });
+                        for key in [
+                            "ios",
+                            "bytes",
+                            "seconds",
+                            "iops",
+                            "mb_per_s",
+                            "lat_p50_us",
+                            "lat_p99_us",
+                            "lat_max_us",
+                            "user_exits",
+                            "vm_exits",
+                            "interrupts",
+                            "guest_signals",
+                            "guest_interrupts",
+                            "user_exits_per_io",
+                            "vm_exits_per_io",
+                            "interrupts_per_io",
+                            "guest_signals_per_io",
+                        ] {
+                            f[key] = Value::Null;
+                        }
+                        f
+                    }
+                };
+                if let (Some(o), Value::Object(f)) = (o.as_object_mut(), fields) {
+                    o.extend(f);
+                }
+                o
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn measurement(ios: u64, user: u64, vm: u64, irq: u64, sig: u64) -> Measurement {
+        Measurement {
+            ios,
+            bytes: ios * 4096,
+            seconds: 0.5,
+            lat_p50_us: 12.5,
+            lat_p99_us: 250.0,
+            lat_max_us: 900.0,
+            user_exits: user,
+            vm_exits: vm,
+            interrupts: irq,
+            guest_signals: sig,
+            guest_interrupts: irq,
+        }
+    }
+
+    pub(crate) fn rows() -> Vec<Row> {
+        vec![
+            Row {
+                device: "ramdisk".into(),
+                baseline: true,
+                workload: "rr4k-qd1".into(),
+                spec: "rr4k-qd1:k=rr,bs=4096".into(),
+                outcome: Ok(measurement(1000, 0, 3, 0, 0)),
+            },
+            Row {
+                device: "vmbus".into(),
+                baseline: false,
+                workload: "rr4k-qd1".into(),
+                spec: "rr4k-qd1:k=rr,bs=4096".into(),
+                outcome: Ok(measurement(1000, 10, 2500, 1000, 1000)),
+            },
+            Row {
+                device: "ide".into(),
+                baseline: false,
+                workload: "rw4k-qd32".into(),
+                spec: "rw4k-qd32:k=rw,bs=4096".into(),
+                outcome: Err("data check: sector 8 does not hold generation 3".into()),
+            },
+        ]
+    }
+
+    #[test]
+    fn measurement_converts_cycles_and_divides_per_io() {
+        let r = WorkloadResult {
+            ios: 200,
+            bytes: 200 * 4096,
+            cycles: 2_000_000_000,
+            p50: 3000,
+            p99: 30_000,
+            signals: 50,
+            interrupts: 7,
+            ..Default::default()
+        };
+        let probe = StatsSnapshot {
+            taken: std::time::Instant::now(),
+            vcpus: vec![],
+            vm: Default::default(),
+        };
+        let m = Measurement::new(&r, &probe, 1_000_000_000);
+        assert_eq!(m.seconds, 2.0);
+        assert_eq!((m.lat_p50_us, m.lat_p99_us), (3.0, 30.0));
+        assert_eq!(m.iops(), 100.0);
+        assert!((m.mb_per_s() - 0.4096).abs() < 1e-12);
+        assert_eq!(m.per_io(m.guest_signals), 0.25);
+        assert_eq!(
+            (m.user_exits, m.vm_exits, m.interrupts, m.guest_interrupts),
+            (0, 0, 0, 7)
+        );
+        assert_eq!(measurement(0, 5, 5, 5, 5).per_io(5), 0.0);
+    }
+
+    #[test]
+    fn table_aligns_columns_and_shows_failures_without_numbers() {
+        let t = table(&rows());
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("device"), "{t}");
+        assert!(lines[1].chars().all(|c| c == '-'));
+        // Data rows line up with the header: same width.
+        assert_eq!(lines[2].chars().count(), lines[0].chars().count(), "{t}");
+        assert_eq!(lines[3].chars().count(), lines[0].chars().count(), "{t}");
+        assert!(
+            lines[2].starts_with("ramdisk*") && lines[2].contains(" 2000 "),
+            "{t}"
+        );
+        assert!(
+            lines[3].contains("2.50") && lines[3].contains(" 2500 "),
+            "{t}"
+        );
+        let failed = lines.iter().find(|l| l.starts_with("ide")).unwrap();
+        assert!(failed.contains("FAILED: data check"), "{t}");
+        let (before, _) = failed.split_once("FAILED").unwrap();
+        assert_eq!(
+            before.split_whitespace().collect::<Vec<_>>(),
+            ["ide", "rw4k-qd32"]
+        );
+        assert!(t.contains("* in-guest baseline"));
+    }
+
+    #[test]
+    fn json_has_the_required_fields_and_nulls_for_failures() {
+        let v = json(&rows());
+        let a = v.as_array().unwrap();
+        assert_eq!(a.len(), 3);
+        for key in [
+            "device",
+            "workload",
+            "ios",
+            "iops",
+            "lat_p50_us",
+            "lat_p99_us",
+            "user_exits_per_io",
+            "vm_exits_per_io",
+            "interrupts_per_io",
+        ] {
+            assert!(a.iter().all(|o| o.get(key).is_some()), "{key}");
+        }
+        assert_eq!(a[1]["device"], "vmbus");
+        assert_eq!(a[1]["ios"], 1000);
+        assert_eq!(a[1]["vm_exits_per_io"], 2.5);
+        assert_eq!(a[1]["interrupts_per_io"], 1.0);
+        assert_eq!(a[1]["iops"], 2000.0);
+        assert_eq!(a[0]["baseline"], true);
+        assert_eq!(a[2]["status"], "failed");
+        assert!(a[2]["ios"].is_null() && a[2]["iops"].is_null());
+        assert!(a[2]["error"].as_str().unwrap().contains("generation 3"));
+        // It is valid JSON text.
+        let text = serde_json::to_string_pretty(&v).unwrap();
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), v);
+    }
+}

@@ -1,0 +1,279 @@
+//! The one-line result the guest prints per workload and the host parses:
+//!
+//! ```text
+//! bench mark=0 device=ramdisk workload=rr4k-qd1 gen=0 spec=rr4k-qd1:k=rr,... ios=5000 reads=5000
+//!   writes=0 bytes=20480000 cycles=... p50=... p99=... max=... errors=0 signals=0 irqs=0 checksum=0x...
+//! ```
+//! (one line; wrapped here). `mark` is the start mark of the measured window (the end mark is
+//! `mark + 1`), `gen` the generation the workload's writes stored, latencies are TSC cycles. A failed
+//! workload ends with `failed=<reason>` instead of numbers; the reason runs to the end of the line.
+//! Unknown keys are ignored so the line can grow.
+
+use alloc::string::{String, ToString};
+use core::fmt::{self, Write as _};
+
+use crate::engine::WorkloadResult;
+
+/// The prefix of every result line.
+pub const PREFIX: &str = "bench ";
+
+/// How a workload ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BenchOutcome {
+    /// It ran; the numbers.
+    Done(WorkloadResult),
+    /// It failed; why.
+    Failed(String),
+}
+
+/// One parsed result line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BenchLine {
+    /// Start mark of the window (end mark = `mark + 1`).
+    pub mark: u32,
+    /// The guest device name.
+    pub device: String,
+    /// The workload name.
+    pub workload: String,
+    /// Generation written by the workload (0: it wrote nothing).
+    pub generation: u8,
+    /// The full spec token that ran.
+    pub spec: String,
+    /// The outcome.
+    pub outcome: BenchOutcome,
+}
+
+/// Why a line is not a valid result line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineError {
+    /// It does not start with `bench `.
+    #[error("not a bench line")]
+    NotBench,
+    /// A field without `=`.
+    #[error("expected key=value, got `{0}`")]
+    Item(String),
+    /// A required key is missing.
+    #[error("missing `{0}`")]
+    Missing(&'static str),
+    /// A number that does not parse.
+    #[error("invalid number `{value}` for `{key}`")]
+    Number {
+        /// The key.
+        key: &'static str,
+        /// The value as given.
+        value: String,
+    },
+}
+
+impl fmt::Display for BenchLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{PREFIX}mark={} device={} workload={} gen={} spec={}",
+            self.mark, self.device, self.workload, self.generation, self.spec
+        )?;
+        match &self.outcome {
+            BenchOutcome::Done(r) => write!(
+                f,
+                " ios={} reads={} writes={} bytes={} cycles={} p50={} p99={} max={} errors={} \
+                 signals={} irqs={} checksum={:#018x}",
+                r.ios,
+                r.reads,
+                r.writes,
+                r.bytes,
+                r.cycles,
+                r.p50,
+                r.p99,
+                r.max,
+                r.errors,
+                r.signals,
+                r.interrupts,
+                r.checksum
+            ),
+            BenchOutcome::Failed(why) => {
+                // Keep it one line whatever the reason says.
+                f.write_str(" failed=")?;
+                why.chars()
+                    .try_for_each(|c| f.write_char(if c == '\n' || c == '\r' { ' ' } else { c }))
+            }
+        }
+    }
+}
+
+/// The fields of a line, looked up by key.
+struct Fields<'a> {
+    items: alloc::vec::Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> Fields<'a> {
+    fn text(&self, key: &'static str) -> Result<&'a str, LineError> {
+        self.items
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| *v)
+            .ok_or(LineError::Missing(key))
+    }
+
+    fn number(&self, key: &'static str) -> Result<u64, LineError> {
+        let v = self.text(key)?;
+        let parsed = match v.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16),
+            None => v.parse(),
+        };
+        parsed.map_err(|_| LineError::Number {
+            key,
+            value: v.to_string(),
+        })
+    }
+}
+
+impl BenchLine {
+    /// Parse one line (surrounding whitespace allowed). Never panics.
+    pub fn parse(line: &str) -> Result<Self, LineError> {
+        let rest = line
+            .trim()
+            .strip_prefix(PREFIX)
+            .ok_or(LineError::NotBench)?;
+        let (head, failed) = match rest.find(" failed=") {
+            Some(at) => (&rest[..at], Some(&rest[at + " failed=".len()..])),
+            None => (rest, None),
+        };
+        let mut items = alloc::vec::Vec::new();
+        for item in head.split(' ').filter(|s| !s.is_empty()) {
+            let kv = item
+                .split_once('=')
+                .ok_or_else(|| LineError::Item(item.to_string()))?;
+            items.push(kv);
+        }
+        let f = Fields { items };
+        let small = |key: &'static str, max: u64| {
+            let v = f.number(key)?;
+            if v > max {
+                return Err(LineError::Number {
+                    key,
+                    value: v.to_string(),
+                });
+            }
+            Ok(v)
+        };
+        let outcome = match failed {
+            Some(why) => BenchOutcome::Failed(why.to_string()),
+            None => BenchOutcome::Done(WorkloadResult {
+                ios: f.number("ios")?,
+                reads: f.number("reads")?,
+                writes: f.number("writes")?,
+                bytes: f.number("bytes")?,
+                cycles: f.number("cycles")?,
+                p50: f.number("p50")?,
+                p99: f.number("p99")?,
+                max: f.number("max")?,
+                errors: f.number("errors")?,
+                signals: f.number("signals")?,
+                interrupts: f.number("irqs")?,
+                checksum: f.number("checksum")?,
+            }),
+        };
+        Ok(Self {
+            mark: small("mark", u64::from(u32::MAX))? as u32,
+            device: f.text("device")?.to_string(),
+            workload: f.text("workload")?.to_string(),
+            generation: small("gen", u64::from(u8::MAX))? as u8,
+            spec: f.text("spec")?.to_string(),
+            outcome,
+        })
+    }
+
+    /// The end mark of the window.
+    pub fn end_mark(&self) -> u32 {
+        self.mark.wrapping_add(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::format;
+    use proptest::prelude::*;
+
+    fn sample() -> BenchLine {
+        BenchLine {
+            mark: 4,
+            device: "ramdisk".into(),
+            workload: "rr4k-qd32".into(),
+            generation: 0,
+            spec: "rr4k-qd32:k=rr,bs=4096,qd=32,n=2000,ms=3000,seed=7,lba=0+0".into(),
+            outcome: BenchOutcome::Done(WorkloadResult {
+                ios: 2000,
+                reads: 2000,
+                writes: 0,
+                bytes: 2000 * 4096,
+                cycles: 123_456_789,
+                p50: 1000,
+                p99: 5000,
+                max: 9000,
+                errors: 0,
+                signals: 3,
+                interrupts: 2,
+                checksum: 0xdead_beef_0123_4567,
+            }),
+        }
+    }
+
+    #[test]
+    fn done_lines_round_trip() {
+        let l = sample();
+        let text = format!("{l}");
+        assert!(text.starts_with("bench mark=4 device=ramdisk workload=rr4k-qd32 "));
+        assert!(text.contains(" checksum=0xdeadbeef01234567"));
+        assert_eq!(BenchLine::parse(&text).unwrap(), l);
+        assert_eq!(BenchLine::parse(&format!("  {text}\n")).unwrap(), l);
+        assert_eq!(l.end_mark(), 5);
+    }
+
+    #[test]
+    fn failed_lines_keep_their_reason_on_one_line() {
+        let mut l = sample();
+        l.outcome = BenchOutcome::Failed("I/O 3 (Read at sector 8): data\nmismatch = bad".into());
+        let text = format!("{l}");
+        assert!(!text.contains('\n'));
+        let back = BenchLine::parse(&text).unwrap();
+        assert_eq!(
+            back.outcome,
+            BenchOutcome::Failed("I/O 3 (Read at sector 8): data mismatch = bad".into())
+        );
+    }
+
+    #[test]
+    fn bad_lines_are_errors() {
+        assert_eq!(
+            BenchLine::parse("scenario bench: ok"),
+            Err(LineError::NotBench)
+        );
+        let text = format!("{}", sample());
+        assert_eq!(
+            BenchLine::parse(&text.replace(" ios=2000", "")),
+            Err(LineError::Missing("ios"))
+        );
+        assert!(matches!(
+            BenchLine::parse(&text.replace("p50=1000", "p50=x")),
+            Err(LineError::Number { key: "p50", .. })
+        ));
+        assert!(matches!(
+            BenchLine::parse(&text.replace("gen=0", "gen=300")),
+            Err(LineError::Number { key: "gen", .. })
+        ));
+        assert!(matches!(
+            BenchLine::parse(&text.replace(" ios=", " junk ios=")),
+            Err(LineError::Item(_))
+        ));
+        // Unknown keys are tolerated.
+        assert!(BenchLine::parse(&text.replace(" ios=", " new=1 ios=")).is_ok());
+    }
+
+    proptest! {
+        #[test]
+        fn parser_never_panics(s in "(bench )?\\PC{0,120}") {
+            let _ = BenchLine::parse(&s);
+        }
+    }
+}
