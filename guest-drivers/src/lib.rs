@@ -8,7 +8,9 @@
 
 extern crate alloc;
 
+pub mod ata;
 pub mod hv;
 pub mod ic;
 pub mod platform;
+pub mod virtio_blk;
 pub mod vmbus_client;

@@ -8,6 +8,7 @@ use alloc::string::String;
 use crate::println;
 
 mod bench;
+mod block;
 mod boot;
 mod vmbus;
 
@@ -17,6 +18,7 @@ pub type Outcome = Result<(), String>;
 /// Every scenario family, asked in order; one line each.
 const FAMILIES: &[fn(&str, &str) -> Option<Outcome>] = &[
     boot::run,
+    block::run,
     bench::run,
     vmbus::run,
 ];
