@@ -12,5 +12,6 @@ pub mod ata;
 pub mod hv;
 pub mod ic;
 pub mod platform;
+pub mod storvsc;
 pub mod virtio_blk;
 pub mod vmbus_client;

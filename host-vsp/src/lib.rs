@@ -8,8 +8,10 @@
 //! - [`ic_vsp`]: the heartbeat and shutdown VSPs.
 
 pub mod disk;
+pub mod guest_memory;
 pub mod ic;
-pub mod ide;
 pub mod ic_vsp;
+pub mod ide;
+pub mod storvsp;
 pub mod virtio_blk;
 pub mod vmbus_service;

@@ -1,0 +1,635 @@
+//! [`StorvspWorker`]: one storvsc channel served end to end, minus the signalling plumbing.
+//!
+//! The worker owns the channel's guest→host ring ([`RingConsumer`]) and host→guest ring
+//! ([`RingProducer`]), the guest memory and the LUNs. [`StorvspWorker::poll`] drains the inbound ring in
+//! batches with interrupts masked (unmasking and re-checking at the end), answers control requests
+//! through the [`Handshake`], executes SRBs — inline, or on a small thread pool where requests run
+//! concurrently and complete out of order, matched by transaction id — and writes completions. When
+//! the guest's ring is full, completions stay queued (the producer sets `pending_send_sz`, so the
+//! guest signals once it has made room) and are retried on the next poll; the number of requests in
+//! flight is bounded by `queue_depth`, beyond which the worker leaves packets in the ring
+//! (back-pressure) instead of buffering without bound. What the caller must do is returned in
+//! [`PollResult`]: signal the guest, poll again, or wait.
+
+use std::collections::VecDeque;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use storvsp_protocol::{
+    sense_buffer_size, srb_flags, vstor_packet_size, NtStatus, Operation, ProtocolVersion,
+    SrbStatus, VstorPacket, SENSE_BUFFER_SIZE,
+};
+use vmbus::mem::RingMemory;
+use vmbus::ring::{RingConsumer, RingError, RingProducer};
+
+use super::handshake::Handshake;
+use super::request::{decode, DataBuffer, Inbound, Segment};
+use super::scsi::{ScsiController, ScsiOutcome};
+use super::{LunMap, StorvspConfig};
+use crate::guest_memory::GuestMemory;
+
+/// How long poll mode keeps spinning without progress before returning to the caller.
+pub const POLL_MODE_IDLE_BUDGET: Duration = Duration::from_micros(200);
+/// Batches one [`StorvspWorker::poll`] takes at most before returning (fairness towards the caller).
+const MAX_BATCHES_PER_POLL: usize = 16;
+
+/// Counters of a worker.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StorvspStats {
+    /// Packets taken from the inbound ring.
+    pub packets: u64,
+    /// SRBs executed.
+    pub requests: u64,
+    /// Control requests answered (handshake, resets, unsupported operations).
+    pub control: u64,
+    /// SRBs that did not end GOOD.
+    pub failed_requests: u64,
+    /// Data bytes transferred by SRBs.
+    pub bytes: u64,
+    /// Completions written.
+    pub completions: u64,
+    /// Polls after which the guest had to be signalled.
+    pub signals: u64,
+    /// Completion writes that found the guest's ring full (completions kept pending).
+    pub full_ring_stalls: u64,
+    /// Times the worker left packets in the ring because `queue_depth` requests were in flight.
+    pub backpressure: u64,
+    /// Malformed requests completed with an error status.
+    pub malformed: u64,
+    /// Packets dropped (not requests: completions or unknown packet types).
+    pub dropped: u64,
+    /// Poll-mode iterations spent waiting for outstanding I/O.
+    pub poll_spins: u64,
+    /// Most requests executing at once.
+    pub max_in_flight: u64,
+}
+
+/// What the caller must do after [`StorvspWorker::poll`].
+#[must_use = "the guest may need a signal"]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PollResult {
+    /// Interrupt the guest: a completion landed in an empty, unmasked ring, or reading freed ring
+    /// space a blocked guest asked for (`pending_send_sz`).
+    pub signal_guest: bool,
+    /// Packets taken from the guest in this poll.
+    pub received: usize,
+    /// Completions written in this poll.
+    pub completed: usize,
+    /// Requests still executing (thread pool); their completions arrive later.
+    pub in_flight: usize,
+    /// Completions waiting for room in the guest's ring.
+    pub pending_completions: usize,
+    /// Packets are still waiting in the inbound ring (back-pressure or the batch limit): poll again
+    /// once completions drained, without waiting for a signal.
+    pub more: bool,
+    /// A ring failed after a protocol violation by the guest: the channel is dead.
+    pub failed: bool,
+}
+
+/// A request on its way to an executor.
+struct Job {
+    trans_id: u64,
+    packet: VstorPacket,
+    segments: Vec<Segment>,
+    data_len: u64,
+    sense_len: usize,
+}
+
+/// A completion waiting to be written.
+struct Done {
+    trans_id: u64,
+    packet: VstorPacket,
+    bytes: u64,
+    good: bool,
+}
+
+/// What executors share.
+struct Shared {
+    controller: ScsiController,
+    memory: Arc<dyn GuestMemory>,
+    notifier: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
+}
+
+impl Shared {
+    fn notify(&self) {
+        let notifier = self
+            .notifier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(f) = notifier {
+            f();
+        }
+    }
+
+    /// Runs an SRB and builds its completion.
+    fn execute(&self, job: Job, scratch: &mut Vec<u8>) -> Done {
+        let mut srb = job.packet.srb();
+        let requested = u64::from(srb.data_transfer_length.get());
+        let outcome = if requested > job.data_len {
+            tracing::debug!(
+                requested,
+                buffer = job.data_len,
+                "storvsp: data_transfer_length beyond the buffer"
+            );
+            ScsiOutcome::srb(SrbStatus::INVALID_REQUEST)
+        } else {
+            let buf = DataBuffer::new(&*self.memory, &job.segments, requested);
+            self.controller.execute(&srb, &buf, scratch)
+        };
+        srb.srb_status = outcome.srb_status.0;
+        srb.scsi_status = outcome.scsi_status.0;
+        srb.data_transfer_length.set(outcome.transferred);
+        srb.cdb_or_sense = [0; SENSE_BUFFER_SIZE];
+        srb.sense_info_length = 0;
+        if let Some(sense) = outcome.sense {
+            let allowed = usize::from(job.packet.srb().sense_info_length).min(job.sense_len);
+            let autosense = srb.srb_flags.get() & srb_flags::DISABLE_AUTOSENSE == 0;
+            let bytes = sense.to_bytes();
+            let n = bytes.len().min(allowed);
+            if autosense && n > 0 {
+                srb.cdb_or_sense[..n].copy_from_slice(&bytes[..n]);
+                srb.sense_info_length = n as u8;
+            } else {
+                srb.srb_status &= !SrbStatus::AUTOSENSE_VALID;
+            }
+        }
+        let mut packet = job.packet;
+        packet.operation.set(Operation::COMPLETE_IO.0);
+        packet.set_status(NtStatus::SUCCESS);
+        packet.set_srb(&srb);
+        Done {
+            trans_id: job.trans_id,
+            packet,
+            bytes: u64::from(outcome.transferred),
+            good: outcome.is_good(),
+        }
+    }
+}
+
+/// Executor threads: jobs in through one queue, completions out through another.
+struct Pool {
+    jobs: Option<Sender<Job>>,
+    done: Receiver<Done>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Pool {
+    fn start(shared: &Arc<Shared>, threads: usize) -> std::io::Result<Self> {
+        let (job_tx, job_rx) = mpsc::channel::<Job>();
+        let (done_tx, done_rx) = mpsc::channel::<Done>();
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        let mut handles = Vec::with_capacity(threads);
+        for i in 0..threads {
+            let job_rx = job_rx.clone();
+            let done_tx = done_tx.clone();
+            let shared = shared.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("storvsp-io-{i}"))
+                .spawn(move || {
+                    let mut scratch = Vec::new();
+                    loop {
+                        let job = job_rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        let Ok(job) = job else { return };
+                        if done_tx.send(shared.execute(job, &mut scratch)).is_err() {
+                            return;
+                        }
+                        shared.notify();
+                    }
+                })?;
+            handles.push(handle);
+        }
+        Ok(Self {
+            jobs: Some(job_tx),
+            done: done_rx,
+            threads: handles,
+        })
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Closing the job queue ends every thread once it finishes its current job.
+        self.jobs = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The host end of one storvsc channel.
+pub struct StorvspWorker<M: RingMemory> {
+    inbound: RingConsumer<M>,
+    outbound: RingProducer<M>,
+    shared: Arc<Shared>,
+    handshake: Handshake,
+    pool: Option<Pool>,
+    pending: VecDeque<Done>,
+    in_flight: usize,
+    config: StorvspConfig,
+    stats: StorvspStats,
+    packet_buf: Vec<u8>,
+    scratch: Vec<u8>,
+    failed: bool,
+}
+
+impl<M: RingMemory> std::fmt::Debug for StorvspWorker<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorvspWorker")
+            .field("handshake", &self.handshake.state())
+            .field("in_flight", &self.in_flight)
+            .field("pending", &self.pending.len())
+            .field("stats", &self.stats)
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M: RingMemory> StorvspWorker<M> {
+    /// A worker on the channel's guest→host ring (`inbound`) and host→guest ring (`outbound`),
+    /// reading and writing data buffers in `memory`, serving `luns`.
+    ///
+    /// # Errors
+    /// If `config.io_threads > 0` and the threads cannot be spawned.
+    pub fn new(
+        inbound: RingConsumer<M>,
+        outbound: RingProducer<M>,
+        memory: Arc<dyn GuestMemory>,
+        luns: LunMap,
+        config: StorvspConfig,
+    ) -> std::io::Result<Self> {
+        let max_transfer = config.effective_max_transfer();
+        let shared = Arc::new(Shared {
+            controller: ScsiController::new(luns, max_transfer),
+            memory,
+            notifier: Mutex::new(None),
+        });
+        let pool = match config.io_threads {
+            0 => None,
+            n => Some(Pool::start(&shared, n)?),
+        };
+        let packet_buf = vec![0u8; inbound.data_size()];
+        Ok(Self {
+            inbound,
+            outbound,
+            handshake: Handshake::new(config.versions.clone(), max_transfer),
+            shared,
+            pool,
+            pending: VecDeque::new(),
+            in_flight: 0,
+            config: StorvspConfig {
+                queue_depth: config.queue_depth.max(1),
+                batch: config.batch.max(1),
+                ..config
+            },
+            stats: StorvspStats::default(),
+            packet_buf,
+            scratch: Vec::new(),
+            failed: false,
+        })
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> StorvspStats {
+        self.stats
+    }
+
+    /// The handshake (its state and the agreed version).
+    pub fn handshake(&self) -> &Handshake {
+        &self.handshake
+    }
+
+    /// Requests executing on the pool.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Completions waiting for ring space.
+    pub fn pending_completions(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether a ring failed (the guest violated the ring protocol).
+    pub fn is_failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Switches poll mode: keep polling the rings while I/O is outstanding.
+    pub fn set_poll_mode(&mut self, on: bool) {
+        self.config.poll_mode = on;
+    }
+
+    /// Called (from an executor thread) whenever a pooled request completes, e.g. to wake the thread
+    /// that calls [`poll`](Self::poll).
+    pub fn set_completion_notifier(&self, notifier: Arc<dyn Fn() + Send + Sync>) {
+        *self
+            .shared
+            .notifier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(notifier);
+    }
+
+    /// Blocks until a pooled request completes or `timeout` passes; returns whether one did (it is
+    /// written by the next [`poll`](Self::poll)). Returns `false` at once when nothing is in flight.
+    pub fn wait_for_completion(&mut self, timeout: Duration) -> bool {
+        if self.in_flight == 0 {
+            return false;
+        }
+        let Some(pool) = &self.pool else { return false };
+        match pool.done.recv_timeout(timeout) {
+            Ok(done) => {
+                self.in_flight -= 1;
+                self.account(&done);
+                self.pending.push_back(done);
+                true
+            }
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => false,
+        }
+    }
+
+    /// The rings (for diagnostics and tests).
+    pub fn rings(&self) -> (&RingConsumer<M>, &RingProducer<M>) {
+        (&self.inbound, &self.outbound)
+    }
+
+    /// Serves the channel: collects finished requests, writes completions, drains and dispatches new
+    /// requests (in poll mode, keeps at it while I/O is outstanding) and says what the caller must do.
+    pub fn poll(&mut self) -> PollResult {
+        let mut r = PollResult::default();
+        let mut idle_since = Instant::now();
+        let mut batches = 0;
+        while !self.failed {
+            let before = (r.received, r.completed);
+            self.collect();
+            self.flush(&mut r);
+            let took = self.drain(&mut r);
+            self.collect();
+            self.flush(&mut r);
+            batches += 1;
+            if (r.received, r.completed) != before {
+                idle_since = Instant::now();
+            }
+            if batches >= MAX_BATCHES_PER_POLL {
+                r.more |= took > 0;
+                break;
+            }
+            if r.more && self.has_capacity() {
+                continue;
+            }
+            let polling = self.config.poll_mode && self.in_flight > 0;
+            if polling && idle_since.elapsed() < POLL_MODE_IDLE_BUDGET {
+                self.stats.poll_spins += 1;
+                // Yield rather than spin hard: the executors may share the core.
+                std::thread::yield_now();
+                continue;
+            }
+            break;
+        }
+        if r.more && !self.has_capacity() {
+            self.stats.backpressure += 1;
+        }
+        r.in_flight = self.in_flight;
+        r.pending_completions = self.pending.len();
+        r.failed = self.failed;
+        self.stats.signals += u64::from(r.signal_guest);
+        r
+    }
+
+    fn has_capacity(&self) -> bool {
+        self.in_flight + self.pending.len() < self.config.queue_depth
+    }
+
+    fn fail(&mut self, what: &str, error: RingError) {
+        tracing::warn!(%error, what, "storvsp: ring failed; channel stopped");
+        self.failed = true;
+    }
+
+    fn account(&mut self, done: &Done) {
+        self.stats.bytes += done.bytes;
+        self.stats.failed_requests += u64::from(!done.good);
+    }
+
+    /// Moves finished pooled requests to the completion queue.
+    fn collect(&mut self) {
+        let Some(pool) = &self.pool else { return };
+        let finished: Vec<Done> = pool.done.try_iter().collect();
+        for done in finished {
+            self.in_flight -= 1;
+            self.account(&done);
+            self.pending.push_back(done);
+        }
+    }
+
+    /// Writes queued completions until the guest's ring is full.
+    fn flush(&mut self, r: &mut PollResult) {
+        while let Some(done) = self.pending.front() {
+            match self
+                .outbound
+                .write_completion(done.trans_id, &[done.packet.as_wire()])
+            {
+                Ok(written) => {
+                    r.signal_guest |= written.signal;
+                    r.completed += 1;
+                    self.stats.completions += 1;
+                    self.pending.pop_front();
+                }
+                Err(RingError::Full { .. }) => {
+                    self.stats.full_ring_stalls += 1;
+                    return;
+                }
+                Err(e) => return self.fail("outbound", e),
+            }
+        }
+    }
+
+    /// Takes up to one batch of packets (bounded by the free queue depth) with interrupts masked.
+    fn drain(&mut self, r: &mut PollResult) -> usize {
+        let room = self
+            .config
+            .queue_depth
+            .saturating_sub(self.in_flight + self.pending.len())
+            .min(self.config.batch);
+        if room == 0 {
+            r.more = match self.inbound.available() {
+                Ok(n) => n > 0,
+                Err(e) => {
+                    self.fail("inbound", e);
+                    false
+                }
+            };
+            return 0;
+        }
+        self.inbound.mask_interrupts();
+        let mut buf = std::mem::take(&mut self.packet_buf);
+        let mut took = 0;
+        while took < room {
+            match self.inbound.read_packet_deferred(&mut buf) {
+                Ok(Some(info)) => {
+                    took += 1;
+                    self.handle_packet(&buf[..info.len]);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.fail("inbound", e);
+                    break;
+                }
+            }
+        }
+        self.packet_buf = buf;
+        self.stats.packets += took as u64;
+        r.received += took;
+        if self.failed {
+            return took;
+        }
+        match self.inbound.commit() {
+            Ok(signal) => r.signal_guest |= signal,
+            Err(e) => {
+                self.fail("inbound", e);
+                return took;
+            }
+        }
+        // Poll mode with I/O outstanding keeps interrupts masked; the guest's packets are seen by
+        // the next pass. Otherwise unmask and re-check for packets that raced in.
+        if self.config.poll_mode && self.in_flight > 0 && took == room {
+            r.more = true;
+            return took;
+        }
+        match self.inbound.unmask_interrupts() {
+            Ok(more) => r.more = more,
+            Err(e) => self.fail("inbound", e),
+        }
+        took
+    }
+
+    /// Decodes and dispatches one packet.
+    fn handle_packet(&mut self, bytes: &[u8]) {
+        let max_transfer = self.shared.controller.max_transfer();
+        match decode(bytes, &*self.shared.memory, max_transfer) {
+            Inbound::Ignored { packet_type } => {
+                tracing::debug!(
+                    ?packet_type,
+                    "storvsp: dropping a packet that is not a request"
+                );
+                self.stats.dropped += 1;
+            }
+            Inbound::Malformed {
+                trans_id,
+                packet,
+                error,
+            } => {
+                tracing::debug!(trans_id, %error, "storvsp: malformed request");
+                self.stats.malformed += 1;
+                self.complete_with_error(trans_id, packet, NtStatus::INVALID_PARAMETER);
+            }
+            Inbound::Request(request) => {
+                if request.packet.operation() != Operation::EXECUTE_SRB {
+                    self.stats.control += 1;
+                    let reply = self.handshake.handle(&request.packet);
+                    self.push(Done {
+                        trans_id: request.trans_id,
+                        packet: reply,
+                        bytes: 0,
+                        good: true,
+                    });
+                    return;
+                }
+                let Some(version) = self.handshake.ready_version() else {
+                    tracing::debug!(trans_id = request.trans_id, "storvsp: SRB before END_INIT");
+                    self.stats.malformed += 1;
+                    return self.complete_with_error(
+                        request.trans_id,
+                        Some(request.packet),
+                        NtStatus::INVALID_DEVICE_STATE,
+                    );
+                };
+                if request.packet_len < vstor_packet_size(version) {
+                    tracing::debug!(len = request.packet_len, "storvsp: short SRB packet");
+                    self.stats.malformed += 1;
+                    return self.complete_with_error(
+                        request.trans_id,
+                        Some(request.packet),
+                        NtStatus::INVALID_PARAMETER,
+                    );
+                }
+                self.stats.requests += 1;
+                self.dispatch(Job {
+                    trans_id: request.trans_id,
+                    packet: request.packet,
+                    segments: request.segments,
+                    data_len: request.data_len,
+                    sense_len: sense_buffer_size(version),
+                });
+            }
+        }
+    }
+
+    fn dispatch(&mut self, job: Job) {
+        if let Some(pool) = &self.pool {
+            if let Some(jobs) = &pool.jobs {
+                match jobs.send(job) {
+                    Ok(()) => {
+                        self.in_flight += 1;
+                        self.stats.max_in_flight =
+                            self.stats.max_in_flight.max(self.in_flight as u64);
+                        return;
+                    }
+                    // The pool is gone (a thread panicked): run it here instead.
+                    Err(mpsc::SendError(job)) => return self.run_inline(job),
+                }
+            }
+        }
+        self.run_inline(job);
+    }
+
+    fn run_inline(&mut self, job: Job) {
+        let done = self.shared.execute(job, &mut self.scratch);
+        self.account(&done);
+        self.pending.push_back(done);
+    }
+
+    fn push(&mut self, done: Done) {
+        self.pending.push_back(done);
+    }
+
+    /// Completes a request that cannot run: the guest's packet echoed (if decodable) with `status`
+    /// and, for an SRB, `SRB_STATUS_INVALID_REQUEST` and no data.
+    fn complete_with_error(
+        &mut self,
+        trans_id: u64,
+        packet: Option<VstorPacket>,
+        status: NtStatus,
+    ) {
+        let mut reply = packet.unwrap_or_else(|| VstorPacket::new(Operation::COMPLETE_IO, 0));
+        if reply.operation() == Operation::EXECUTE_SRB {
+            let mut srb = reply.srb();
+            srb.srb_status = SrbStatus::INVALID_REQUEST.0;
+            srb.scsi_status = 0;
+            srb.sense_info_length = 0;
+            srb.data_transfer_length.set(0);
+            reply.set_srb(&srb);
+        }
+        reply.operation.set(Operation::COMPLETE_IO.0);
+        reply.set_status(status);
+        self.stats.failed_requests += 1;
+        self.push(Done {
+            trans_id,
+            packet: reply,
+            bytes: 0,
+            good: false,
+        });
+    }
+}
+
+/// The protocol version a worker would agree with a guest proposing `proposals` in order (for
+/// callers that pick a configuration; the worker itself negotiates on the wire).
+pub fn negotiated_version(
+    config: &StorvspConfig,
+    proposals: &[ProtocolVersion],
+) -> Option<ProtocolVersion> {
+    proposals
+        .iter()
+        .copied()
+        .find(|v| config.versions.contains(v))
+}
