@@ -13,5 +13,6 @@ pub mod hv;
 pub mod ic;
 pub mod platform;
 pub mod storvsc;
+pub mod storvsc_disk;
 pub mod virtio_blk;
 pub mod vmbus_client;

@@ -110,9 +110,21 @@ pub struct BatchStats {
     pub max_in_flight: usize,
 }
 
+/// A request in flight through the queue API: its header and status live in a box so their addresses
+/// stay put while the device owns them.
+struct InFlight {
+    tag: u32,
+    write: bool,
+    req: BlkReq,
+    resp: BlkResp,
+    buf: NonNull<u8>,
+    len: usize,
+}
+
 /// A virtio-blk disk.
 pub struct VirtioBlk<P: IdentityMapped> {
     dev: VirtIOBlk<PlatformHal<P>, MmioTransport<'static>>,
+    in_flight: alloc::collections::BTreeMap<u16, alloc::boxed::Box<InFlight>>,
 }
 
 impl<P: IdentityMapped> core::fmt::Debug for VirtioBlk<P> {
@@ -140,7 +152,10 @@ impl<P: IdentityMapped> VirtioBlk<P> {
             return Err(VirtioBlkError::NotBlock(kind as u32));
         }
         let dev = VirtIOBlk::new(transport).map_err(VirtioBlkError::Device)?;
-        Ok(Self { dev })
+        Ok(Self {
+            dev,
+            in_flight: alloc::collections::BTreeMap::new(),
+        })
     }
 
     /// Capacity in 512-byte sectors.
@@ -187,6 +202,81 @@ impl<P: IdentityMapped> VirtioBlk<P> {
     /// FLUSH.
     pub fn flush(&mut self) -> Result<(), VirtioBlkError> {
         self.dev.flush().map_err(VirtioBlkError::Device)
+    }
+
+    /// Requests submitted through [`VirtioBlk::submit`] and not yet returned by [`VirtioBlk::poll`].
+    pub fn outstanding(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Queue one request (the queue API: many in flight, completions by [`VirtioBlk::poll`]).
+    /// `Err(Device(QueueFull))` when the queue has no room.
+    ///
+    /// # Safety
+    /// `buf..buf + len` must be valid, identity-mapped memory that nothing touches until `poll` returns
+    /// this request's `tag`.
+    pub unsafe fn submit(
+        &mut self,
+        tag: u32,
+        write: bool,
+        lba: u64,
+        buf: NonNull<u8>,
+        len: usize,
+    ) -> Result<(), VirtioBlkError> {
+        check_len(len)?;
+        let mut entry = alloc::boxed::Box::new(InFlight {
+            tag,
+            write,
+            req: BlkReq::default(),
+            resp: BlkResp::new_zeroed(),
+            buf,
+            len,
+        });
+        let e = &mut *entry;
+        // SAFETY: the caller keeps `buf` valid and untouched until completion; `req`/`resp` live in a box
+        // kept in `in_flight` until the token is completed in `poll`, so their addresses are stable.
+        let token = unsafe {
+            let data = core::slice::from_raw_parts_mut(e.buf.as_ptr(), e.len);
+            if write {
+                self.dev
+                    .write_blocks_nb(lba as usize, &mut e.req, data, &mut e.resp)
+            } else {
+                self.dev
+                    .read_blocks_nb(lba as usize, &mut e.req, data, &mut e.resp)
+            }
+        }
+        .map_err(VirtioBlkError::Device)?;
+        self.in_flight.insert(token, entry);
+        Ok(())
+    }
+
+    /// Collect finished requests (non-blocking): `(tag, result)` appended to `out`.
+    pub fn poll(&mut self, out: &mut Vec<(u32, Result<(), VirtioBlkError>)>) -> usize {
+        let before = out.len();
+        while let Some(token) = self.dev.peek_used() {
+            let Some(mut e) = self.in_flight.remove(&token) else {
+                // A token we never handed out: the device is broken; stop reaping.
+                break;
+            };
+            // SAFETY: request `token` was submitted with exactly these buffers, still valid (caller
+            // contract of `submit`), and it is the next used entry.
+            let done = unsafe {
+                let data = core::slice::from_raw_parts_mut(e.buf.as_ptr(), e.len);
+                if e.write {
+                    self.dev
+                        .complete_write_blocks(token, &e.req, data, &mut e.resp)
+                } else {
+                    self.dev
+                        .complete_read_blocks(token, &e.req, data, &mut e.resp)
+                }
+            };
+            let result = done.map_err(|_| VirtioBlkError::Request {
+                index: 0,
+                status: e.resp.status(),
+            });
+            out.push((e.tag, result));
+        }
+        out.len() - before
     }
 
     /// Reads consecutive extents into `bufs` (buffer `i` at `lba` + the sectors of the buffers before it),
@@ -314,6 +404,13 @@ impl<P: IdentityMapped> VirtioBlk<P> {
             Some(e) => Err(e),
             None => Ok(stats),
         }
+    }
+}
+
+impl VirtioBlkError {
+    /// The queue had no room for the request (retry after completions were polled).
+    pub fn is_queue_full(&self) -> bool {
+        matches!(self, Self::Device(virtio_drivers::Error::QueueFull))
     }
 }
 

@@ -20,8 +20,8 @@ use vmbus::ring::{
 };
 
 use crate::hv::detect::{self, DetectError};
-use crate::hv::hypercall::{HypercallError, Hypercalls};
-use crate::hv::synic::{Synic, SynicError};
+use crate::hv::hypercall::{EventSignal, HypercallError, Hypercalls};
+use crate::hv::synic::{EventFlags, Synic, SynicError};
 use crate::platform::{DmaRegion, Platform, PAGE_SIZE};
 
 /// HvPostMessage message type of VMBus channel messages.
@@ -460,13 +460,29 @@ impl Channel {
     }
 
     /// Signal the host once if any packet since the last flush needed it. Returns whether it did.
-    pub fn flush(&mut self, hypercalls: &Hypercalls) -> Result<bool, HypercallError> {
+    pub fn flush(&mut self, hypercalls: &impl EventSignal) -> Result<bool, HypercallError> {
         if !core::mem::take(&mut self.signal_pending) {
             return Ok(false);
         }
         self.stats.signals += 1;
         hypercalls.signal_event(self.connection_id, 0)?;
         Ok(true)
+    }
+
+    /// Bytes of packet (descriptor, headers and payload; before padding and trailer) that could be
+    /// written right now, so a caller can check before committing to a request.
+    pub fn writable_len(&mut self) -> Result<usize, RingError> {
+        self.outbound.writable_len()
+    }
+
+    /// Whether the host has written packets we have not read.
+    pub fn has_data(&mut self) -> Result<bool, RingError> {
+        Ok(self.inbound.available()? > 0)
+    }
+
+    /// Consume this channel's event flag through a detached [`EventFlags`] handle.
+    pub fn take_event_from(&self, flags: &EventFlags) -> bool {
+        flags.take(VMBUS_SINT, self.relid)
     }
 
     /// Drain up to `limit` packets from the host (interrupts masked meanwhile); a reader-side signal

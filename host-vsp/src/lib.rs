@@ -13,5 +13,6 @@ pub mod ic;
 pub mod ic_vsp;
 pub mod ide;
 pub mod storvsp;
+pub mod storvsp_device;
 pub mod virtio_blk;
 pub mod vmbus_service;

@@ -10,7 +10,9 @@
 //!
 //! A device plugs in with a [`DeviceKit`] on the host and one match arm in the guest's `open_device`.
 
+pub mod baselines;
 pub mod ramdisk;
+pub mod vmbus;
 
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +25,9 @@ use hypervisor_lite::GuestRam;
 use workload::pattern::{pattern, PATTERN_UNIT};
 use workload::{BenchLine, BenchOutcome, DiskModel, Op, Plan, PlanError, WorkloadSpec};
 
+pub use baselines::{IdeKit, VirtioKit};
 pub use ramdisk::RamdiskKit;
+pub use vmbus::VmbusKit;
 
 use crate::report::{Measurement, Row};
 use crate::vm::{LOG_GPA, LOG_LEN};
@@ -56,7 +60,12 @@ pub trait DeviceKit {
 
 /// Every device kit the testbed knows, in report order. A device adds one line here.
 pub fn kits() -> Vec<Box<dyn DeviceKit>> {
-    vec![Box::new(RamdiskKit)]
+    vec![
+        Box::new(RamdiskKit),
+        Box::new(IdeKit),
+        Box::new(VirtioKit::default()),
+        Box::new(VmbusKit::default()),
+    ]
 }
 
 /// A workload the guest completed: what ran, the generation its writes stored, how many I/Os.

@@ -32,6 +32,47 @@ pub enum HypercallError {
     Status(u16),
 }
 
+fn check(result: u64) -> Result<(), HypercallError> {
+    match result as u16 {
+        status::SUCCESS => Ok(()),
+        s => Err(HypercallError::Status(s)),
+    }
+}
+
+/// Whatever can issue a fast HvSignalEvent.
+pub trait EventSignal {
+    /// HvSignalEvent (fast): set event flag `flag` of connection `connection_id`.
+    fn signal_event(&self, connection_id: u32, flag: u16) -> Result<(), HypercallError>;
+}
+
+impl EventSignal for Hypercalls {
+    fn signal_event(&self, connection_id: u32, flag: u16) -> Result<(), HypercallError> {
+        Hypercalls::signal_event(self, connection_id, flag)
+    }
+}
+
+/// The hypercall page, usable for fast HvSignalEvent only (copyable; valid while the page stays enabled,
+/// which for this kernel is forever once enabled).
+#[derive(Debug, Clone, Copy)]
+pub struct EventSignaller {
+    page: core::ptr::NonNull<u8>,
+}
+
+impl EventSignal for EventSignaller {
+    fn signal_event(&self, connection_id: u32, flag: u16) -> Result<(), HypercallError> {
+        let arg = u64::from(connection_id) | (u64::from(flag) << 32);
+        let result: u64;
+        // SAFETY: as in `Hypercalls::call`: the hypervisor's code at `page` follows the TLFS calling
+        // convention; the fast call touches no memory.
+        unsafe {
+            asm!("call {page}", page = in(reg) self.page.as_ptr(),
+                 inlateout("rcx") HVCALL_SIGNAL_EVENT | FAST => _, inlateout("rdx") arg => _, inlateout("r8") 0u64 => _,
+                 lateout("rax") result, lateout("r9") _, lateout("r10") _, lateout("r11") _)
+        };
+        check(result)
+    }
+}
+
 /// An enabled hypercall page plus the page used for slow-call input.
 #[derive(Debug)]
 pub struct Hypercalls {
@@ -75,13 +116,6 @@ impl Hypercalls {
         result
     }
 
-    fn check(result: u64) -> Result<(), HypercallError> {
-        match result as u16 {
-            status::SUCCESS => Ok(()),
-            s => Err(HypercallError::Status(s)),
-        }
-    }
-
     /// HvPostMessage: send a message of `message_type` to connection `connection_id`.
     pub fn post_message(
         &self,
@@ -98,13 +132,18 @@ impl Hypercalls {
         header[12..16].copy_from_slice(&(payload.len() as u32).to_le_bytes());
         self.input.write(0, &header);
         self.input.write(16, payload);
-        Self::check(self.call(HVCALL_POST_MESSAGE, self.input.pa, 0))
+        check(self.call(HVCALL_POST_MESSAGE, self.input.pa, 0))
     }
 
     /// HvSignalEvent (fast): set event flag `flag` of connection `connection_id`.
     pub fn signal_event(&self, connection_id: u32, flag: u16) -> Result<(), HypercallError> {
-        let arg = u64::from(connection_id) | (u64::from(flag) << 32);
-        Self::check(self.call(HVCALL_SIGNAL_EVENT | FAST, arg, 0))
+        self.signaller().signal_event(connection_id, flag)
+    }
+
+    /// A copyable handle that can only signal events (fast HvSignalEvent needs no input page), for
+    /// drivers that keep a channel apart from the connection.
+    pub fn signaller(&self) -> EventSignaller {
+        EventSignaller { page: self.page.va }
     }
 
     /// Issue an arbitrary hypercall (for probing the hypervisor's handling of bad requests).

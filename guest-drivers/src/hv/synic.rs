@@ -108,13 +108,35 @@ impl Synic {
 
     /// Atomically test and clear event flag `flag` of `sint`.
     pub fn take_event(&self, sint: u8, flag: u32) -> bool {
+        self.event_flags().take(sint, flag)
+    }
+
+    /// A copyable handle on the event-flag page (valid while the SynIC stays enabled, which for this
+    /// kernel is forever once enabled), for drivers that keep a channel apart from the connection.
+    pub fn event_flags(&self) -> EventFlags {
+        EventFlags {
+            page: self.siefp.va,
+        }
+    }
+}
+
+/// The SIEFP page: one 256-byte event-flag bitmap per SINT.
+#[derive(Debug, Clone, Copy)]
+pub struct EventFlags {
+    page: core::ptr::NonNull<u8>,
+}
+
+impl EventFlags {
+    /// Atomically test and clear event flag `flag` of `sint`.
+    pub fn take(&self, sint: u8, flag: u32) -> bool {
         let flag = flag % (SLOT_SIZE as u32 * 8);
         let offset = usize::from(sint & 15) * SLOT_SIZE + (flag as usize / 64) * 8;
         let bit = 1u64 << (flag % 64);
-        self.siefp
-            .atomic_u64(offset)
-            .fetch_and(!bit, Ordering::AcqRel)
-            & bit
-            != 0
+        // SAFETY: offset + 8 <= 16 * 256 = one page (sint < 16, flag < 2048) and is 8-aligned; the page is
+        // the SIEFP, enabled for the kernel's lifetime, and every access to it is atomic.
+        let word = unsafe {
+            core::sync::atomic::AtomicU64::from_ptr(self.page.as_ptr().add(offset).cast())
+        };
+        word.fetch_and(!bit, Ordering::AcqRel) & bit != 0
     }
 }

@@ -12,11 +12,14 @@
 extern crate alloc;
 
 mod arch;
+mod block_bench;
 mod console;
 mod heap;
 mod platform;
 mod rt;
 mod scenario;
+mod vmbus_disk;
+mod vmbus_global;
 
 use core::arch::global_asm;
 

@@ -33,7 +33,11 @@ impl Platform for Kernel {
         // SAFETY: non-zero size checked above.
         let va = NonNull::new(unsafe { alloc::alloc::alloc_zeroed(layout) })?;
         // Identity mapping: virtual == physical.
-        Some(DmaRegion { va, pa: va.as_ptr() as u64, len: layout.size() })
+        Some(DmaRegion {
+            va,
+            pa: va.as_ptr() as u64,
+            len: layout.size(),
+        })
     }
 
     fn free_dma(&self, region: DmaRegion) {

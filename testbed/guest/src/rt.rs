@@ -51,7 +51,12 @@ pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     let mut i = 0;
     while i < n {
         // SAFETY: i < n and both regions are valid for n bytes (caller contract).
-        let (x, y) = unsafe { (core::ptr::read_volatile(a.add(i)), core::ptr::read_volatile(b.add(i))) };
+        let (x, y) = unsafe {
+            (
+                core::ptr::read_volatile(a.add(i)),
+                core::ptr::read_volatile(b.add(i)),
+            )
+        };
         if x != y {
             return i32::from(x) - i32::from(y);
         }
@@ -73,7 +78,10 @@ extern "C" fn rust_eh_personality() {}
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
-    let _ = core::fmt::Write::write_fmt(&mut crate::console::Serial, format_args!("guest panic: {info}\n"));
+    let _ = core::fmt::Write::write_fmt(
+        &mut crate::console::Serial,
+        format_args!("guest panic: {info}\n"),
+    );
     crate::println!("guest panic: {info}");
     crate::arch::exit(0xdead)
 }

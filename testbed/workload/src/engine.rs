@@ -138,7 +138,8 @@ pub enum RunError {
     },
 }
 
-/// Page-aligned request memory (over-allocated so no unsafe code is needed to align it).
+/// Request memory at a page boundary plus the spec's `buffer_offset` (over-allocated so no unsafe code
+/// is needed to align it).
 struct IoMemory {
     storage: Vec<u8>,
     offset: usize,
@@ -146,9 +147,9 @@ struct IoMemory {
 }
 
 impl IoMemory {
-    fn new(len: usize) -> Self {
-        let storage = vec![0u8; len + BUFFER_ALIGN - 1];
-        let offset = storage.as_ptr().align_offset(BUFFER_ALIGN);
+    fn new(len: usize, misalign: usize) -> Self {
+        let storage = vec![0u8; len + misalign + BUFFER_ALIGN - 1];
+        let offset = storage.as_ptr().align_offset(BUFFER_ALIGN) + misalign;
         Self {
             storage,
             offset,
@@ -222,7 +223,12 @@ pub fn run(
     }
     let block_sectors = plan.block_sectors();
     let mut memory: Vec<IoMemory> = (0..depth)
-        .map(|_| IoMemory::new(spec.block_bytes as usize))
+        .map(|_| {
+            IoMemory::new(
+                spec.block_bytes as usize,
+                usize::from(spec.buffer_offset) % BUFFER_ALIGN,
+            )
+        })
         .collect();
     let mut pending: Vec<Option<Pending>> = vec![None; depth];
     let mut free: Vec<u32> = (0..depth as u32).rev().collect();

@@ -96,6 +96,9 @@ pub struct WorkloadSpec {
     pub seed: u64,
     /// Where on the device.
     pub lba_range: LbaRange,
+    /// Byte offset of every request buffer from a page boundary (0..4096): non-zero exercises
+    /// devices with buffers that are not page-aligned (data still physically contiguous).
+    pub buffer_offset: u16,
 }
 
 /// Why a workload token was refused.
@@ -224,6 +227,7 @@ impl WorkloadSpec {
             max_millis: 0,
             seed: 1,
             lba_range: LbaRange::default(),
+            buffer_offset: 0,
         };
         for item in items.split(',').filter(|i| !i.is_empty()) {
             let (key, value) = item
@@ -268,6 +272,13 @@ impl WorkloadSpec {
                 }
                 "seed" => spec.seed = parse_u64(key, value)?,
                 "lba" => spec.lba_range = parse_range(value)?,
+                "off" => {
+                    let off = parse_u64(key, value)?;
+                    if off >= 4096 {
+                        return Err(bad(key, value, "must be below 4096"));
+                    }
+                    spec.buffer_offset = off as u16;
+                }
                 _ => return Err(ParseError::UnknownKey(key.to_string())),
             }
             seen.push(key);
@@ -288,6 +299,7 @@ impl WorkloadSpec {
             max_millis: 0,
             seed: 1,
             lba_range: LbaRange::default(),
+            buffer_offset: 0,
         }
     }
 }
@@ -306,7 +318,11 @@ impl fmt::Display for WorkloadSpec {
             self.seed,
             self.lba_range.start,
             self.lba_range.count
-        )
+        )?;
+        if self.buffer_offset != 0 {
+            write!(f, ",off={}", self.buffer_offset)?;
+        }
+        Ok(())
     }
 }
 
@@ -480,6 +496,7 @@ mod tests {
             let spec = WorkloadSpec {
                 name, kind, block_bytes: blocks * 512, queue_depth: qd, max_ios: n, max_millis: ms, seed,
                 lba_range: LbaRange { start, count },
+                buffer_offset: 0,
             };
             let text = format!("{spec}");
             prop_assert!(!text.contains(char::is_whitespace));

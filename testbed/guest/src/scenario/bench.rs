@@ -47,6 +47,9 @@ pub fn run(name: &str, args: &str) -> Option<Outcome> {
 fn open_device(name: &str) -> Result<Box<dyn BlockQueue>, String> {
     match name {
         "ramdisk" => Ok(Box::new(RamDisk::open()?)),
+        "vmbus" => Ok(Box::new(crate::vmbus_disk::VmbusDisk::open()?)),
+        "ide" => Ok(Box::new(crate::block_bench::IdeBench::open()?)),
+        "virtio" => Ok(Box::new(crate::block_bench::VirtioBench::open()?)),
         _ => Err(format!("unknown bench device `{name}`")),
     }
 }

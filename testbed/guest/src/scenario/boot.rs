@@ -53,4 +53,3 @@ fn hv() -> Outcome {
     println!("hv: hypercall page at {:#x}, SynIC enabled", hc.page_gpa());
     Ok(())
 }
-

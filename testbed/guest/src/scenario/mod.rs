@@ -8,7 +8,7 @@ use alloc::string::String;
 use crate::println;
 
 mod bench;
-mod block;
+pub mod block;
 mod boot;
 mod vmbus;
 
@@ -16,12 +16,8 @@ mod vmbus;
 pub type Outcome = Result<(), String>;
 
 /// Every scenario family, asked in order; one line each.
-const FAMILIES: &[fn(&str, &str) -> Option<Outcome>] = &[
-    boot::run,
-    block::run,
-    bench::run,
-    vmbus::run,
-];
+const FAMILIES: &[fn(&str, &str) -> Option<Outcome>] =
+    &[boot::run, block::run, bench::run, vmbus::run];
 
 /// Run every scenario named in `cmdline` (tokens `name` or `name:args`, separated by spaces).
 pub fn run_all(cmdline: &str) -> u32 {

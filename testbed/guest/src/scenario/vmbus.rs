@@ -25,8 +25,7 @@ use super::Outcome;
 use crate::platform::Kernel;
 use crate::println;
 
-/// The vector the VMBus SINT is delivered on (Linux uses the same).
-pub const VMBUS_VECTOR: u8 = 0xF3;
+use crate::vmbus_global::VMBUS_VECTOR;
 
 /// Run `name` if it is a VMBus scenario.
 pub fn run(name: &str, args: &str) -> Option<Outcome> {
@@ -41,15 +40,17 @@ fn err(e: impl ToString) -> String {
 }
 
 fn vmbus(steps: &str) -> Outcome {
-    let mut conn = VmbusConnection::new(&Kernel, &[], VMBUS_VECTOR).map_err(err)?;
-    let version = conn.connect().map_err(err)?;
+    crate::vmbus_global::with_connection(|conn| run_steps(conn, steps))?
+}
+
+fn run_steps(conn: &mut VmbusConnection<'static, Kernel>, steps: &str) -> Outcome {
+    let version = conn.version().ok_or("not connected")?;
     println!("vmbus-version={}.{}", version.major(), version.minor());
-    let offers = conn.request_offers().map_err(err)?.len();
-    println!("vmbus-offers={offers}");
+    println!("vmbus-offers={}", conn.offers().len());
     for step in steps.split(',').filter(|s| !s.is_empty()) {
         match step {
-            "hostile" => hostile(&mut conn)?,
-            "ic" => serve_ics(&mut conn)?,
+            "hostile" => hostile(conn)?,
+            "ic" => serve_ics(conn)?,
             other => return Err(format!("unknown vmbus step `{other}`")),
         }
     }
@@ -74,16 +75,30 @@ fn hostile(conn: &mut VmbusConnection<'_, Kernel>) -> Outcome {
     // 1. Garbage: an unknown message type and random bytes. The hypercall succeeds (the message was
     //    delivered); the VMBus server refuses it.
     let garbage = [0xEFu8, 0xBE, 0xAD, 0xDE, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
-    let s = hc_status(conn.hypercalls().post_message(msg_conn, CHANNEL_MESSAGE_TYPE, &garbage));
+    let s = hc_status(
+        conn.hypercalls()
+            .post_message(msg_conn, CHANNEL_MESSAGE_TYPE, &garbage),
+    );
     expect("garbage message", s, status::SUCCESS)?;
-    let s = hc_status(conn.hypercalls().post_message(msg_conn, CHANNEL_MESSAGE_TYPE, &[1, 2, 3]));
+    let s = hc_status(
+        conn.hypercalls()
+            .post_message(msg_conn, CHANNEL_MESSAGE_TYPE, &[1, 2, 3]),
+    );
     expect("truncated message", s, status::SUCCESS)?;
     // 2. OPENCHANNEL for a relid the host never offered.
     let open = OpenChannel::new(999, 999, 0x1234, 0, 1, [0; 120]);
-    let s = hc_status(conn.hypercalls().post_message(msg_conn, CHANNEL_MESSAGE_TYPE, open.to_message().as_bytes()));
+    let s = hc_status(conn.hypercalls().post_message(
+        msg_conn,
+        CHANNEL_MESSAGE_TYPE,
+        open.to_message().as_bytes(),
+    ));
     expect("OPENCHANNEL of an unknown relid", s, status::SUCCESS)?;
     // 3. A GPADL naming pages beyond guest RAM, for a real channel: the host must refuse it.
-    let relid = conn.offers().first().map(|o| o.child_relid).ok_or("no offers")?;
+    let relid = conn
+        .offers()
+        .first()
+        .map(|o| o.child_relid)
+        .ok_or("no offers")?;
     let far: Vec<u64> = (0..40).map(|i| 0x40_0000_0000 + i).collect();
     let gpadl = conn
         .client_mut()
@@ -93,13 +108,18 @@ fn hostile(conn: &mut VmbusConnection<'_, Kernel>) -> Outcome {
         .wait_for(|a| matches!(a, ClientAction::GpadlCreated { gpadl: g, .. } if *g == gpadl))
         .map_err(err)?
     {
-        ClientAction::GpadlCreated { status: 0, .. } => return Err("host accepted a GPADL beyond RAM".into()),
+        ClientAction::GpadlCreated { status: 0, .. } => {
+            return Err("host accepted a GPADL beyond RAM".into())
+        }
         ClientAction::GpadlCreated { status, .. } => println!("hostile-gpadl-status={status}"),
         _ => return Err("unexpected action".into()),
     }
     // 4. Oversized post (241 bytes) and a post to a connection id nobody serves.
     let big = [0u8; 241];
-    let s = hc_status(conn.hypercalls().post_message(msg_conn, CHANNEL_MESSAGE_TYPE, &big[..240]));
+    let s = hc_status(
+        conn.hypercalls()
+            .post_message(msg_conn, CHANNEL_MESSAGE_TYPE, &big[..240]),
+    );
     expect("240-byte post", s, status::SUCCESS)?;
     let input = {
         let mut bytes = vec![0u8; 16 + 241];
@@ -108,14 +128,28 @@ fn hostile(conn: &mut VmbusConnection<'_, Kernel>) -> Outcome {
         bytes[12..16].copy_from_slice(&241u32.to_le_bytes());
         conn.hypercalls().stage_input(&bytes)
     };
-    expect("241-byte post", conn.hypercalls().raw(0x5C, input, 0), status::INVALID_PARAMETER)?;
-    let s = hc_status(conn.hypercalls().post_message(0x7777, CHANNEL_MESSAGE_TYPE, &garbage));
-    expect("post to an unknown connection", s, status::INVALID_CONNECTION_ID)?;
+    expect(
+        "241-byte post",
+        conn.hypercalls().raw(0x5C, input, 0),
+        status::INVALID_PARAMETER,
+    )?;
+    let s = hc_status(
+        conn.hypercalls()
+            .post_message(0x7777, CHANNEL_MESSAGE_TYPE, &garbage),
+    );
+    expect(
+        "post to an unknown connection",
+        s,
+        status::INVALID_CONNECTION_ID,
+    )?;
     // 5. A flood of garbage posts: each must be answered, none may wedge the host.
     for i in 0..200u32 {
         let mut flood = garbage;
         flood[8..12].copy_from_slice(&i.to_le_bytes());
-        let s = hc_status(conn.hypercalls().post_message(msg_conn, CHANNEL_MESSAGE_TYPE, &flood));
+        let s = hc_status(
+            conn.hypercalls()
+                .post_message(msg_conn, CHANNEL_MESSAGE_TYPE, &flood),
+        );
         if s != status::SUCCESS && s != status::INSUFFICIENT_BUFFERS {
             return Err(format!("flood post {i}: status {s:#x}"));
         }
@@ -133,7 +167,9 @@ fn hostile(conn: &mut VmbusConnection<'_, Kernel>) -> Outcome {
         .map_err(err)?
     {
         ClientAction::GpadlCreated { status: 0, .. } => {}
-        ClientAction::GpadlCreated { status, .. } => return Err(format!("valid GPADL refused: {status:#x}")),
+        ClientAction::GpadlCreated { status, .. } => {
+            return Err(format!("valid GPADL refused: {status:#x}"))
+        }
         _ => return Err("unexpected action".into()),
     }
     conn.client_mut().teardown_gpadl(gpadl).map_err(err)?;
@@ -148,7 +184,9 @@ fn expect(what: &str, got: u16, want: u16) -> Outcome {
     if got == want {
         Ok(())
     } else {
-        Err(format!("{what}: hypercall status {got:#x}, expected {want:#x}"))
+        Err(format!(
+            "{what}: hypercall status {got:#x}, expected {want:#x}"
+        ))
     }
 }
 
@@ -162,11 +200,22 @@ struct IcStats {
 
 /// Serve the heartbeat and shutdown ICs until the host requests a shutdown.
 fn serve_ics(conn: &mut VmbusConnection<'_, Kernel>) -> Outcome {
-    let heartbeat = conn.find_offer(interface::HEARTBEAT).ok_or("no heartbeat offer")?;
-    let shutdown = conn.find_offer(interface::SHUTDOWN).ok_or("no shutdown offer")?;
+    let heartbeat = conn
+        .find_offer(interface::HEARTBEAT)
+        .ok_or("no heartbeat offer")?;
+    let shutdown = conn
+        .find_offer(interface::SHUTDOWN)
+        .ok_or("no shutdown offer")?;
     let mut channels = [
-        (conn.open_channel(heartbeat.child_relid, 8, 8).map_err(err)?, IcDriver::new(IcKind::Heartbeat)),
-        (conn.open_channel(shutdown.child_relid, 4, 4).map_err(err)?, IcDriver::new(IcKind::Shutdown)),
+        (
+            conn.open_channel(heartbeat.child_relid, 8, 8)
+                .map_err(err)?,
+            IcDriver::new(IcKind::Heartbeat),
+        ),
+        (
+            conn.open_channel(shutdown.child_relid, 4, 4).map_err(err)?,
+            IcDriver::new(IcKind::Shutdown),
+        ),
     ];
     println!("ic-open=2");
     let interrupts_before = Kernel.interrupt_count(VMBUS_VECTOR);
@@ -214,7 +263,12 @@ fn serve_ics(conn: &mut VmbusConnection<'_, Kernel>) -> Outcome {
 
 /// Drain one channel completely (interrupts masked while draining, unmasked and re-checked before
 /// replying), then queue every reply. Returns the requests served and whether one was a shutdown.
-fn serve_batch(channel: &mut Channel, driver: &mut IcDriver, buf: &mut [u8], stats: &mut IcStats) -> Result<(usize, bool), String> {
+fn serve_batch(
+    channel: &mut Channel,
+    driver: &mut IcDriver,
+    buf: &mut [u8],
+    stats: &mut IcStats,
+) -> Result<(usize, bool), String> {
     let mut replies: Vec<(u64, Vec<u8>)> = Vec::new();
     let mut shutdown = false;
     let mut failure = None;
@@ -249,7 +303,9 @@ fn serve_batch(channel: &mut Channel, driver: &mut IcDriver, buf: &mut [u8], sta
     }
     stats.batches += 1;
     for (trans_id, reply) in &replies {
-        channel.write_inband(*trans_id, PacketFlags::empty(), &[reply]).map_err(err)?;
+        channel
+            .write_inband(*trans_id, PacketFlags::empty(), &[reply])
+            .map_err(err)?;
     }
     Ok((replies.len(), shutdown))
 }

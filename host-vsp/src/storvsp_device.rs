@@ -1,0 +1,128 @@
+//! storvsp as a VMBus device: [`StorvspDevice`] offers a synthetic SCSI controller on the VMBus
+//! service and, when the guest opens the channel, runs a [`StorvspWorker`] on the channel's rings on the
+//! channel's own thread — sleeping on the channel's event fd, interrupting the guest only when the ring
+//! rules ask for it.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hypervisor_lite::GuestRam;
+use vmbus::protocol::{interface, Guid};
+use vmbus::server::OfferConfig;
+
+use crate::guest_memory::GuestMemory;
+use crate::storvsp::worker::{StorvspStats, StorvspWorker};
+use crate::storvsp::{LunMap, StorvspConfig};
+use crate::vmbus_service::{HostChannel, HostChannelStats, VmbusDevice, Wake};
+
+/// What a storvsp channel has done so far (updated as it runs).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StorvspDeviceStats {
+    /// The worker's counters.
+    pub worker: StorvspStats,
+    /// The channel's notifications.
+    pub channel: HostChannelStats,
+    /// The channel is being served.
+    pub serving: bool,
+}
+
+/// A synthetic SCSI controller on VMBus.
+pub struct StorvspDevice {
+    instance: Guid,
+    luns: LunMap,
+    config: StorvspConfig,
+    memory: Arc<dyn GuestMemory>,
+    stats: Arc<Mutex<StorvspDeviceStats>>,
+}
+
+impl std::fmt::Debug for StorvspDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorvspDevice")
+            .field("instance", &self.instance)
+            .field("luns", &self.luns.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StorvspDevice {
+    /// A controller `instance` serving `luns` from the guest RAM `ram`.
+    pub fn new(instance: Guid, luns: LunMap, config: StorvspConfig, ram: GuestRam) -> Self {
+        Self {
+            instance,
+            luns,
+            config,
+            memory: Arc::new(ram),
+            stats: Arc::default(),
+        }
+    }
+
+    /// Live counters of the controller's channel.
+    pub fn stats(&self) -> Arc<Mutex<StorvspDeviceStats>> {
+        self.stats.clone()
+    }
+
+    fn publish(&self, f: impl FnOnce(&mut StorvspDeviceStats)) {
+        f(&mut self.stats.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+}
+
+impl VmbusDevice for StorvspDevice {
+    fn name(&self) -> &str {
+        "storvsp"
+    }
+
+    fn offer(&self) -> OfferConfig {
+        OfferConfig::new(interface::SCSI, self.instance)
+    }
+
+    fn serve(&self, channel: HostChannel) {
+        let (inbound, outbound, mut signals) = channel.into_parts();
+        let mut worker = match StorvspWorker::new(
+            inbound,
+            outbound,
+            self.memory.clone(),
+            self.luns.clone(),
+            self.config.clone(),
+        ) {
+            Ok(worker) => worker,
+            Err(error) => {
+                tracing::error!(%error, "storvsp worker could not start");
+                while signals.wait(Duration::from_millis(50)) != Wake::Stopped {}
+                return;
+            }
+        };
+        self.publish(|s| s.serving = true);
+        loop {
+            let result = worker.poll();
+            if result.signal_guest {
+                signals.notify_guest();
+            }
+            let (worker_stats, channel_stats) = (worker.stats(), signals.stats);
+            self.publish(|s| {
+                s.worker = worker_stats;
+                s.channel = channel_stats;
+            });
+            if result.failed {
+                tracing::warn!("storvsp channel failed: the guest broke the ring protocol");
+                while signals.wait(Duration::from_millis(50)) != Wake::Stopped {}
+                break;
+            }
+            if result.more {
+                continue;
+            }
+            if worker.in_flight() > 0 {
+                // Pooled requests still running: collect them as they finish (the guest may also
+                // signal meanwhile; the next poll reads its ring regardless).
+                worker.wait_for_completion(Duration::from_millis(1));
+                if signals.is_stopped() {
+                    break;
+                }
+                continue;
+            }
+            if signals.wait(Duration::from_millis(100)) == Wake::Stopped {
+                break;
+            }
+        }
+        self.publish(|s| s.serving = false);
+    }
+}

@@ -1,0 +1,229 @@
+//! The emulated IDE disk and virtio-blk as bench devices (the workload engine's `BlockQueue`), next to
+//! `vmbus_disk`. Each driver is opened once and parked between bench tokens.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::ptr::NonNull;
+
+use guest_drivers::ata::{AtaDisk, PioWidth, X86PortIo};
+use guest_drivers::platform::Platform;
+use guest_drivers::virtio_blk::{VirtioBlk, VirtioBlkError};
+use workload::queue::{BlockQueue, Completion, DeviceError, DmaBuffer, IoStatus, Op, SubmitError};
+
+use crate::platform::Kernel;
+use crate::scenario::block::{VIRTIO_BLK_GPA, VIRTIO_BLK_WINDOW};
+
+/// A driver parked between bench tokens.
+struct Parked<T>(Option<T>);
+
+// SAFETY: the drivers hold pointers to identity-mapped kernel memory and MMIO valid for the kernel's
+// lifetime; Rust runs on one vCPU and the mutex serialises every access.
+unsafe impl<T> Send for Parked<T> {}
+
+static ATA: spin::Mutex<Parked<AtaDisk<X86PortIo>>> = spin::Mutex::new(Parked(None));
+static VIRTIO: spin::Mutex<Parked<VirtioBlk<Kernel>>> = spin::Mutex::new(Parked(None));
+
+/// The emulated IDE disk: polled PIO with `rep insw/outsw`, as an unenlightened OS drives its boot disk.
+/// Synchronous: every request completes inside `submit`.
+pub struct IdeBench {
+    disk: Option<AtaDisk<X86PortIo>>,
+    done: Vec<Completion>,
+}
+
+impl IdeBench {
+    /// Probe (or take back) the primary-channel master.
+    pub fn open() -> Result<Self, String> {
+        let parked = ATA.lock().0.take();
+        let disk = match parked {
+            Some(d) => d,
+            None => AtaDisk::probe(X86PortIo, PioWidth::String)
+                .map_err(|e| format!("ATA probe: {e}"))?,
+        };
+        Ok(Self {
+            disk: Some(disk),
+            done: Vec::new(),
+        })
+    }
+}
+
+impl Drop for IdeBench {
+    fn drop(&mut self) {
+        if let Some(d) = self.disk.take() {
+            ATA.lock().0 = Some(d);
+        }
+    }
+}
+
+const GONE: DeviceError = DeviceError {
+    code: 0xff,
+    reason: "device closed",
+};
+
+impl BlockQueue for IdeBench {
+    fn block_size(&self) -> u32 {
+        512
+    }
+
+    fn capacity_blocks(&self) -> u64 {
+        self.disk.as_ref().map_or(0, AtaDisk::sectors)
+    }
+
+    fn max_outstanding(&self) -> usize {
+        1
+    }
+
+    fn max_transfer_bytes(&self) -> usize {
+        // LBA48 PIO: up to 65536 sectors per command; keep requests modest.
+        256 * 512
+    }
+
+    fn submit(
+        &mut self,
+        tag: u32,
+        op: Op,
+        lba: u64,
+        buffer: &mut DmaBuffer<'_>,
+    ) -> Result<(), SubmitError> {
+        let disk = self.disk.as_mut().ok_or(SubmitError::Error(GONE))?;
+        let result = match op {
+            Op::Read => disk.read(lba, buffer.bytes()),
+            Op::Write => disk.write(lba, buffer.bytes()),
+        };
+        let status = match result {
+            Ok(()) => IoStatus::Ok,
+            Err(_) => IoStatus::Error(DeviceError {
+                code: 1,
+                reason: "ATA command failed",
+            }),
+        };
+        self.done.push(Completion { tag, status });
+        Ok(())
+    }
+
+    fn kick(&mut self) {}
+
+    fn poll(&mut self, completions: &mut Vec<Completion>) -> usize {
+        let n = self.done.len();
+        completions.append(&mut self.done);
+        n
+    }
+
+    fn flush(&mut self) -> Result<(), DeviceError> {
+        let disk = self.disk.as_mut().ok_or(GONE)?;
+        disk.flush().map_err(|_| DeviceError {
+            code: 2,
+            reason: "ATA flush failed",
+        })
+    }
+}
+
+/// virtio-blk over virtio-mmio: notifications through the device's ioeventfd, completions by MSI.
+pub struct VirtioBench {
+    blk: Option<VirtioBlk<Kernel>>,
+    done: Vec<(u32, Result<(), VirtioBlkError>)>,
+}
+
+impl VirtioBench {
+    /// Probe (or take back) the virtio-blk device at its fixed MMIO window.
+    pub fn open() -> Result<Self, String> {
+        let parked = VIRTIO.lock().0.take();
+        let blk = match parked {
+            Some(b) => b,
+            // SAFETY: the testbed host places a virtio-mmio block device window at VIRTIO_BLK_GPA; the
+            // kernel identity-maps it, and only this (parked, single) driver uses it.
+            None => unsafe { VirtioBlk::probe(VIRTIO_BLK_GPA, VIRTIO_BLK_WINDOW) }
+                .map_err(|e| format!("virtio probe: {e}"))?,
+        };
+        Ok(Self {
+            blk: Some(blk),
+            done: Vec::new(),
+        })
+    }
+}
+
+impl Drop for VirtioBench {
+    fn drop(&mut self) {
+        if let Some(b) = self.blk.take() {
+            VIRTIO.lock().0 = Some(b);
+        }
+    }
+}
+
+impl BlockQueue for VirtioBench {
+    fn block_size(&self) -> u32 {
+        512
+    }
+
+    fn capacity_blocks(&self) -> u64 {
+        self.blk.as_ref().map_or(0, VirtioBlk::capacity)
+    }
+
+    fn max_outstanding(&self) -> usize {
+        // Each request takes three descriptors (header, data, status) unless indirect: stay within the
+        // queue either way.
+        self.blk.as_ref().map_or(1, |b| (b.queue_size() / 3).max(1))
+    }
+
+    fn submit(
+        &mut self,
+        tag: u32,
+        op: Op,
+        lba: u64,
+        buffer: &mut DmaBuffer<'_>,
+    ) -> Result<(), SubmitError> {
+        let blk = self.blk.as_mut().ok_or(SubmitError::Error(GONE))?;
+        let ptr = NonNull::new(buffer.bytes().as_mut_ptr()).ok_or(SubmitError::Error(GONE))?;
+        // SAFETY: the engine keeps the buffer allocated and untouched until this tag's completion has
+        // been polled (the BlockQueue contract), and the kernel identity-maps it.
+        match unsafe { blk.submit(tag, op == Op::Write, lba, ptr, buffer.len()) } {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_queue_full() => Err(SubmitError::Busy),
+            Err(_) => Err(SubmitError::Error(DeviceError {
+                code: 1,
+                reason: "virtio submit failed",
+            })),
+        }
+    }
+
+    fn kick(&mut self) {}
+
+    fn poll(&mut self, completions: &mut Vec<Completion>) -> usize {
+        if let Some(blk) = self.blk.as_mut() {
+            blk.poll(&mut self.done);
+        }
+        let before = completions.len();
+        for (tag, result) in self.done.drain(..) {
+            let status = match result {
+                Ok(()) => IoStatus::Ok,
+                Err(_) => IoStatus::Error(DeviceError {
+                    code: 2,
+                    reason: "virtio request failed",
+                }),
+            };
+            completions.push(Completion { tag, status });
+        }
+        completions.len() - before
+    }
+
+    fn wait(&mut self) {
+        let seen = Kernel.interrupt_total();
+        let Some(blk) = self.blk.as_mut() else { return };
+        if blk.outstanding() == 0 {
+            return;
+        }
+        // Anything already done? Then do not sleep.
+        blk.poll(&mut self.done);
+        if self.done.is_empty() {
+            Kernel.wait_for_interrupt(seen);
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), DeviceError> {
+        let blk = self.blk.as_mut().ok_or(GONE)?;
+        blk.flush().map_err(|_| DeviceError {
+            code: 3,
+            reason: "virtio flush failed",
+        })
+    }
+}

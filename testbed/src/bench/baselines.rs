@@ -1,0 +1,69 @@
+//! The two baselines VMBus is compared with, on the same disk backends:
+//! - `ide`: an IDE/ATA disk emulated register by register (polled PIO, `rep insw/outsw`), as an
+//!   unenlightened guest drives its boot disk — every register access is an exit;
+//! - `virtio`: virtio-blk over virtio-mmio done the way a good modern VMM does it — notifications
+//!   through a KVM ioeventfd, completions through an irqfd MSI, EVENT_IDX suppression.
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::Result;
+use host_vsp::ide::IdeController;
+use host_vsp::virtio_blk::{VirtioBlkConfig, VirtioBlkDevice};
+
+use super::{Backend, DeviceKit};
+use crate::GuestVmConfig;
+
+/// The emulated IDE disk.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdeKit;
+
+impl DeviceKit for IdeKit {
+    fn name(&self) -> &str {
+        "ide"
+    }
+
+    fn guest_name(&self) -> &str {
+        "ide"
+    }
+
+    fn configure(&self, config: &mut GuestVmConfig, backend: Backend) -> Result<()> {
+        let ide = Arc::new(IdeController::new(backend));
+        config.configure(move |pc| {
+            ide.register(pc);
+            Ok(())
+        });
+        Ok(())
+    }
+}
+
+/// virtio-blk with ioeventfd notifications, irqfd interrupts and EVENT_IDX.
+#[derive(Debug, Default)]
+pub struct VirtioKit {
+    /// The device of the partition being benchmarked (its worker stops when it is dropped).
+    device: Arc<Mutex<Option<Arc<VirtioBlkDevice>>>>,
+}
+
+impl DeviceKit for VirtioKit {
+    fn name(&self) -> &str {
+        "virtio"
+    }
+
+    fn guest_name(&self) -> &str {
+        "virtio"
+    }
+
+    fn configure(&self, config: &mut GuestVmConfig, backend: Backend) -> Result<()> {
+        let device = Arc::new(VirtioBlkDevice::new(backend, VirtioBlkConfig::default())?);
+        *self.device.lock().unwrap_or_else(|e| e.into_inner()) = Some(device.clone());
+        let for_attach = device.clone();
+        config.configure(move |pc| {
+            device.register(pc);
+            Ok(())
+        });
+        config.attach(move |partition, _| {
+            for_attach.attach(partition)?;
+            Ok(())
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,146 @@
+//! Synthetic storage over VMBus on KVM: the guest's storvsc writes patterns to a 64 MiB raw image through
+//! storvsp (QD1 and QD32, 4 KiB and 128 KiB, buffers not page-aligned), reads them back and verifies them;
+//! the host then checks the image file byte for byte — in this process and after killing a host
+//! process right after the guest's flush completed.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use host_vsp::disk::{FileDisk, FileDiskOptions};
+use testbed::bench::{
+    calibrate_tsc, run_device, verify_disk, BenchOptions, CompletedRun, VmbusKit,
+};
+use workload::WorkloadSpec;
+
+const IMAGE_BYTES: u64 = 64 << 20;
+
+fn specs() -> Vec<WorkloadSpec> {
+    [
+        // Writes: 4 KiB at QD1, page-aligned; 128 KiB at QD32 from buffers 512 bytes into a page.
+        "w4k-qd1:k=sw,bs=4096,qd=1,n=400,lba=0+3200",
+        "w128k-qd32:k=rw,bs=128k,qd=32,n=200,seed=9,off=512,lba=4096+65536",
+        // Reads of both, verified in the guest: 4 KiB at QD32 from buffers 8 bytes into a page, 128 KiB
+        // at QD1.
+        "r4k-qd32:k=rr,bs=4096,qd=32,n=400,seed=3,off=8,lba=0+3200",
+        "r128k-qd1:k=sr,bs=128k,qd=1,n=200,off=2048,lba=4096+65536",
+        // Mixed, many outstanding, over the whole image.
+        "mix-qd32:k=mix50,bs=4096,qd=32,n=2000,seed=11,lba=0+131072",
+    ]
+    .iter()
+    .map(|s| WorkloadSpec::parse(s).unwrap())
+    .collect()
+}
+
+fn options() -> BenchOptions {
+    BenchOptions {
+        tsc_hz: calibrate_tsc(),
+        progress: false,
+        echo: false,
+        timeout: Some(Duration::from_secs(90)),
+    }
+}
+
+fn image_path(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("viridian-storvsc-{tag}-{}.img", std::process::id()))
+}
+
+/// Run the specs through storvsc/storvsp on the image; returns what the guest completed.
+fn run_on_image(path: &Path) -> Vec<CompletedRun> {
+    let disk = Arc::new(FileDisk::create(path, IMAGE_BYTES).unwrap());
+    let specs = specs();
+    let run = run_device(&VmbusKit::default(), disk, &specs, &options());
+    let mut completed = Vec::new();
+    for (k, (row, spec)) in run.rows.iter().zip(&specs).enumerate() {
+        let m = row
+            .outcome
+            .as_ref()
+            .unwrap_or_else(|e| panic!("{}: {e}\n--- console ---\n{}", row.workload, run.console));
+        assert_eq!(m.ios, spec.max_ios, "{}", row.workload);
+        completed.push(CompletedRun {
+            spec: spec.clone(),
+            generation: if spec.kind.writes() { k as u8 + 1 } else { 0 },
+            ios: m.ios,
+        });
+    }
+    completed
+}
+
+/// Reopen the image from disk and check every sector the workloads touched.
+fn verify_image(path: &Path, runs: &[CompletedRun]) {
+    let reopened = FileDisk::open(
+        path,
+        FileDiskOptions {
+            read_only: true,
+            direct: false,
+        },
+    )
+    .unwrap();
+    verify_disk(&reopened, runs).unwrap();
+}
+
+#[test]
+fn storvsc_patterns_verify_in_guest_and_in_the_image() {
+    if !hypervisor_lite::testing::kvm_or_skip() {
+        return;
+    }
+    let path = image_path("verify");
+    let runs = run_on_image(&path);
+    verify_image(&path, &runs);
+    std::fs::remove_file(&path).unwrap();
+}
+
+const CHILD_ENV: &str = "VIRIDIAN_DURABILITY_CHILD";
+
+#[test]
+fn flushed_writes_survive_killing_the_host_process() {
+    if let Ok(path) = std::env::var(CHILD_ENV) {
+        // The child: run the workloads (the guest flushes after each write window), report, then wait
+        // to be killed without any orderly shutdown of its own.
+        let runs = run_on_image(Path::new(&path));
+        let ios: Vec<String> = runs.iter().map(|r| r.ios.to_string()).collect();
+        println!("FLUSHED {}", ios.join(","));
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    if !hypervisor_lite::testing::kvm_or_skip() {
+        return;
+    }
+    let path = image_path("durable");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "flushed_writes_survive_killing_the_host_process",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, &path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let line = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.split_once("FLUSHED ").map(|(_, ios)| ios.to_string()))
+        .expect("the child reports its flushed workloads");
+    // SIGKILL: no destructor, no orderly close of the image.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let ios: Vec<u64> = line.trim().split(',').map(|v| v.parse().unwrap()).collect();
+    assert_eq!(ios.len(), specs().len(), "child reported `{line}`");
+    let runs: Vec<CompletedRun> = specs()
+        .into_iter()
+        .enumerate()
+        .map(|(k, spec)| CompletedRun {
+            generation: if spec.kind.writes() { k as u8 + 1 } else { 0 },
+            ios: ios[k],
+            spec,
+        })
+        .collect();
+    verify_image(&path, &runs);
+    std::fs::remove_file(&path).unwrap();
+}
