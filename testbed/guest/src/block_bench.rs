@@ -11,18 +11,12 @@ use guest_drivers::platform::Platform;
 use guest_drivers::virtio_blk::{VirtioBlk, VirtioBlkError};
 use workload::queue::{BlockQueue, Completion, DeviceError, DmaBuffer, IoStatus, Op, SubmitError};
 
+use crate::parking::Parking;
 use crate::platform::Kernel;
 use crate::scenario::block::{VIRTIO_BLK_GPA, VIRTIO_BLK_WINDOW};
 
-/// A driver parked between bench tokens.
-struct Parked<T>(Option<T>);
-
-// SAFETY: the drivers hold pointers to identity-mapped kernel memory and MMIO valid for the kernel's
-// lifetime; Rust runs on one vCPU and the mutex serialises every access.
-unsafe impl<T> Send for Parked<T> {}
-
-static ATA: spin::Mutex<Parked<AtaDisk<X86PortIo>>> = spin::Mutex::new(Parked(None));
-static VIRTIO: spin::Mutex<Parked<VirtioBlk<Kernel>>> = spin::Mutex::new(Parked(None));
+static ATA: Parking<AtaDisk<X86PortIo>> = Parking::new();
+static VIRTIO: Parking<VirtioBlk<Kernel>> = Parking::new();
 
 /// The emulated IDE disk: polled PIO with `rep insw/outsw`, as an unenlightened OS drives its boot disk.
 /// Synchronous: every request completes inside `submit`.
@@ -34,7 +28,7 @@ pub struct IdeBench {
 impl IdeBench {
     /// Probe (or take back) the primary-channel master.
     pub fn open() -> Result<Self, String> {
-        let parked = ATA.lock().0.take();
+        let parked = ATA.take();
         let disk = match parked {
             Some(d) => d,
             None => AtaDisk::probe(X86PortIo, PioWidth::String)
@@ -50,7 +44,7 @@ impl IdeBench {
 impl Drop for IdeBench {
     fn drop(&mut self) {
         if let Some(d) = self.disk.take() {
-            ATA.lock().0 = Some(d);
+            ATA.park(d);
         }
     }
 }
@@ -127,7 +121,7 @@ pub struct VirtioBench {
 impl VirtioBench {
     /// Probe (or take back) the virtio-blk device at its fixed MMIO window.
     pub fn open() -> Result<Self, String> {
-        let parked = VIRTIO.lock().0.take();
+        let parked = VIRTIO.take();
         let blk = match parked {
             Some(b) => b,
             // SAFETY: the testbed host places a virtio-mmio block device window at VIRTIO_BLK_GPA; the
@@ -145,7 +139,7 @@ impl VirtioBench {
 impl Drop for VirtioBench {
     fn drop(&mut self) {
         if let Some(b) = self.blk.take() {
-            VIRTIO.lock().0 = Some(b);
+            VIRTIO.park(b);
         }
     }
 }

@@ -15,6 +15,7 @@ mod arch;
 mod block_bench;
 mod console;
 mod heap;
+mod parking;
 mod platform;
 mod rt;
 mod scenario;

@@ -11,6 +11,7 @@ use guest_drivers::storvsc_disk::{DiskError, StorvscDisk, TaggedCompletion};
 use vmbus::protocol::interface;
 use workload::queue::{BlockQueue, Completion, DeviceError, DmaBuffer, IoStatus, Op, SubmitError};
 
+use crate::parking::Parking;
 use crate::vmbus_global::{with_connection, KERNEL};
 
 /// Ring pages per direction (control page included): room for well over 128 outstanding SRBs.
@@ -18,13 +19,7 @@ const RING_PAGES: usize = 64;
 /// Requests kept in flight at most.
 const MAX_OUTSTANDING: usize = 128;
 
-struct Parked(Option<StorvscDisk>);
-
-// SAFETY: the disk's channel points at identity-mapped kernel pages valid for the kernel's lifetime;
-// Rust runs on one vCPU and the mutex serialises every access.
-unsafe impl Send for Parked {}
-
-static PARKED: spin::Mutex<Parked> = spin::Mutex::new(Parked(None));
+static PARKED: Parking<StorvscDisk> = Parking::new();
 
 /// LUN 0 of the first synthetic SCSI controller.
 pub struct VmbusDisk {
@@ -37,7 +32,7 @@ impl VmbusDisk {
     /// Open the first SCSI controller offered on the kernel's VMBus connection (or take back the one
     /// opened before).
     pub fn open() -> Result<Self, String> {
-        let parked = PARKED.lock().0.take();
+        let parked = PARKED.take();
         let disk = match parked {
             Some(disk) => disk,
             None => with_connection(|conn| {
@@ -58,7 +53,7 @@ impl VmbusDisk {
 impl Drop for VmbusDisk {
     fn drop(&mut self) {
         if let Some(disk) = self.disk.take() {
-            PARKED.lock().0 = Some(disk);
+            PARKED.park(disk);
         }
     }
 }
