@@ -11,7 +11,7 @@ use guest_drivers::platform::Platform;
 use guest_drivers::virtio_blk::{VirtioBlk, VirtioBlkError};
 use workload::queue::{BlockQueue, Completion, DeviceError, DmaBuffer, IoStatus, Op, SubmitError};
 
-use crate::parking::Parking;
+use crate::parking::{Lease, Parking};
 use crate::platform::Kernel;
 use crate::scenario::block::{VIRTIO_BLK_GPA, VIRTIO_BLK_WINDOW};
 
@@ -21,38 +21,22 @@ static VIRTIO: Parking<VirtioBlk<Kernel>> = Parking::new();
 /// The emulated IDE disk: polled PIO with `rep insw/outsw`, as an unenlightened OS drives its boot disk.
 /// Synchronous: every request completes inside `submit`.
 pub struct IdeBench {
-    disk: Option<AtaDisk<X86PortIo>>,
+    disk: Lease<AtaDisk<X86PortIo>>,
     done: Vec<Completion>,
 }
 
 impl IdeBench {
     /// Probe (or take back) the primary-channel master.
     pub fn open() -> Result<Self, String> {
-        let parked = ATA.take();
-        let disk = match parked {
-            Some(d) => d,
-            None => AtaDisk::probe(X86PortIo, PioWidth::String)
-                .map_err(|e| format!("ATA probe: {e}"))?,
-        };
+        let disk = ATA.lease(|| {
+            AtaDisk::probe(X86PortIo, PioWidth::String).map_err(|e| format!("ATA probe: {e}"))
+        })?;
         Ok(Self {
-            disk: Some(disk),
+            disk,
             done: Vec::new(),
         })
     }
 }
-
-impl Drop for IdeBench {
-    fn drop(&mut self) {
-        if let Some(d) = self.disk.take() {
-            ATA.park(d);
-        }
-    }
-}
-
-const GONE: DeviceError = DeviceError {
-    code: 0xff,
-    reason: "device closed",
-};
 
 impl BlockQueue for IdeBench {
     fn block_size(&self) -> u32 {
@@ -60,7 +44,7 @@ impl BlockQueue for IdeBench {
     }
 
     fn capacity_blocks(&self) -> u64 {
-        self.disk.as_ref().map_or(0, AtaDisk::sectors)
+        self.disk.sectors()
     }
 
     fn max_outstanding(&self) -> usize {
@@ -79,10 +63,9 @@ impl BlockQueue for IdeBench {
         lba: u64,
         buffer: &mut DmaBuffer<'_>,
     ) -> Result<(), SubmitError> {
-        let disk = self.disk.as_mut().ok_or(SubmitError::Error(GONE))?;
         let result = match op {
-            Op::Read => disk.read(lba, buffer.bytes()),
-            Op::Write => disk.write(lba, buffer.bytes()),
+            Op::Read => self.disk.read(lba, buffer.bytes()),
+            Op::Write => self.disk.write(lba, buffer.bytes()),
         };
         let status = match result {
             Ok(()) => IoStatus::Ok,
@@ -104,8 +87,7 @@ impl BlockQueue for IdeBench {
     }
 
     fn flush(&mut self) -> Result<(), DeviceError> {
-        let disk = self.disk.as_mut().ok_or(GONE)?;
-        disk.flush().map_err(|_| DeviceError {
+        self.disk.flush().map_err(|_| DeviceError {
             code: 2,
             reason: "ATA flush failed",
         })
@@ -114,33 +96,23 @@ impl BlockQueue for IdeBench {
 
 /// virtio-blk over virtio-mmio: notifications through the device's ioeventfd, completions by MSI.
 pub struct VirtioBench {
-    blk: Option<VirtioBlk<Kernel>>,
+    blk: Lease<VirtioBlk<Kernel>>,
     done: Vec<(u32, Result<(), VirtioBlkError>)>,
 }
 
 impl VirtioBench {
     /// Probe (or take back) the virtio-blk device at its fixed MMIO window.
     pub fn open() -> Result<Self, String> {
-        let parked = VIRTIO.take();
-        let blk = match parked {
-            Some(b) => b,
+        let blk = VIRTIO.lease(|| {
             // SAFETY: the testbed host places a virtio-mmio block device window at VIRTIO_BLK_GPA; the
             // kernel identity-maps it, and only this (parked, single) driver uses it.
-            None => unsafe { VirtioBlk::probe(VIRTIO_BLK_GPA, VIRTIO_BLK_WINDOW) }
-                .map_err(|e| format!("virtio probe: {e}"))?,
-        };
+            unsafe { VirtioBlk::probe(VIRTIO_BLK_GPA, VIRTIO_BLK_WINDOW) }
+                .map_err(|e| format!("virtio probe: {e}"))
+        })?;
         Ok(Self {
-            blk: Some(blk),
+            blk,
             done: Vec::new(),
         })
-    }
-}
-
-impl Drop for VirtioBench {
-    fn drop(&mut self) {
-        if let Some(b) = self.blk.take() {
-            VIRTIO.park(b);
-        }
     }
 }
 
@@ -150,13 +122,13 @@ impl BlockQueue for VirtioBench {
     }
 
     fn capacity_blocks(&self) -> u64 {
-        self.blk.as_ref().map_or(0, VirtioBlk::capacity)
+        self.blk.capacity()
     }
 
     fn max_outstanding(&self) -> usize {
         // Each request takes three descriptors (header, data, status) unless indirect: stay within the
         // queue either way.
-        self.blk.as_ref().map_or(1, |b| (b.queue_size() / 3).max(1))
+        (self.blk.queue_size() / 3).max(1)
     }
 
     fn submit(
@@ -166,11 +138,17 @@ impl BlockQueue for VirtioBench {
         lba: u64,
         buffer: &mut DmaBuffer<'_>,
     ) -> Result<(), SubmitError> {
-        let blk = self.blk.as_mut().ok_or(SubmitError::Error(GONE))?;
-        let ptr = NonNull::new(buffer.bytes().as_mut_ptr()).ok_or(SubmitError::Error(GONE))?;
+        let ptr =
+            NonNull::new(buffer.bytes().as_mut_ptr()).ok_or(SubmitError::Error(DeviceError {
+                code: 1,
+                reason: "null buffer",
+            }))?;
         // SAFETY: the engine keeps the buffer allocated and untouched until this tag's completion has
         // been polled (the BlockQueue contract), and the kernel identity-maps it.
-        match unsafe { blk.submit(tag, op == Op::Write, lba, ptr, buffer.len()) } {
+        match unsafe {
+            self.blk
+                .submit(tag, op == Op::Write, lba, ptr, buffer.len())
+        } {
             Ok(()) => Ok(()),
             Err(e) if e.is_queue_full() => Err(SubmitError::Busy),
             Err(_) => Err(SubmitError::Error(DeviceError {
@@ -183,9 +161,7 @@ impl BlockQueue for VirtioBench {
     fn kick(&mut self) {}
 
     fn poll(&mut self, completions: &mut Vec<Completion>) -> usize {
-        if let Some(blk) = self.blk.as_mut() {
-            blk.poll(&mut self.done);
-        }
+        self.blk.poll(&mut self.done);
         let before = completions.len();
         for (tag, result) in self.done.drain(..) {
             let status = match result {
@@ -202,20 +178,18 @@ impl BlockQueue for VirtioBench {
 
     fn wait(&mut self) {
         let seen = Kernel.interrupt_total();
-        let Some(blk) = self.blk.as_mut() else { return };
-        if blk.outstanding() == 0 {
+        if self.blk.outstanding() == 0 {
             return;
         }
         // Anything already done? Then do not sleep.
-        blk.poll(&mut self.done);
+        self.blk.poll(&mut self.done);
         if self.done.is_empty() {
             Kernel.wait_for_interrupt(seen);
         }
     }
 
     fn flush(&mut self) -> Result<(), DeviceError> {
-        let blk = self.blk.as_mut().ok_or(GONE)?;
-        blk.flush().map_err(|_| DeviceError {
+        self.blk.flush().map_err(|_| DeviceError {
             code: 3,
             reason: "virtio flush failed",
         })

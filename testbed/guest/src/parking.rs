@@ -1,5 +1,8 @@
-//! A parking spot for a driver opened once and used by many bench tokens: each bench device takes the
-//! driver out when it opens and parks it again when it is dropped.
+//! A parking spot for a driver opened once and used by many bench tokens: a bench device leases the
+//! driver (opening it the first time) and the lease parks it again when dropped.
+
+use core::mem::ManuallyDrop;
+use core::ops::{Deref, DerefMut};
 
 /// One parked value.
 pub struct Parking<T>(spin::Mutex<Option<T>>);
@@ -14,13 +17,44 @@ impl<T> Parking<T> {
         Self(spin::Mutex::new(None))
     }
 
-    /// The parked value, if any.
-    pub fn take(&self) -> Option<T> {
-        self.0.lock().take()
+    /// Take the parked value, or `open` one if none is parked; it returns here when the lease drops.
+    pub fn lease<E>(&'static self, open: impl FnOnce() -> Result<T, E>) -> Result<Lease<T>, E> {
+        let parked = self.0.lock().take();
+        let value = match parked {
+            Some(value) => value,
+            None => open()?,
+        };
+        Ok(Lease {
+            spot: self,
+            value: ManuallyDrop::new(value),
+        })
     }
+}
 
-    /// Park `value` (replacing whatever was parked).
-    pub fn park(&self, value: T) {
-        *self.0.lock() = Some(value);
+/// A value taken from a [`Parking`]; parked again on drop.
+pub struct Lease<T: 'static> {
+    spot: &'static Parking<T>,
+    value: ManuallyDrop<T>,
+}
+
+impl<T> Deref for Lease<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T> DerefMut for Lease<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.value
+    }
+}
+
+impl<T> Drop for Lease<T> {
+    fn drop(&mut self) {
+        // SAFETY: `value` is taken exactly once, here, and never used again (the lease is being dropped).
+        let value = unsafe { ManuallyDrop::take(&mut self.value) };
+        *self.spot.0.lock() = Some(value);
     }
 }

@@ -1,6 +1,6 @@
 //! The VMBus synthetic SCSI disk as a bench device: `guest_drivers::storvsc_disk::StorvscDisk` on the
 //! kernel's VMBus connection, behind the workload engine's `BlockQueue`. The channel is opened once and
-//! kept for the kernel's lifetime; each [`VmbusDisk`] borrows it and parks it again when dropped.
+//! kept for the kernel's lifetime; each [`VmbusDisk`] leases it from a [`Parking`] spot.
 
 use alloc::format;
 use alloc::string::String;
@@ -11,7 +11,7 @@ use guest_drivers::storvsc_disk::{DiskError, StorvscDisk, TaggedCompletion};
 use vmbus::protocol::interface;
 use workload::queue::{BlockQueue, Completion, DeviceError, DmaBuffer, IoStatus, Op, SubmitError};
 
-use crate::parking::Parking;
+use crate::parking::{Lease, Parking};
 use crate::vmbus_global::{with_connection, KERNEL};
 
 /// Ring pages per direction (control page included): room for well over 128 outstanding SRBs.
@@ -23,8 +23,7 @@ static PARKED: Parking<StorvscDisk> = Parking::new();
 
 /// LUN 0 of the first synthetic SCSI controller.
 pub struct VmbusDisk {
-    /// `Some` from `open` until `drop` parks it.
-    disk: Option<StorvscDisk>,
+    disk: Lease<StorvscDisk>,
     done: Vec<TaggedCompletion>,
 }
 
@@ -32,29 +31,19 @@ impl VmbusDisk {
     /// Open the first SCSI controller offered on the kernel's VMBus connection (or take back the one
     /// opened before).
     pub fn open() -> Result<Self, String> {
-        let parked = PARKED.take();
-        let disk = match parked {
-            Some(disk) => disk,
-            None => with_connection(|conn| {
+        let disk = PARKED.lease(|| {
+            with_connection(|conn| {
                 let offer = conn
                     .find_offer(interface::SCSI)
                     .ok_or_else(|| String::from("no SCSI controller offered"))?;
                 StorvscDisk::open(conn, &KERNEL, offer.child_relid, RING_PAGES, 0)
                     .map_err(|e| format!("storvsc: {e}"))
-            })??,
-        };
+            })?
+        })?;
         Ok(Self {
-            disk: Some(disk),
+            disk,
             done: Vec::new(),
         })
-    }
-}
-
-impl Drop for VmbusDisk {
-    fn drop(&mut self) {
-        if let Some(disk) = self.disk.take() {
-            PARKED.park(disk);
-        }
     }
 }
 
@@ -68,18 +57,13 @@ fn device_error(e: &DiskError) -> DeviceError {
     DeviceError { code, reason }
 }
 
-const GONE: DeviceError = DeviceError {
-    code: 3,
-    reason: "disk already closed",
-};
-
 impl BlockQueue for VmbusDisk {
     fn block_size(&self) -> u32 {
-        self.disk.as_ref().map_or(512, StorvscDisk::block_size)
+        self.disk.block_size()
     }
 
     fn capacity_blocks(&self) -> u64 {
-        self.disk.as_ref().map_or(0, StorvscDisk::blocks)
+        self.disk.blocks()
     }
 
     fn max_outstanding(&self) -> usize {
@@ -87,9 +71,7 @@ impl BlockQueue for VmbusDisk {
     }
 
     fn max_transfer_bytes(&self) -> usize {
-        self.disk
-            .as_ref()
-            .map_or(0, |d| d.max_transfer_bytes() as usize)
+        self.disk.max_transfer_bytes() as usize
     }
 
     fn submit(
@@ -99,8 +81,10 @@ impl BlockQueue for VmbusDisk {
         lba: u64,
         buffer: &mut DmaBuffer<'_>,
     ) -> Result<(), SubmitError> {
-        let disk = self.disk.as_mut().ok_or(SubmitError::Error(GONE))?;
-        match disk.submit(tag, op == Op::Write, lba, buffer.pa(), buffer.len()) {
+        match self
+            .disk
+            .submit(tag, op == Op::Write, lba, buffer.pa(), buffer.len())
+        {
             Ok(()) => Ok(()),
             Err(DiskError::Busy) => Err(SubmitError::Busy),
             Err(e) => Err(SubmitError::Error(device_error(&e))),
@@ -108,17 +92,12 @@ impl BlockQueue for VmbusDisk {
     }
 
     fn kick(&mut self) {
-        if let Some(disk) = self.disk.as_mut() {
-            let _ = disk.kick();
-        }
+        let _ = self.disk.kick();
     }
 
     fn poll(&mut self, completions: &mut Vec<Completion>) -> usize {
-        let Some(disk) = self.disk.as_mut() else {
-            return 0;
-        };
         self.done.clear();
-        let _ = disk.poll(&mut self.done);
+        let _ = self.disk.poll(&mut self.done);
         let before = completions.len();
         for (tag, result) in self.done.drain(..) {
             let status = match result {
@@ -131,17 +110,14 @@ impl BlockQueue for VmbusDisk {
     }
 
     fn wait(&mut self) {
-        if let Some(disk) = self.disk.as_mut() {
-            disk.wait(&KERNEL);
-        }
+        self.disk.wait(&KERNEL);
     }
 
     fn flush(&mut self) -> Result<(), DeviceError> {
-        let disk = self.disk.as_mut().ok_or(GONE)?;
-        disk.flush(&KERNEL).map_err(|e| device_error(&e))
+        self.disk.flush(&KERNEL).map_err(|e| device_error(&e))
     }
 
     fn signals(&self) -> u64 {
-        self.disk.as_ref().map_or(0, StorvscDisk::signals)
+        self.disk.signals()
     }
 }
