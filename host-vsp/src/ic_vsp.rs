@@ -298,7 +298,7 @@ impl IcVsp {
 
     /// A broken channel: stop serving it but wait for the service to close it.
     fn idle(&self, channel: &mut HostChannel) {
-        while channel.wait(Duration::from_millis(50)) != Wake::Stopped {}
+        channel.signals.idle_until_stopped();
         self.control.update(|s| s.serving = false);
     }
 }

@@ -87,7 +87,7 @@ impl VmbusDevice for StorvspDevice {
             Ok(worker) => worker,
             Err(error) => {
                 tracing::error!(%error, "storvsp worker could not start");
-                while signals.wait(Duration::from_millis(50)) != Wake::Stopped {}
+                signals.idle_until_stopped();
                 return;
             }
         };
@@ -104,7 +104,7 @@ impl VmbusDevice for StorvspDevice {
             });
             if result.failed {
                 tracing::warn!("storvsp channel failed: the guest broke the ring protocol");
-                while signals.wait(Duration::from_millis(50)) != Wake::Stopped {}
+                signals.idle_until_stopped();
                 break;
             }
             if result.more {

@@ -560,6 +560,12 @@ impl ChannelSignals {
         }
     }
 
+    /// For a channel that can no longer be served (broken rings, device failure): sleep until the
+    /// service closes it, without serving the guest's signals.
+    pub fn idle_until_stopped(&mut self) {
+        while self.wait(Duration::from_millis(50)) != Wake::Stopped {}
+    }
+
     /// Interrupt the guest for this channel (set its event flag; inject only if newly set).
     pub fn notify_guest(&mut self) {
         match self
