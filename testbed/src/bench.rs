@@ -188,6 +188,18 @@ pub struct BenchOptions {
     pub timeout: Option<Duration>,
 }
 
+impl BenchOptions {
+    /// Silent options with a calibrated TSC and a hard `timeout` (what tests use).
+    pub fn quiet(timeout: Duration) -> Self {
+        Self {
+            tsc_hz: calibrate_tsc(),
+            progress: false,
+            echo: false,
+            timeout: Some(timeout),
+        }
+    }
+}
+
 /// What one device's run produced.
 #[derive(Debug)]
 pub struct DeviceRun {

@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use host_vsp::disk::{BlockBackend, RamDisk};
-use testbed::bench::{
-    calibrate_tsc, run_device, Backend, BenchOptions, CompletedRun, DeviceKit, RamdiskKit,
-};
+use testbed::bench::{run_device, Backend, BenchOptions, CompletedRun, DeviceKit, RamdiskKit};
 use testbed::report;
 use testbed::GuestVmConfig;
 use workload::pattern::first_mismatch;
@@ -28,12 +26,7 @@ fn specs() -> Vec<WorkloadSpec> {
 }
 
 fn options() -> BenchOptions {
-    BenchOptions {
-        tsc_hz: calibrate_tsc(),
-        progress: false,
-        echo: false,
-        timeout: Some(Duration::from_secs(60)),
-    }
+    BenchOptions::quiet(Duration::from_secs(60))
 }
 
 #[test]

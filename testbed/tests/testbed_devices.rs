@@ -6,9 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use host_vsp::disk::RamDisk;
-use testbed::bench::{
-    calibrate_tsc, run_device, BenchOptions, DeviceKit, IdeKit, VirtioKit, VmbusKit,
-};
+use testbed::bench::{run_device, BenchOptions, DeviceKit, IdeKit, VirtioKit, VmbusKit};
 use testbed::report::Measurement;
 use workload::WorkloadSpec;
 
@@ -17,12 +15,7 @@ fn measure(kit: &dyn DeviceKit, specs: &[&str]) -> Vec<Measurement> {
         .iter()
         .map(|s| WorkloadSpec::parse(s).unwrap())
         .collect();
-    let options = BenchOptions {
-        tsc_hz: calibrate_tsc(),
-        progress: false,
-        echo: false,
-        timeout: Some(Duration::from_secs(60)),
-    };
+    let options = BenchOptions::quiet(Duration::from_secs(60));
     let run = run_device(kit, Arc::new(RamDisk::new(32 << 20)), &specs, &options);
     run.rows
         .into_iter()

@@ -10,9 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use host_vsp::disk::{FileDisk, FileDiskOptions};
-use testbed::bench::{
-    calibrate_tsc, run_device, verify_disk, BenchOptions, CompletedRun, VmbusKit,
-};
+use testbed::bench::{run_device, verify_disk, BenchOptions, CompletedRun, VmbusKit};
 use workload::WorkloadSpec;
 
 const IMAGE_BYTES: u64 = 64 << 20;
@@ -35,12 +33,7 @@ fn specs() -> Vec<WorkloadSpec> {
 }
 
 fn options() -> BenchOptions {
-    BenchOptions {
-        tsc_hz: calibrate_tsc(),
-        progress: false,
-        echo: false,
-        timeout: Some(Duration::from_secs(90)),
-    }
+    BenchOptions::quiet(Duration::from_secs(90))
 }
 
 fn image_path(tag: &str) -> PathBuf {
