@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use guest_drivers::storvsc::{Event, HandshakeStep, Storvsc};
-use host_vsp::disk::RamDisk;
+use host_vsp::backend::RamDisk;
 use host_vsp::guest_memory::HeapGuestMemory;
-use host_vsp::storvsp::{LunMap, StorvspConfig, StorvspWorker};
+use host_vsp::synthetic::storvsp::{LunMap, StorvspConfig, StorvspWorker};
 use vmbus::mem::AlignedRingBuffer;
 use vmbus::ring::{initialize_control_page, RingConsumer, RingProducer, FEATURE_PENDING_SEND_SIZE};
 

@@ -1,18 +1,17 @@
-//! Host side of viridian's synthetic devices: the VMBus server that serves a guest's channel messages
-//! on hypervisor-lite's SynIC hooks, the VSPs (virtual service providers) behind its channels, and the
-//! emulated and virtio storage baselines they are compared with — all over the same disk backends.
+//! Host side of viridian's synthetic devices: the VMBus service and device model that serve a guest's
+//! channel messages, the VSPs (virtual service providers) behind its channels, and the emulated and
+//! virtio storage baselines they are compared with — all over the same disk backends.
 //!
-//! - [`disk`]: the disk backend trait, raw image files and RAM disks;
-//! - [`ic`]: host side of the heartbeat and shutdown integration components;
-//! - [`vmbus_service`]: the VMBus server on hypervisor-lite's SynIC hooks, serving [`vmbus_service::VmbusDevice`]s;
-//! - [`ic_vsp`]: the heartbeat and shutdown VSPs.
+//! - [`vmbus_service`]: the VMBus service of one partition and its device model;
+//! - [`synthetic`]: the VSPs: storvsp (synthetic SCSI) and the integration components;
+//! - [`emulated`]: devices a guest drives register by register (the IDE disk);
+//! - [`virtio`]: virtio devices (virtio-blk over virtio-mmio);
+//! - [`backend`]: the disk backends every storage device serves from;
+//! - [`guest_memory`]: guest physical memory as every device model sees it.
 
-pub mod disk;
+pub mod backend;
+pub mod emulated;
 pub mod guest_memory;
-pub mod ic;
-pub mod ic_vsp;
-pub mod ide;
-pub mod storvsp;
-pub mod storvsp_device;
-pub mod virtio_blk;
+pub mod synthetic;
+pub mod virtio;
 pub mod vmbus_service;

@@ -6,8 +6,8 @@ mod storvsp_common;
 
 use std::sync::Arc;
 
-use host_vsp::disk::{BlockBackend, RamDisk};
-use host_vsp::storvsp::StorvspConfig;
+use host_vsp::backend::{BlockBackend, RamDisk};
+use host_vsp::synthetic::storvsp::StorvspConfig;
 use proptest::prelude::*;
 use storvsp_common::Rig;
 use vmbus::packet::{PacketFlags, PacketType};

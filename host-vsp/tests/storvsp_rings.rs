@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use guest_drivers::storvsc::{parse_capacity16, IoError};
-use host_vsp::disk::{BlockBackend, DiskError, FileDisk, RamDisk};
-use host_vsp::storvsp::StorvspConfig;
+use host_vsp::backend::{BlockBackend, DiskError, FileDisk, RamDisk};
+use host_vsp::synthetic::storvsp::StorvspConfig;
 use storvsp_common::{pages, Rig};
 use storvsp_protocol::scsi::{AdditionalSense, SenseKey};
 use storvsp_protocol::ProtocolVersion;

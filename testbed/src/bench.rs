@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use host_vsp::disk::{BlockBackend, DiskError};
+use host_vsp::backend::{BlockBackend, DiskError};
 use hypervisor_lite::GuestRam;
 use workload::pattern::{pattern, PATTERN_UNIT};
 use workload::{BenchLine, BenchOutcome, DiskModel, Op, Plan, PlanError, WorkloadSpec};
@@ -406,7 +406,7 @@ fn watch_progress(ram: &GuestRam, done: &AtomicBool, device: &str, total: usize)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use host_vsp::disk::RamDisk;
+    use host_vsp::backend::RamDisk;
     use workload::spec::{Kind, LbaRange};
 
     fn spec(name: &str, kind: Kind, bs: u32, n: u64, start: u64, count: u64) -> WorkloadSpec {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use host_vsp::disk::{FileDisk, FileDiskOptions, RamDisk};
+use host_vsp::backend::{FileDisk, FileDiskOptions, RamDisk};
 use testbed::bench::{self, Backend, BenchOptions, DeviceKit};
 use testbed::report::{self, Row};
 use workload::WorkloadSpec;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use host_vsp::disk::{BlockBackend, RamDisk};
+use host_vsp::backend::{BlockBackend, RamDisk};
 use testbed::bench::{run_device, Backend, BenchOptions, CompletedRun, DeviceKit, RamdiskKit};
 use testbed::report;
 use testbed::GuestVmConfig;

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use host_vsp::disk::{BlockBackend, FileDisk, RamDisk};
-use host_vsp::ide::IdeController;
-use host_vsp::virtio_blk::{VirtioBlkConfig, VirtioBlkDevice};
+use host_vsp::backend::{BlockBackend, FileDisk, RamDisk};
+use host_vsp::emulated::ide::IdeController;
+use host_vsp::virtio::blk::{VirtioBlkConfig, VirtioBlkDevice};
 use hypervisor_lite::StatsSnapshot;
 use testbed::{GuestRun, GuestVm, GuestVmConfig};
 

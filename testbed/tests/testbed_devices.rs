@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use host_vsp::disk::RamDisk;
+use host_vsp::backend::RamDisk;
 use testbed::bench::{run_device, BenchOptions, DeviceKit, IdeKit, VirtioKit, VmbusKit};
 use testbed::report::Measurement;
 use workload::WorkloadSpec;

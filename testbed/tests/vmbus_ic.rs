@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use host_vsp::ic_vsp::{IcControl, IcVsp};
+use host_vsp::synthetic::ic::vsp::{IcControl, IcVsp};
 use host_vsp::vmbus_service::{VmbusDevice, VmbusService};
 use testbed::{GuestRun, GuestVm, GuestVmConfig};
 use vmbus::protocol::{Guid, Version};

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use host_vsp::disk::{FileDisk, FileDiskOptions};
+use host_vsp::backend::{FileDisk, FileDiskOptions};
 use testbed::bench::{run_device, verify_disk, BenchOptions, CompletedRun, VmbusKit};
 use workload::WorkloadSpec;
 

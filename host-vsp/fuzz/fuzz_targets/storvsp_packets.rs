@@ -9,9 +9,9 @@
 
 use std::sync::Arc;
 
-use host_vsp::disk::RamDisk;
+use host_vsp::backend::RamDisk;
 use host_vsp::guest_memory::HeapGuestMemory;
-use host_vsp::storvsp::{LunMap, StorvspConfig, StorvspWorker};
+use host_vsp::synthetic::storvsp::{LunMap, StorvspConfig, StorvspWorker};
 use libfuzzer_sys::fuzz_target;
 use storvsp_protocol::{Operation, ProtocolVersion, VstorPacket};
 use vmbus::mem::AlignedRingBuffer;

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use guest_drivers::storvsc::{Completion, Event, HandshakeStep, Request, Storvsc};
-use host_vsp::disk::BlockBackend;
+use host_vsp::backend::BlockBackend;
 use host_vsp::guest_memory::{GuestMemory, HeapGuestMemory};
-use host_vsp::storvsp::{LunMap, StorvspConfig, StorvspWorker};
+use host_vsp::synthetic::storvsp::{LunMap, StorvspConfig, StorvspWorker};
 use storvsp_protocol::ProtocolVersion;
 use vmbus::mem::AlignedRingBuffer;
 use vmbus::ring::{initialize_control_page, RingConsumer, RingProducer, FEATURE_PENDING_SEND_SIZE};

@@ -7,8 +7,8 @@
 use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
-use host_vsp::ide::IdeController;
-use host_vsp::virtio_blk::{VirtioBlkConfig, VirtioBlkDevice};
+use host_vsp::emulated::ide::IdeController;
+use host_vsp::virtio::blk::{VirtioBlkConfig, VirtioBlkDevice};
 
 use super::{Backend, DeviceKit};
 use crate::GuestVmConfig;

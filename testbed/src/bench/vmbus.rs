@@ -5,8 +5,8 @@
 use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
-use host_vsp::storvsp::{LunMap, StorvspConfig};
-use host_vsp::storvsp_device::StorvspDevice;
+use host_vsp::synthetic::storvsp::device::StorvspDevice;
+use host_vsp::synthetic::storvsp::{LunMap, StorvspConfig};
 use host_vsp::vmbus_service::{VmbusDevice, VmbusService};
 use vmbus::protocol::Guid;
 

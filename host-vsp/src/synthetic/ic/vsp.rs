@@ -1,5 +1,5 @@
 //! The heartbeat and shutdown VSPs: [`IcVsp`] serves one integration-component channel with
-//! [`crate::ic::IcHost`]'s protocol logic. After version negotiation the heartbeat VSP runs the
+//! [`crate::synthetic::ic::host::IcHost`]'s protocol logic. After version negotiation the heartbeat VSP runs the
 //! heartbeat plan it is given (bursts of K requests, each burst written as one batch with at most one
 //! interrupt, the next burst only once every answer is in); the shutdown VSP sends a shutdown request
 //! when [`IcControl::request_shutdown`] is called. Progress and counters are published through
@@ -12,7 +12,7 @@ use vmbus::packet::PacketFlags;
 use vmbus::protocol::{interface, Guid};
 use vmbus::server::OfferConfig;
 
-use crate::ic::{IcHost, IcHostEvent, IcService, MAX_REQUEST};
+use crate::synthetic::ic::host::{IcHost, IcHostEvent, IcService, MAX_REQUEST};
 use crate::vmbus_service::{HostChannel, HostChannelStats, VmbusDevice, Wake};
 
 /// What an IC channel has done so far.

@@ -14,6 +14,7 @@
 //! Everything the guest controls is validated here: no request can reach host memory outside guest RAM,
 //! bytes outside a disk image, or make the worker panic or stall.
 
+pub mod device;
 pub mod handshake;
 pub mod request;
 pub mod scsi;
@@ -30,8 +31,9 @@ use std::sync::Arc;
 
 use storvsp_protocol::{ProtocolVersion, LINUX_PROTOCOL_VERSIONS};
 
-use crate::disk::BlockBackend;
+use crate::backend::BlockBackend;
 
+pub use device::{StorvspDevice, StorvspDeviceStats};
 pub use handshake::Handshake;
 pub use request::{DataBuffer, Segment};
 pub use scsi::ScsiOutcome;

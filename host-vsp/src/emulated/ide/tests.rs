@@ -8,7 +8,7 @@ use proptest::prelude::*;
 
 use super::channel::{cmd, control, error, status};
 use super::*;
-use crate::disk::{BlockBackend, DiskError, RamDisk, SECTOR_SIZE};
+use crate::backend::{BlockBackend, DiskError, RamDisk, SECTOR_SIZE};
 
 const DATA: u16 = 0x1F0;
 const ERR: u16 = 0x1F1;

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use super::identify::{identify_block, DriveIdentity};
-use crate::disk::{BlockBackend, DiskError, SECTOR_SIZE};
+use crate::backend::{BlockBackend, DiskError, SECTOR_SIZE};
 
 /// Register offsets from the command block base (0x1F0 on the primary channel).
 pub mod reg {

@@ -10,7 +10,7 @@ use super::scsi::{
     be16, be32, data_in, ScsiController, ScsiOutcome, MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS,
 };
 use super::ScsiDisk;
-use crate::disk::SECTOR_SIZE;
+use crate::backend::SECTOR_SIZE;
 
 /// INQUIRY vendor identification (8 bytes).
 pub const VENDOR_ID: &[u8; 8] = b"Msft    ";

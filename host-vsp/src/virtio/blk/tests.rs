@@ -8,7 +8,7 @@ use hypervisor_lite::GuestRam;
 use super::request::{req_type, status};
 use super::transport::{device_status as ds, features as f, regs};
 use super::*;
-use crate::disk::RamDisk;
+use crate::backend::RamDisk;
 
 const RAM: u64 = 4 << 20;
 const QSIZE: u16 = 16;

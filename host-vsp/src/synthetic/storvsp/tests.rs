@@ -11,7 +11,7 @@ use zerocopy::FromZeros;
 use super::request::{DataBuffer, Segment};
 use super::scsi::{ScsiController, ScsiOutcome};
 use super::LunMap;
-use crate::disk::{BlockBackend, DiskError, RamDisk};
+use crate::backend::{BlockBackend, DiskError, RamDisk};
 use crate::guest_memory::{GuestMemory, HeapGuestMemory};
 
 /// A RAM disk that counts flushes and FUA writes.

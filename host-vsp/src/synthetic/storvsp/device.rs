@@ -11,8 +11,8 @@ use vmbus::protocol::{interface, Guid};
 use vmbus::server::OfferConfig;
 
 use crate::guest_memory::GuestMemory;
-use crate::storvsp::worker::{StorvspStats, StorvspWorker};
-use crate::storvsp::{LunMap, StorvspConfig};
+use crate::synthetic::storvsp::worker::{StorvspStats, StorvspWorker};
+use crate::synthetic::storvsp::{LunMap, StorvspConfig};
 use crate::vmbus_service::{HostChannel, HostChannelStats, VmbusDevice, Wake};
 
 /// What a storvsp channel has done so far (updated as it runs).

@@ -8,7 +8,7 @@
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory};
 
-use crate::disk::{check_range, BlockBackend, SECTOR_SIZE};
+use crate::backend::{check_range, BlockBackend, SECTOR_SIZE};
 
 /// Request types.
 pub mod req_type {

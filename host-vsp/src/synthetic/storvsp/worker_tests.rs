@@ -14,7 +14,7 @@ use vmbus::packet::{GpaRangeSpec, Packet, PacketFlags, PacketType};
 use vmbus::ring::{initialize_control_page, RingConsumer, RingProducer, FEATURE_PENDING_SEND_SIZE};
 
 use super::{LunMap, StorvspConfig, StorvspWorker};
-use crate::disk::{BlockBackend, RamDisk};
+use crate::backend::{BlockBackend, RamDisk};
 use crate::guest_memory::{GuestMemory, HeapGuestMemory};
 
 type Ring = Arc<AlignedRingBuffer>;
@@ -338,17 +338,22 @@ impl BlockBackend for SlowDisk {
     fn read_only(&self) -> bool {
         false
     }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), crate::disk::DiskError> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), crate::backend::DiskError> {
         std::thread::sleep(std::time::Duration::from_millis(1));
         self.0.read_at(offset, buf)
     }
-    fn write_at(&self, offset: u64, buf: &[u8], fua: bool) -> Result<(), crate::disk::DiskError> {
+    fn write_at(
+        &self,
+        offset: u64,
+        buf: &[u8],
+        fua: bool,
+    ) -> Result<(), crate::backend::DiskError> {
         self.0.write_at(offset, buf, fua)
     }
-    fn flush(&self) -> Result<(), crate::disk::DiskError> {
+    fn flush(&self) -> Result<(), crate::backend::DiskError> {
         Ok(())
     }
-    fn discard(&self, offset: u64, len: u64) -> Result<(), crate::disk::DiskError> {
+    fn discard(&self, offset: u64, len: u64) -> Result<(), crate::backend::DiskError> {
         self.0.discard(offset, len)
     }
 }

@@ -16,7 +16,7 @@ use storvsp_protocol::{SrbStatus, VmscsiRequest};
 
 use super::request::DataBuffer;
 use super::{LunMap, ScsiDisk};
-use crate::disk::{DiskError, SECTOR_SIZE};
+use crate::backend::{DiskError, SECTOR_SIZE};
 
 /// Most block descriptors one UNMAP may carry.
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;

@@ -12,7 +12,7 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use host_vsp::{disk::RamDisk, virtio_blk::{VirtioBlkConfig, VirtioBlkDevice}};
+//! use host_vsp::{backend::RamDisk, virtio::blk::{VirtioBlkConfig, VirtioBlkDevice}};
 //! let dev = Arc::new(VirtioBlkDevice::new(Arc::new(RamDisk::new(1 << 20)), VirtioBlkConfig::default())?);
 //! let mut pc = hypervisor_lite::PartitionConfig::new(64 << 20, 1);
 //! dev.register(&mut pc);
@@ -38,7 +38,7 @@ use hypervisor_lite::{
 use virtio_queue::{QueueOwnedT, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::disk::{BlockBackend, SECTOR_SIZE};
+use crate::backend::{BlockBackend, SECTOR_SIZE};
 use memory::GuestView;
 use request::{req_type, ID_LEN, SEG_MAX};
 use transport::{features, regs, MmioTransport, TransportEvent};

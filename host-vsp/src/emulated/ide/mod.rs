@@ -10,7 +10,7 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use host_vsp::{disk::RamDisk, ide::IdeController};
+//! use host_vsp::{backend::RamDisk, emulated::ide::IdeController};
 //! let ide = Arc::new(IdeController::new(Arc::new(RamDisk::new(1 << 20))));
 //! let mut pc = hypervisor_lite::PartitionConfig::new(64 << 20, 1);
 //! ide.register(&mut pc);
@@ -33,7 +33,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 pub use channel::{AtaChannel, IdeStats};
 pub use identify::DriveIdentity;
 
-use crate::disk::BlockBackend;
+use crate::backend::BlockBackend;
 
 /// The primary channel's command block ports.
 pub const PRIMARY_COMMAND_PORTS: Range<u16> = 0x1F0..0x1F8;

@@ -1,0 +1,6 @@
+//! Emulated devices: hardware models a guest drives register by register, each access an exit to the
+//! host — the baselines the synthetic devices are measured against.
+//!
+//! - [`ide`]: the primary IDE channel with one ATA disk (PIO).
+
+pub mod ide;

@@ -1,0 +1,7 @@
+//! Synthetic devices: the VSPs behind VMBus channels.
+//!
+//! - [`storvsp`]: the synthetic SCSI controller (Linux's `hv_storvsc` talks to it);
+//! - [`ic`]: the heartbeat and shutdown integration components.
+
+pub mod ic;
+pub mod storvsp;
