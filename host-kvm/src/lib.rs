@@ -1,0 +1,4 @@
+//! The KVM glue of viridian's host devices: what plugs `host-vsp`'s VMBus service and device models
+//! into a `hypervisor-lite` partition (post-message handlers and event ports per connection id, SINT
+//! delivery to a VP, port and MMIO handlers, ioeventfds and irqfds). `host-vsp` itself knows guest
+//! memory and channels, never KVM.
