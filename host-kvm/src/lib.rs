@@ -2,3 +2,5 @@
 //! into a `hypervisor-lite` partition (post-message handlers and event ports per connection id, SINT
 //! delivery to a VP, port and MMIO handlers, ioeventfds and irqfds). `host-vsp` itself knows guest
 //! memory and channels, never KVM.
+
+pub mod vmbus;

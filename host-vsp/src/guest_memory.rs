@@ -60,6 +60,36 @@ impl GuestMemory for GuestRam {
     }
 }
 
+impl GuestMemory for vm_memory::GuestMemoryMmap {
+    fn contains(&self, gpa: u64, len: u64) -> bool {
+        usize::try_from(len).is_ok_and(|len| {
+            vm_memory::GuestMemoryBackend::check_range(self, vm_memory::GuestAddress(gpa), len)
+        })
+    }
+
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), GuestMemoryError> {
+        let err = GuestMemoryError {
+            gpa,
+            len: buf.len() as u64,
+        };
+        if !GuestMemory::contains(self, gpa, buf.len() as u64) {
+            return Err(err);
+        }
+        vm_memory::Bytes::read_slice(self, buf, vm_memory::GuestAddress(gpa)).map_err(|_| err)
+    }
+
+    fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), GuestMemoryError> {
+        let err = GuestMemoryError {
+            gpa,
+            len: buf.len() as u64,
+        };
+        if !GuestMemory::contains(self, gpa, buf.len() as u64) {
+            return Err(err);
+        }
+        vm_memory::Bytes::write_slice(self, buf, vm_memory::GuestAddress(gpa)).map_err(|_| err)
+    }
+}
+
 impl<T: GuestMemory + ?Sized> GuestMemory for std::sync::Arc<T> {
     fn contains(&self, gpa: u64, len: u64) -> bool {
         (**self).contains(gpa, len)

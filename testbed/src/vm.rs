@@ -9,10 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use host_vsp::vmbus_service::{VmbusDevice, VmbusService};
 use hypervisor_lite::hv::{HvConfig, HvPartition};
 use hypervisor_lite::{
     Partition, PartitionConfig, PortHandler, StatsProbe, StatsSnapshot, VcpuCtx, VcpuOutcome,
 };
+use vmbus::protocol::Version;
 
 /// Where the boot info goes (the guest's shim hands this address to Rust).
 pub const BOOT_INFO_GPA: u64 = 0xe_0000;
@@ -46,6 +48,8 @@ pub struct GuestVmConfig {
     pub echo: bool,
     configure: Vec<ConfigureHook>,
     attach: Vec<AttachHook>,
+    vmbus_devices: Vec<Arc<dyn VmbusDevice>>,
+    vmbus_versions: Vec<Version>,
 }
 
 impl std::fmt::Debug for GuestVmConfig {
@@ -54,6 +58,7 @@ impl std::fmt::Debug for GuestVmConfig {
             .field("ram_bytes", &self.ram_bytes)
             .field("cmdline", &self.cmdline)
             .field("devices", &self.configure.len())
+            .field("vmbus_devices", &self.vmbus_devices.len())
             .finish()
     }
 }
@@ -67,7 +72,21 @@ impl GuestVmConfig {
             echo: false,
             configure: Vec::new(),
             attach: Vec::new(),
+            vmbus_devices: Vec::new(),
+            vmbus_versions: Vec::new(),
         }
+    }
+
+    /// Offer `device` on the partition's VMBus service (every VMBus device of the guest shares it).
+    pub fn vmbus_device(&mut self, device: Arc<dyn VmbusDevice>) -> &mut Self {
+        self.vmbus_devices.push(device);
+        self
+    }
+
+    /// The VMBus versions the host accepts (default: all it knows).
+    pub fn vmbus_versions(&mut self, versions: &[Version]) -> &mut Self {
+        self.vmbus_versions = versions.to_vec();
+        self
     }
 
     /// Add device handlers to the partition configuration.
@@ -141,6 +160,7 @@ impl PortHandler for MarkLog {
 pub struct GuestVm {
     partition: Partition,
     hv: Arc<HvPartition>,
+    vmbus: Arc<VmbusService>,
     faults: Arc<FaultLog>,
     marks: Arc<MarkLog>,
     started: Option<StatsSnapshot>,
@@ -167,6 +187,8 @@ pub struct GuestRun {
     pub stats: StatsSnapshot,
     /// Snapshots at the guest's marks, in order.
     pub marks: Vec<(u32, StatsSnapshot)>,
+    /// The partition's VMBus service (its devices stopped).
+    pub vmbus: Arc<VmbusService>,
 }
 
 impl GuestRun {
@@ -225,6 +247,13 @@ impl GuestVm {
         for hook in config.attach.drain(..) {
             hook(&partition, &hv)?;
         }
+        let vmbus = host_kvm::vmbus::start_vmbus(
+            &hv,
+            partition.ram(),
+            &config.vmbus_versions,
+            std::mem::take(&mut config.vmbus_devices),
+        )
+        .context("starting the VMBus service")?;
         let ram = partition.ram();
         let info = [
             BOOT_MAGIC,
@@ -241,6 +270,7 @@ impl GuestVm {
         Ok(Self {
             partition,
             hv,
+            vmbus,
             faults,
             marks,
             started: None,
@@ -267,6 +297,11 @@ impl GuestVm {
     /// The enlightenments (to register VMBus connections before the guest starts).
     pub fn hv(&self) -> &Arc<HvPartition> {
         &self.hv
+    }
+
+    /// The partition's VMBus service (to add or remove devices at run time).
+    pub fn vmbus(&self) -> &Arc<VmbusService> {
+        &self.vmbus
     }
 
     /// The partition.
@@ -299,6 +334,8 @@ impl GuestVm {
             .drain(..)
             .next()
             .context("the partition has no vCPU")?;
+        // No device thread may outlive the guest's run.
+        self.vmbus.shutdown();
         let words = self
             .faults
             .words
@@ -316,6 +353,7 @@ impl GuestVm {
             faults,
             stats: self.partition.stats().delta(&before),
             marks: std::mem::take(&mut *self.marks.marks.lock().unwrap_or_else(|e| e.into_inner())),
+            vmbus: self.vmbus.clone(),
         })
     }
 }

@@ -2,11 +2,11 @@
 //! the fallback the host forces), lists its offers, opens the heartbeat and shutdown ICs, answers
 //! 10 000 heartbeats in bursts and shuts down when the host asks — with the transitions counted.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use host_vsp::synthetic::ic::vsp::{IcControl, IcVsp};
-use host_vsp::vmbus_service::{VmbusDevice, VmbusService};
+use host_vsp::vmbus_service::VmbusService;
 use testbed::{GuestRun, GuestVm, GuestVmConfig};
 use vmbus::protocol::{Guid, Version};
 
@@ -15,7 +15,7 @@ const BURST: u64 = 100;
 
 struct Booted {
     vm: GuestVm,
-    service: Arc<Mutex<Option<Arc<VmbusService>>>>,
+    service: Arc<VmbusService>,
     heartbeat: Arc<IcControl>,
     shutdown: Arc<IcControl>,
 }
@@ -24,19 +24,15 @@ fn boot(cmdline: &str, versions: &[Version], heartbeats: u64, burst: u64) -> Boo
     let heartbeat = IcVsp::heartbeat(Guid::new(0x4842, 1, 1, [0; 8]), heartbeats, burst);
     let shutdown = IcVsp::shutdown(Guid::new(0x5344, 1, 1, [0; 8]));
     let (hb_control, sd_control) = (heartbeat.control(), shutdown.control());
-    let devices: Vec<Arc<dyn VmbusDevice>> = vec![Arc::new(heartbeat), Arc::new(shutdown)];
-    let service = Arc::new(Mutex::new(None));
-    let slot = service.clone();
-    let versions = versions.to_vec();
     let mut config = GuestVmConfig::new(cmdline);
-    config.attach(move |partition, hv| {
-        let svc = VmbusService::start(hv.clone(), partition.ram().clone(), &versions, devices)?;
-        *slot.lock().unwrap() = Some(svc);
-        Ok(())
-    });
+    config
+        .vmbus_versions(versions)
+        .vmbus_device(Arc::new(heartbeat))
+        .vmbus_device(Arc::new(shutdown));
+    let vm = GuestVm::new(config).unwrap();
     Booted {
-        vm: GuestVm::new(config).unwrap(),
-        service,
+        service: vm.vmbus().clone(),
+        vm,
         heartbeat: hb_control,
         shutdown: sd_control,
     }
@@ -83,7 +79,7 @@ fn heartbeats_then_shutdown_over_vmbus() {
     run.expect_success().unwrap();
     assert!(acked.is_some(), "shutdown not acknowledged");
 
-    let service = b.service.lock().unwrap().clone().unwrap();
+    let service = b.service.clone();
     assert_eq!(service.version(), Some(Version::WIN10_V5_3));
     // The guest closed the heartbeat channel: its device thread was stopped and joined.
     assert_eq!(value(&run, "ic-closed"), 1);
@@ -141,7 +137,7 @@ fn host_accepting_only_win10_makes_the_guest_fall_back() {
     let b = boot("vmbus", &[Version::WIN10], 0, 1);
     let run = b.vm.run(Duration::from_secs(60)).unwrap();
     run.expect_success().unwrap();
-    let service = b.service.lock().unwrap().clone().unwrap();
+    let service = b.service.clone();
     assert_eq!(service.version(), Some(Version::WIN10));
     assert!(run.console.contains("vmbus-version=4.0"), "{}", run.console);
     assert_eq!(value(&run, "vmbus-offers"), 2);
@@ -168,7 +164,7 @@ fn hostile_guest_gets_errors_and_the_ics_keep_working() {
     assert_eq!(done.errors, 0, "{:?}", done.last_error);
     assert!(run.console.contains("hostile=survived"), "{}", run.console);
     assert_ne!(value(&run, "hostile-gpadl-status"), 0);
-    let service = b.service.lock().unwrap().clone().unwrap();
+    let service = b.service.clone();
     // Garbage, truncated, unknown-relid, bad-GPADL and 200 flooded posts were refused one by one.
     let refused = service
         .stats

@@ -1,51 +1,108 @@
-//! The host VMBus service: `vmbus`'s sans-I/O channel [`Server`] bound to hypervisor-lite's
-//! enlightenments. It answers the guest's HvPostMessage posts (connection ids 1 and 4), delivers the
-//! server's messages through the SynIC, and when the guest opens a channel maps the ring GPADL's pages
-//! (bounds-checked against guest RAM by the server) and hands a [`HostChannel`] to the channel's
-//! [`VmbusDevice`], which serves it on its own thread sleeping on the channel's event fd.
+//! The host VMBus service of one partition: `vmbus`'s sans-I/O channel [`Server`] hosting every
+//! VMBus device of the guest, with no knowledge of KVM. The partition's glue feeds it the guest's
+//! channel-message posts ([`VmbusService::handle_post`]) and gives it a [`Synic`] to deliver messages,
+//! set event flags and hand out the event fd of a connection id.
 //!
-//! Lock order: post handlers run on vCPU threads and take the service lock, then the enlightenments'
-//! locks. Device threads never take the service lock, so they cannot deadlock against it.
+//! - [`device`]: the device model ([`VmbusDevice`], [`ChannelContext`], [`MappedGpadl`]);
+//! - [`channel`]: one open channel's rings and notifications ([`HostChannel`], [`ChannelSignals`]).
+//!
+//! Devices may be offered before the guest connects or at any time after
+//! ([`VmbusService::add_device`], hot-add) and withdrawn ([`VmbusService::remove_device`], RESCIND;
+//! the relid is reused once the guest sends RELID_RELEASED). When the guest opens a channel its ring
+//! GPADL is mapped and the device's [`VmbusDevice::serve`] runs on a thread of its own, sleeping on the
+//! channel's event fd; sub-channels a device offers get threads of their own.
+//!
+//! Lock order: post handlers (vCPU threads) and host callers take the service lock, then the
+//! [`Synic`]'s. Device threads never take the service lock — they queue [`device::DeviceRequest`]s for
+//! the service's own thread — so stopping a device while holding the lock cannot deadlock; it is
+//! bounded by [`STOP_TIMEOUT`] all the same.
+
+pub mod channel;
+pub mod device;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use hypervisor_lite::hv::hypercall::HvStatus;
-use hypervisor_lite::hv::{HvError, HvPartition};
-use hypervisor_lite::GuestRam;
-use vmbus::mem::{PagedMemory, RingMemory};
-use vmbus::protocol::Version;
-use vmbus::ring::{RingConsumer, RingError, RingProducer};
-use vmbus::server::{OfferConfig, Server, ServerAction, ServerConfig};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmbus::mem::PAGE_SIZE;
+use vmbus::protocol::{
+    Version, CHANNEL_MESSAGE_TYPE, HV_STATUS_SUCCESS, MAX_USER_DEFINED_BYTES, MESSAGE_SINT,
+};
+use vmbus::server::{OfferConfig, Server, ServerAction, ServerConfig, ServerError};
 use vmm_sys_util::eventfd::EventFd;
 
-/// HvPostMessage message type of VMBus channel messages.
-pub const CHANNEL_MESSAGE_TYPE: u32 = 1;
-/// Connection ids the guest posts INITIATE_CONTACT and later messages to.
-pub const MESSAGE_CONNECTION_IDS: [u32; 2] = [1, 4];
-const PAGE_SIZE: u64 = 4096;
+pub use channel::{ChannelError, ChannelSignals, GuestPages, HostChannel, HostChannelStats, Wake};
+pub use device::{
+    ChannelContext, ContextError, GpadlAccessError, MappedGpadl, VmbusDevice, MAX_SUBCHANNELS,
+};
 
-/// Why the service could not start.
+use channel::Interrupt;
+use device::{DeviceRequest, GpadlTable};
+
+/// How long stopping a device waits for its thread before leaving it behind (and saying so).
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a [`Synic`] failed to do.
 #[derive(Debug, thiserror::Error)]
-pub enum ServiceError {
-    #[error("enlightenments: {0}")]
-    Hv(#[from] HvError),
-    #[error("VMBus server refused an offer: {0}")]
-    Offer(#[from] vmbus::server::ServerError),
+#[error(transparent)]
+pub struct SynicError(pub Box<dyn std::error::Error + Send + Sync>);
+
+/// What setting a channel's event flag did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventDelivery {
+    /// The flag went from 0 to 1 and the SINT's interrupt was raised.
+    Set,
+    /// The flag was still set: the guest has not consumed the previous signal; no new interrupt.
+    AlreadySet,
+    /// The guest's SynIC is not enabled: the event was dropped.
+    NotEnabled,
 }
 
-/// A synthetic device behind one VMBus channel.
-pub trait VmbusDevice: Send + Sync {
-    /// Short name for logs and thread names.
-    fn name(&self) -> &str;
-    /// What to offer the guest.
-    fn offer(&self) -> OfferConfig;
-    /// Serve an opened channel until [`HostChannel::is_stopped`]; runs on a thread of its own.
-    fn serve(&self, channel: HostChannel);
+/// The guest's synthetic interrupt controller as the service uses it (implemented by the KVM glue,
+/// or by a test harness).
+pub trait Synic: Send + Sync {
+    /// Deliver (or queue) a message of `message_type` to `sint` of VP `vp`.
+    fn post_message(
+        &self,
+        vp: u32,
+        sint: u8,
+        message_type: u32,
+        payload: &[u8],
+    ) -> Result<(), SynicError>;
+    /// Set event flag `flag` of `sint` on VP `vp`, interrupting it if the flag was clear.
+    fn signal_event(&self, vp: u32, sint: u8, flag: u32) -> Result<EventDelivery, SynicError>;
+    /// The event fd the guest's HvSignalEvent on `connection_id` signals. Asking again for the same
+    /// id (a reused relid) returns the same event.
+    fn event_for(&self, connection_id: u32) -> Result<EventFd, SynicError>;
+}
+
+/// Why the service could not do what the host asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("SynIC")]
+    Synic(#[from] SynicError),
+    #[error("VMBus server refused the offer")]
+    Offer(#[from] ServerError),
+    #[error("no device has relid {0}")]
+    NoDevice(u32),
+    #[error("the service thread could not start")]
+    Thread(#[source] std::io::Error),
+}
+
+/// How the service behaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// Number of VPs of the partition.
+    pub vp_count: u32,
+    /// Versions a guest may connect with; empty: every version the server knows.
+    pub versions: Vec<Version>,
 }
 
 /// Counters of the service.
@@ -63,31 +120,64 @@ pub struct ServiceStats {
     pub opens: AtomicU64,
     /// Channel opens whose rings were unusable (the device was not started).
     pub failed_opens: AtomicU64,
+    /// GPADLs mapped for devices.
+    pub gpadls_mapped: AtomicU64,
+    /// GPADLs revoked (torn down by the guest or dropped with their channel).
+    pub gpadls_revoked: AtomicU64,
+    /// Relids released by the guest after a rescind (free for reuse).
+    pub relids_released: AtomicU64,
+    /// Device threads that panicked (their device was rescinded).
+    pub device_panics: AtomicU64,
+    /// Device threads that did not stop within [`STOP_TIMEOUT`].
+    pub stuck_devices: AtomicU64,
 }
 
-struct DeviceSlot {
-    device: Arc<dyn VmbusDevice>,
-    event: EventFd,
-    running: Option<Running>,
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Where a channel stands, as the host sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelState {
+    /// Offered (or waiting to be offered); not open.
+    Offered,
+    /// Open, and its device is being served.
+    Open,
+    /// Rescinded; waiting for the guest's RELID_RELEASED.
+    Rescinded,
 }
 
 struct Running {
     stop: Arc<AtomicBool>,
+    done: Arc<(Mutex<bool>, Condvar)>,
     thread: JoinHandle<()>,
 }
 
-/// The host VMBus service of one partition.
-pub struct VmbusService {
-    hv: Arc<HvPartition>,
-    ram: GuestRam,
-    inner: Mutex<Inner>,
-    /// Counters.
-    pub stats: ServiceStats,
+struct Slot {
+    device: Arc<dyn VmbusDevice>,
+    offer: OfferConfig,
+    primary: u32,
+    subchannel_index: u16,
+    gpadls: Arc<GpadlTable>,
+    event: EventFd,
+    target_vp: Arc<AtomicU32>,
+    opens: u64,
+    running: Option<Running>,
 }
 
 struct Inner {
     server: Server,
-    devices: BTreeMap<u32, DeviceSlot>,
+    slots: BTreeMap<u32, Slot>,
+}
+
+/// The host VMBus service of one partition.
+pub struct VmbusService {
+    synic: Arc<dyn Synic>,
+    memory: GuestMemoryMmap,
+    inner: Mutex<Inner>,
+    requests: Mutex<Sender<DeviceRequest>>,
+    /// Counters.
+    pub stats: ServiceStats,
 }
 
 impl std::fmt::Debug for VmbusService {
@@ -99,67 +189,48 @@ impl std::fmt::Debug for VmbusService {
 }
 
 impl VmbusService {
-    /// Offer `devices` to the guest of `hv` (already attached to its partition, whose RAM is `ram`) and
-    /// start answering its posts. `versions` empty: every version the server knows.
+    /// A service for the guest whose memory is `memory`, offering `devices` (more may be added at
+    /// any time). Nothing reaches the guest until it posts INITIATE_CONTACT through
+    /// [`VmbusService::handle_post`].
     pub fn start(
-        hv: Arc<HvPartition>,
-        ram: GuestRam,
-        versions: &[Version],
+        config: ServiceConfig,
+        memory: GuestMemoryMmap,
+        synic: Arc<dyn Synic>,
         devices: Vec<Arc<dyn VmbusDevice>>,
     ) -> Result<Arc<Self>, ServiceError> {
-        let mut config = ServerConfig {
-            vp_count: hv.config().vp_count,
-            guest_pfns: ram
-                .regions()
+        let mut server_config = ServerConfig {
+            vp_count: config.vp_count,
+            guest_pfns: memory
                 .iter()
-                .map(|r| r.gpa / PAGE_SIZE..(r.gpa + r.len) / PAGE_SIZE)
+                .map(|r| {
+                    let start = r.start_addr().0 / PAGE_SIZE as u64;
+                    start..start + r.len() / PAGE_SIZE as u64
+                })
                 .collect(),
             ..ServerConfig::default()
         };
-        if !versions.is_empty() {
-            config.versions = versions.to_vec();
+        if !config.versions.is_empty() {
+            server_config.versions = config.versions;
         }
-        let mut server = Server::new(config);
-        let mut slots = BTreeMap::new();
-        for device in devices {
-            let relid = server.add_offer(device.offer())?;
-            let connection_id = server
-                .channel(relid)
-                .map(|c| c.connection_id)
-                .unwrap_or_default();
-            let event = hv.register_event(connection_id)?;
-            slots.insert(
-                relid,
-                DeviceSlot {
-                    device,
-                    event,
-                    running: None,
-                },
-            );
-        }
+        let (tx, rx) = mpsc::channel();
         let service = Arc::new(Self {
-            hv: hv.clone(),
-            ram,
+            synic,
+            memory,
             inner: Mutex::new(Inner {
-                server,
-                devices: slots,
+                server: Server::new(server_config),
+                slots: BTreeMap::new(),
             }),
+            requests: Mutex::new(tx),
             stats: ServiceStats::default(),
         });
-        for connection_id in MESSAGE_CONNECTION_IDS {
-            let weak: Weak<Self> = Arc::downgrade(&service);
-            hv.register_post_message(
-                connection_id,
-                Arc::new(
-                    move |vp, message_type, payload: &[u8]| match weak.upgrade() {
-                        Some(service) => {
-                            service.handle_post(connection_id, vp, message_type, payload)
-                        }
-                        None => HvStatus::INVALID_CONNECTION_ID,
-                    },
-                ),
-            )?;
+        for device in devices {
+            service.add_device(device)?;
         }
+        let weak = Arc::downgrade(&service);
+        std::thread::Builder::new()
+            .name("vmbus-service".into())
+            .spawn(move || serve_requests(weak, rx))
+            .map_err(ServiceError::Thread)?;
         Ok(service)
     }
 
@@ -167,61 +238,177 @@ impl VmbusService {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn sender(&self) -> Sender<DeviceRequest> {
+        self.requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// The negotiated version, once the guest connected.
     pub fn version(&self) -> Option<Version> {
         self.lock().server.version()
     }
 
-    /// Relids of the offered channels, in offer order.
+    /// Relids of the devices' primary channels, in relid order.
     pub fn relids(&self) -> Vec<u32> {
-        self.lock().devices.keys().copied().collect()
+        self.lock()
+            .slots
+            .iter()
+            .filter(|(_, s)| s.subchannel_index == 0)
+            .map(|(&relid, _)| relid)
+            .collect()
+    }
+
+    /// Relids of the sub-channels of `primary`, by sub-channel index.
+    pub fn subchannels(&self, primary: u32) -> Vec<u32> {
+        let inner = self.lock();
+        let mut subs: Vec<(u16, u32)> = inner
+            .slots
+            .iter()
+            .filter(|(&relid, s)| s.primary == primary && relid != primary)
+            .map(|(&relid, s)| (s.subchannel_index, relid))
+            .collect();
+        subs.sort_unstable();
+        subs.into_iter().map(|(_, relid)| relid).collect()
     }
 
     /// Whether the channel `relid` is being served by its device.
     pub fn is_serving(&self, relid: u32) -> bool {
         self.lock()
-            .devices
+            .slots
             .get(&relid)
             .is_some_and(|d| d.running.is_some())
     }
 
-    /// Withdraw the offer of `relid` (RESCIND_CHANNELOFFER); its device is stopped.
-    pub fn rescind(&self, relid: u32) -> Result<(), vmbus::server::ServerError> {
+    /// Where channel `relid` stands; `None` once it is gone (never offered, or released).
+    pub fn channel_state(&self, relid: u32) -> Option<ChannelState> {
+        let inner = self.lock();
+        let info = inner.server.channel(relid)?;
+        Some(if info.revoked {
+            ChannelState::Rescinded
+        } else if inner.slots.get(&relid).is_some_and(|s| s.running.is_some()) {
+            ChannelState::Open
+        } else {
+            ChannelState::Offered
+        })
+    }
+
+    /// Offer `device` (a new primary channel); returns its relid. Before the guest enumerated offers
+    /// it is part of the initial list; after, the guest gets the offer at once (hot-add).
+    pub fn add_device(&self, device: Arc<dyn VmbusDevice>) -> Result<u32, ServiceError> {
+        let offer = device.offer();
         let mut inner = self.lock();
-        inner.server.rescind(relid)?;
+        let relid = self.add_slot(&mut inner, device, offer, None, 0)?;
+        self.run_actions(&mut inner);
+        Ok(relid)
+    }
+
+    fn add_slot(
+        &self,
+        inner: &mut Inner,
+        device: Arc<dyn VmbusDevice>,
+        mut offer: OfferConfig,
+        group: Option<(u32, Arc<GpadlTable>)>,
+        subchannel_index: u16,
+    ) -> Result<u32, ServiceError> {
+        offer.offer.sub_channel_index = subchannel_index;
+        // The offer is sent only at the end, so a failure here leaves nothing behind in the server.
+        let relid = inner.server.add_offer(offer)?;
+        let connection_id = inner
+            .server
+            .channel(relid)
+            .map(|c| c.connection_id)
+            .unwrap_or_default();
+        let event = match self.synic.event_for(connection_id) {
+            Ok(event) => event,
+            Err(error) => {
+                let _ = inner.server.rescind(relid);
+                return Err(error.into());
+            }
+        };
+        let (primary, gpadls) = group.unwrap_or_else(|| (relid, Arc::default()));
+        inner.slots.insert(
+            relid,
+            Slot {
+                device,
+                offer,
+                primary,
+                subchannel_index,
+                gpadls,
+                event,
+                target_vp: Arc::new(AtomicU32::new(0)),
+                opens: 0,
+                running: None,
+            },
+        );
+        Ok(relid)
+    }
+
+    /// Withdraw the device whose primary channel is `relid` (RESCIND_CHANNELOFFER for it and its
+    /// sub-channels): its threads are stopped, and each relid is free again once the guest releases
+    /// it (at once if the guest never saw the offer).
+    pub fn remove_device(&self, relid: u32) -> Result<(), ServiceError> {
+        let mut inner = self.lock();
+        let primary = inner
+            .slots
+            .get(&relid)
+            .map(|s| s.primary)
+            .ok_or(ServiceError::NoDevice(relid))?;
+        self.rescind_group(&mut inner, primary);
         self.run_actions(&mut inner);
         Ok(())
+    }
+
+    /// Rescind `primary`'s sub-channels, then `primary` (each only if not rescinded already).
+    fn rescind_group(&self, inner: &mut Inner, primary: u32) {
+        let mut relids: Vec<u32> = inner
+            .slots
+            .iter()
+            .filter(|(&r, s)| s.primary == primary && r != primary)
+            .map(|(&r, _)| r)
+            .collect();
+        relids.push(primary);
+        for relid in relids {
+            if inner.server.channel(relid).is_some_and(|c| !c.revoked) {
+                if let Err(error) = inner.server.rescind(relid) {
+                    tracing::warn!(relid, %error, "rescind refused");
+                }
+            }
+        }
     }
 
     /// Stop every device thread (the partition is going away).
     pub fn shutdown(&self) {
         let mut inner = self.lock();
-        let relids: Vec<u32> = inner.devices.keys().copied().collect();
+        let relids: Vec<u32> = inner.slots.keys().copied().collect();
         for relid in relids {
-            stop_device(&mut inner, relid);
+            self.stop_device(&mut inner, relid);
         }
     }
 
-    fn handle_post(
+    /// A channel message the guest posted with HvPostMessage to `connection_id` from VP `vp`.
+    /// Returns the hypercall status.
+    pub fn handle_post(
         &self,
         connection_id: u32,
         vp: u32,
         message_type: u32,
         payload: &[u8],
-    ) -> HvStatus {
-        self.stats.posts.fetch_add(1, Ordering::Relaxed);
+    ) -> u16 {
+        bump(&self.stats.posts);
         let mut inner = self.lock();
         let status = if message_type != CHANNEL_MESSAGE_TYPE {
             tracing::debug!(vp, message_type, "post of a non-VMBus message type refused");
-            self.stats.refused.fetch_add(1, Ordering::Relaxed);
-            HvStatus::SUCCESS
+            bump(&self.stats.refused);
+            HV_STATUS_SUCCESS
         } else {
             match inner.server.handle_post(connection_id, payload) {
-                Ok(outcome) => HvStatus(outcome.hv_status()),
+                Ok(outcome) => outcome.hv_status(),
                 Err(error) => {
                     tracing::debug!(vp, connection_id, %error, "VMBus message refused");
-                    self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                    HvStatus::SUCCESS
+                    bump(&self.stats.refused);
+                    HV_STATUS_SUCCESS
                 }
             }
         };
@@ -233,74 +420,247 @@ impl VmbusService {
         while let Some(action) = inner.server.poll_action() {
             match action {
                 ServerAction::SendToGuest { vp, sint, message } => {
-                    match self
-                        .hv
-                        .post_message(vp, sint, CHANNEL_MESSAGE_TYPE, message.as_bytes())
-                    {
-                        Ok(_) => self.stats.messages_sent.fetch_add(1, Ordering::Relaxed),
+                    match self.synic.post_message(
+                        vp,
+                        sint,
+                        CHANNEL_MESSAGE_TYPE,
+                        message.as_bytes(),
+                    ) {
+                        Ok(()) => bump(&self.stats.messages_sent),
                         Err(error) => {
                             tracing::warn!(vp, sint, %error, "channel message to the guest dropped");
-                            self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed)
+                            bump(&self.stats.messages_dropped);
                         }
-                    };
+                    }
                 }
                 ServerAction::OpenChannel {
                     relid,
                     pfns,
                     downstream_page_offset,
                     target_vp,
+                    user_data,
                     ..
-                } => {
-                    self.open_device(inner, relid, &pfns, downstream_page_offset, target_vp);
-                }
-                ServerAction::ChannelClosed { relid } => stop_device(inner, relid),
-                ServerAction::Unloaded => {
-                    let relids: Vec<u32> = inner.devices.keys().copied().collect();
-                    for relid in relids {
-                        stop_device(inner, relid);
+                } => self.open_device(
+                    inner,
+                    relid,
+                    &pfns,
+                    downstream_page_offset,
+                    target_vp,
+                    user_data,
+                ),
+                ServerAction::ChannelClosed { relid } => {
+                    self.stop_device(inner, relid);
+                    // Sub-channels do not outlive their primary's open.
+                    if inner.slots.get(&relid).is_some_and(|s| s.primary == relid) {
+                        let subs: Vec<u32> = inner
+                            .slots
+                            .iter()
+                            .filter(|(&r, s)| s.primary == relid && r != relid)
+                            .map(|(&r, _)| r)
+                            .collect();
+                        for sub in subs {
+                            if inner.server.channel(sub).is_some_and(|c| !c.revoked) {
+                                let _ = inner.server.rescind(sub);
+                            }
+                        }
                     }
                 }
-                other => tracing::trace!(?other, "VMBus server action"),
+                ServerAction::GpadlReady { relid, gpadl } => self.map_gpadl(inner, relid, gpadl),
+                ServerAction::GpadlTornDown { relid, gpadl } => {
+                    if let Some(slot) = inner.slots.get(&relid) {
+                        if slot.gpadls.revoke(gpadl) {
+                            bump(&self.stats.gpadls_revoked);
+                        }
+                    }
+                }
+                ServerAction::ModifyChannel { relid, target_vp } => {
+                    if let Some(slot) = inner.slots.get(&relid) {
+                        slot.target_vp.store(target_vp, Ordering::Release);
+                    }
+                }
+                ServerAction::ChannelReleased { relid } => {
+                    self.stop_device(inner, relid);
+                    if inner.slots.remove(&relid).is_some() {
+                        bump(&self.stats.relids_released);
+                    }
+                }
+                ServerAction::Unloaded => {
+                    let relids: Vec<u32> = inner.slots.keys().copied().collect();
+                    for relid in relids {
+                        self.stop_device(inner, relid);
+                        // Sub-channels are offered again only if the next connection asks.
+                        if inner
+                            .slots
+                            .get(&relid)
+                            .is_some_and(|s| s.subchannel_index != 0)
+                        {
+                            let _ = inner.server.rescind(relid);
+                        }
+                    }
+                }
+                ServerAction::Connected { version, vp, .. } => {
+                    tracing::debug!(%version, vp, "guest connected to VMBus")
+                }
             }
         }
     }
 
-    fn open_device(&self, inner: &mut Inner, relid: u32, pfns: &[u64], split: u32, target_vp: u32) {
-        stop_device(inner, relid);
-        let Some(slot) = inner.devices.get_mut(&relid) else {
+    fn map_gpadl(&self, inner: &mut Inner, relid: u32, handle: u32) {
+        let Some(slot) = inner.slots.get(&relid) else {
             return;
         };
-        let channel = match HostChannel::map(
-            &self.ram,
-            &self.hv,
+        let Some(assembled) = inner.server.gpadl(handle) else {
+            return;
+        };
+        match MappedGpadl::map(&self.memory, handle, relid, assembled.ranges.clone()) {
+            Ok(mapped) => {
+                slot.gpadls.insert(Arc::new(mapped));
+                bump(&self.stats.gpadls_mapped);
+            }
+            // The server checked every page against guest RAM already; log if that ever disagrees.
+            Err(error) => tracing::warn!(relid, %error, "GPADL not mapped"),
+        }
+    }
+
+    fn open_device(
+        &self,
+        inner: &mut Inner,
+        relid: u32,
+        pfns: &[u64],
+        split: u32,
+        target_vp: u32,
+        user_data: [u8; MAX_USER_DEFINED_BYTES],
+    ) {
+        self.stop_device(inner, relid);
+        let requests = self.sender();
+        let Some(slot) = inner.slots.get_mut(&relid) else {
+            return;
+        };
+        slot.opens += 1;
+        slot.target_vp.store(target_vp, Ordering::Release);
+        let stop = Arc::new(AtomicBool::new(false));
+        let context = ChannelContext {
             relid,
-            pfns,
-            split as usize,
-            target_vp,
-            &slot.event,
-        ) {
+            primary: slot.primary,
+            subchannel_index: slot.subchannel_index,
+            user_data,
+            opens: slot.opens,
+            target_vp: slot.target_vp.clone(),
+            gpadls: slot.gpadls.clone(),
+            requests: requests.clone(),
+            memory: self.memory.clone(),
+        };
+        let interrupt = Interrupt {
+            synic: self.synic.clone(),
+            sint: MESSAGE_SINT,
+            target_vp: slot.target_vp.clone(),
+        };
+        let channel =
+            ChannelSignals::new(relid, &slot.event, interrupt, stop.clone()).and_then(|signals| {
+                HostChannel::map(&self.memory, pfns, split as usize, signals, context)
+            });
+        let channel = match channel {
             Ok(channel) => channel,
             Err(error) => {
                 tracing::warn!(relid, %error, "channel rings unusable; device not started");
-                self.stats.failed_opens.fetch_add(1, Ordering::Relaxed);
+                bump(&self.stats.failed_opens);
                 return;
             }
         };
-        let stop = channel.signals.stop.clone();
         let device = slot.device.clone();
+        let done = Arc::new((Mutex::new(false), Condvar::new()));
+        let finished = done.clone();
         let name = format!("vsp-{}-{relid}", device.name());
-        match std::thread::Builder::new()
-            .name(name)
-            .spawn(move || device.serve(channel))
-        {
+        let spawned = std::thread::Builder::new().name(name).spawn(move || {
+            let served = std::panic::catch_unwind(AssertUnwindSafe(|| device.serve(channel)));
+            if served.is_err() {
+                tracing::error!(relid, device = device.name(), "device thread panicked");
+                let _ = requests.send(DeviceRequest::Failed { relid });
+            }
+            let (flag, cv) = &*finished;
+            *flag.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            cv.notify_all();
+        });
+        match spawned {
             Ok(thread) => {
-                self.stats.opens.fetch_add(1, Ordering::Relaxed);
-                slot.running = Some(Running { stop, thread });
+                bump(&self.stats.opens);
+                slot.running = Some(Running { stop, done, thread });
             }
             Err(error) => {
                 tracing::error!(relid, %error, "cannot spawn the device thread");
-                self.stats.failed_opens.fetch_add(1, Ordering::Relaxed);
+                bump(&self.stats.failed_opens);
             }
+        }
+    }
+
+    /// Stop `relid`'s device thread, waiting at most [`STOP_TIMEOUT`] for it.
+    fn stop_device(&self, inner: &mut Inner, relid: u32) {
+        let Some(slot) = inner.slots.get_mut(&relid) else {
+            return;
+        };
+        let Some(running) = slot.running.take() else {
+            return;
+        };
+        running.stop.store(true, Ordering::Release);
+        // Wake the device thread if it sleeps on the event fd.
+        let _ = slot.event.write(1);
+        let (flag, cv) = &*running.done;
+        let guard = flag.lock().unwrap_or_else(|e| e.into_inner());
+        let (guard, _) = cv
+            .wait_timeout_while(guard, STOP_TIMEOUT, |done| !*done)
+            .unwrap_or_else(|e| e.into_inner());
+        if *guard {
+            drop(guard);
+            let _ = running.thread.join();
+        } else {
+            bump(&self.stats.stuck_devices);
+            tracing::error!(
+                relid,
+                device = slot.device.name(),
+                "device thread did not stop within {STOP_TIMEOUT:?}; left behind"
+            );
+        }
+    }
+
+    /// Offer sub-channels 1..=`count` of `primary` that are not offered yet.
+    fn offer_subchannels(&self, primary: u32, count: u16) {
+        let mut inner = self.lock();
+        let Some(slot) = inner.slots.get(&primary) else {
+            return;
+        };
+        if slot.running.is_none() {
+            tracing::debug!(
+                primary,
+                "sub-channels asked for by a closed channel; ignored"
+            );
+            return;
+        }
+        let (device, offer, gpadls) = (slot.device.clone(), slot.offer, slot.gpadls.clone());
+        let have: Vec<u16> = inner
+            .slots
+            .values()
+            .filter(|s| s.primary == primary)
+            .map(|s| s.subchannel_index)
+            .collect();
+        for index in 1..=count.min(MAX_SUBCHANNELS) {
+            if have.contains(&index) {
+                continue;
+            }
+            let group = Some((primary, gpadls.clone()));
+            if let Err(error) = self.add_slot(&mut inner, device.clone(), offer, group, index) {
+                tracing::warn!(primary, index, %error, "sub-channel not offered");
+                break;
+            }
+        }
+        self.run_actions(&mut inner);
+    }
+
+    fn device_failed(&self, relid: u32) {
+        bump(&self.stats.device_panics);
+        let mut inner = self.lock();
+        if let Some(primary) = inner.slots.get(&relid).map(|s| s.primary) {
+            self.rescind_group(&mut inner, primary);
+            self.run_actions(&mut inner);
         }
     }
 }
@@ -308,276 +668,22 @@ impl VmbusService {
 impl Drop for VmbusService {
     fn drop(&mut self) {
         self.shutdown();
+        let _ = self.sender().send(DeviceRequest::Exit);
     }
 }
 
-fn stop_device(inner: &mut Inner, relid: u32) {
-    if let Some(slot) = inner.devices.get_mut(&relid) {
-        if let Some(running) = slot.running.take() {
-            running.stop.store(true, Ordering::Release);
-            // Wake the device thread if it sleeps on the event fd.
-            let _ = slot.event.write(1);
-            if running.thread.join().is_err() {
-                tracing::error!(relid, "device thread panicked");
-            }
-        }
-    }
-}
-
-/// Why a channel's rings could not be mapped.
-#[derive(Debug, thiserror::Error)]
-pub enum ChannelError {
-    #[error("ring page {pfn:#x} is not guest RAM")]
-    NotRam { pfn: u64 },
-    #[error("ring split at page {split} of {pages} leaves a ring without data pages")]
-    BadSplit { split: usize, pages: usize },
-    #[error("ring: {0}")]
-    Ring(#[from] RingError),
-    #[error("event fd: {0}")]
-    Event(#[from] std::io::Error),
-}
-
-/// Counters of one host channel.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct HostChannelStats {
-    /// Guest→host signals received (HvSignalEvent calls on this channel's connection id).
-    pub guest_signals: u64,
-    /// Interrupts injected into the guest for this channel (event flag newly set).
-    pub interrupts: u64,
-    /// Notifications that found the guest's flag still set (coalesced, no interrupt).
-    pub coalesced: u64,
-    /// Wake-ups of the device thread.
-    pub wakeups: u64,
-}
-
-/// Ring memory in guest pages: the host mapping of a ring's pages plus a handle on guest RAM that keeps
-/// the mapping alive for as long as the ring exists, so rings may move to any thread or struct.
-#[derive(Debug)]
-pub struct GuestPages {
-    pages: PagedMemory<'static>,
-    _ram: GuestRam,
-}
-
-impl RingMemory for GuestPages {
-    fn len(&self) -> usize {
-        self.pages.len()
-    }
-
-    fn load_u32(&self, off: usize, order: Ordering) -> u32 {
-        self.pages.load_u32(off, order)
-    }
-
-    fn store_u32(&self, off: usize, value: u32, order: Ordering) {
-        self.pages.store_u32(off, value, order)
-    }
-
-    fn read_bytes(&self, off: usize, dst: &mut [u8]) {
-        self.pages.read_bytes(off, dst)
-    }
-
-    fn write_bytes(&self, off: usize, src: &[u8]) {
-        self.pages.write_bytes(off, src)
-    }
-}
-
-/// The host end of one open channel: the guest→host ring (read), the host→guest ring (written) and
-/// [`ChannelSignals`] (the event fd the guest signals, and the way to interrupt the guest).
-pub struct HostChannel {
-    /// The channel's relid (the guest's event flag number).
-    pub relid: u32,
-    /// Guest→host ring.
-    pub inbound: RingConsumer<GuestPages>,
-    /// Host→guest ring.
-    pub outbound: RingProducer<GuestPages>,
-    /// Notifications in both directions, and their counters.
-    pub signals: ChannelSignals,
-}
-
-impl std::fmt::Debug for HostChannel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HostChannel")
-            .field("relid", &self.relid)
-            .field("signals", &self.signals)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A channel's notifications: the event fd the guest signals and the way to interrupt the guest.
-pub struct ChannelSignals {
-    relid: u32,
-    /// Counters.
-    pub stats: HostChannelStats,
-    event: EventFd,
-    hv: Arc<HvPartition>,
-    target_vp: u32,
-    stop: Arc<AtomicBool>,
-}
-
-impl std::fmt::Debug for ChannelSignals {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChannelSignals")
-            .field("relid", &self.relid)
-            .field("stats", &self.stats)
-            .finish_non_exhaustive()
-    }
-}
-
-/// What [`ChannelSignals::wait`] saw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wake {
-    /// The guest signalled (this many times since the last wait).
-    Signalled(u64),
-    /// The timeout passed with no signal.
-    Timeout,
-    /// The channel is being closed: return.
-    Stopped,
-}
-
-impl HostChannel {
-    fn map(
-        ram: &GuestRam,
-        hv: &Arc<HvPartition>,
-        relid: u32,
-        pfns: &[u64],
-        split: usize,
-        target_vp: u32,
-        event: &EventFd,
-    ) -> Result<Self, ChannelError> {
-        if split < 2 || pfns.len().saturating_sub(split) < 2 {
-            return Err(ChannelError::BadSplit {
-                split,
-                pages: pfns.len(),
-            });
-        }
-        let mut pages = Vec::with_capacity(pfns.len());
-        for &pfn in pfns {
-            let gpa = pfn
-                .checked_mul(PAGE_SIZE)
-                .ok_or(ChannelError::NotRam { pfn })?;
-            let ptr = ram
-                .host_ptr_range(gpa, PAGE_SIZE)
-                .map_err(|_| ChannelError::NotRam { pfn })?;
-            pages.push(NonNull::new(ptr).ok_or(ChannelError::NotRam { pfn })?);
-        }
-        let (inbound_pages, outbound_pages) = pages.split_at(split);
-        // SAFETY: every pointer addresses a whole 4 KiB page inside a guest RAM mapping (checked by
-        // `host_ptr_range`), which stays mapped while any `GuestRam` clone lives; the channel keeps one
-        // (in each ring's `GuestPages`). The guest may write these pages concurrently; the ring
-        // code accesses them only atomically and never forms references to them.
-        let (inbound_mem, outbound_mem) = unsafe {
-            (
-                PagedMemory::new(inbound_pages.to_vec()),
-                PagedMemory::new(outbound_pages.to_vec()),
-            )
+/// The service's own thread: carries out what device threads asked for.
+fn serve_requests(service: Weak<VmbusService>, requests: Receiver<DeviceRequest>) {
+    while let Ok(request) = requests.recv() {
+        let Some(service) = service.upgrade() else {
+            return;
         };
-        let inbound = RingConsumer::new(GuestPages {
-            pages: inbound_mem,
-            _ram: ram.clone(),
-        })?;
-        let outbound = RingProducer::new(GuestPages {
-            pages: outbound_mem,
-            _ram: ram.clone(),
-        })?;
-        Ok(Self {
-            relid,
-            inbound,
-            outbound,
-            signals: ChannelSignals {
-                relid,
-                stats: HostChannelStats::default(),
-                event: event.try_clone()?,
-                hv: hv.clone(),
-                target_vp,
-                stop: Arc::new(AtomicBool::new(false)),
-            },
-        })
-    }
-
-    /// Split into the two rings and the signals (for devices that keep the rings in a worker).
-    pub fn into_parts(
-        self,
-    ) -> (
-        RingConsumer<GuestPages>,
-        RingProducer<GuestPages>,
-        ChannelSignals,
-    ) {
-        (self.inbound, self.outbound, self.signals)
-    }
-
-    /// See [`ChannelSignals::is_stopped`].
-    pub fn is_stopped(&self) -> bool {
-        self.signals.is_stopped()
-    }
-
-    /// See [`ChannelSignals::wait`].
-    pub fn wait(&mut self, timeout: Duration) -> Wake {
-        self.signals.wait(timeout)
-    }
-
-    /// See [`ChannelSignals::notify_guest`].
-    pub fn notify_guest(&mut self) {
-        self.signals.notify_guest()
-    }
-
-    /// The channel's counters.
-    pub fn stats(&self) -> HostChannelStats {
-        self.signals.stats
-    }
-}
-
-impl ChannelSignals {
-    /// Whether the service asked this channel's device to stop.
-    pub fn is_stopped(&self) -> bool {
-        self.stop.load(Ordering::Acquire)
-    }
-
-    /// Sleep until the guest signals, the channel is stopped, or `timeout` passes.
-    pub fn wait(&mut self, timeout: Duration) -> Wake {
-        if self.is_stopped() {
-            return Wake::Stopped;
-        }
-        let mut pfd = libc::pollfd {
-            fd: std::os::fd::AsRawFd::as_raw_fd(&self.event),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: `pfd` is a valid pollfd for the duration of the call; nfds = 1.
-        let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if self.is_stopped() {
-            return Wake::Stopped;
-        }
-        if ready <= 0 {
-            return Wake::Timeout;
-        }
-        self.stats.wakeups += 1;
-        match self.event.read() {
-            Ok(n) => {
-                self.stats.guest_signals += n;
-                Wake::Signalled(n)
+        match request {
+            DeviceRequest::OfferSubchannels { primary, count } => {
+                service.offer_subchannels(primary, count)
             }
-            Err(_) => Wake::Timeout,
-        }
-    }
-
-    /// For a channel that can no longer be served (broken rings, device failure): sleep until the
-    /// service closes it, without serving the guest's signals.
-    pub fn idle_until_stopped(&mut self) {
-        while self.wait(Duration::from_millis(50)) != Wake::Stopped {}
-    }
-
-    /// Interrupt the guest for this channel (set its event flag; inject only if newly set).
-    pub fn notify_guest(&mut self) {
-        match self
-            .hv
-            .signal_event(self.target_vp, vmbus::protocol::MESSAGE_SINT, self.relid)
-        {
-            Ok(hypervisor_lite::hv::synic::EventDelivery::Set) => self.stats.interrupts += 1,
-            Ok(hypervisor_lite::hv::synic::EventDelivery::AlreadySet) => self.stats.coalesced += 1,
-            Ok(hypervisor_lite::hv::synic::EventDelivery::NotEnabled) => {
-                tracing::debug!(relid = self.relid, "guest SynIC not enabled; event dropped")
-            }
-            Err(error) => tracing::warn!(relid = self.relid, %error, "signalling the guest failed"),
+            DeviceRequest::Failed { relid } => service.device_failed(relid),
+            DeviceRequest::Exit => return,
         }
     }
 }

@@ -2,12 +2,10 @@
 //! to the guest's storvsc — requests and completions through shared-memory rings, guest→host signals
 //! through ioeventfd, host→guest interrupts through the SynIC, each only when the ring rules need one.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Result;
-use host_vsp::synthetic::storvsp::device::StorvspDevice;
-use host_vsp::synthetic::storvsp::{LunMap, StorvspConfig};
-use host_vsp::vmbus_service::{VmbusDevice, VmbusService};
+use host_vsp::synthetic::storvsp::{LunMap, StorvspConfig, StorvspDevice};
 use vmbus::protocol::Guid;
 
 use super::{Backend, DeviceKit};
@@ -20,8 +18,8 @@ pub const CONTROLLER_INSTANCE: Guid =
 /// The VMBus storage path (storvsc ↔ storvsp).
 #[derive(Debug, Default)]
 pub struct VmbusKit {
-    /// The service of the partition being benchmarked (its post handlers hold it only weakly).
-    service: Arc<Mutex<Option<Arc<VmbusService>>>>,
+    /// How the controller serves its channel.
+    pub config: StorvspConfig,
 }
 
 impl DeviceKit for VmbusKit {
@@ -34,19 +32,11 @@ impl DeviceKit for VmbusKit {
     }
 
     fn configure(&self, config: &mut GuestVmConfig, backend: Backend) -> Result<()> {
-        let slot = self.service.clone();
-        config.attach(move |partition, hv| {
-            let device = StorvspDevice::new(
-                CONTROLLER_INSTANCE,
-                LunMap::new().with_backend(0, backend),
-                StorvspConfig::default(),
-                partition.ram().clone(),
-            );
-            let devices: Vec<Arc<dyn VmbusDevice>> = vec![Arc::new(device)];
-            let service = VmbusService::start(hv.clone(), partition.ram().clone(), &[], devices)?;
-            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(service);
-            Ok(())
-        });
+        config.vmbus_device(Arc::new(StorvspDevice::new(
+            CONTROLLER_INSTANCE,
+            LunMap::new().with_backend(0, backend),
+            self.config.clone(),
+        )));
         Ok(())
     }
 }

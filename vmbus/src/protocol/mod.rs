@@ -31,6 +31,11 @@ compile_error!("VMBus wire structs use native little-endian integers");
 pub const MAX_MESSAGE_SIZE: usize = 240;
 /// Bytes of user-defined data in an offer and in OPENCHANNEL.
 pub const MAX_USER_DEFINED_BYTES: usize = 120;
+/// The HvPostMessage / SynIC message type of VMBus channel messages, both ways (Linux's
+/// `vmbus_post_msg` posts with type 1, `drivers/hv/connection.c`).
+pub const CHANNEL_MESSAGE_TYPE: u32 = 1;
+/// Every connection id a guest may post channel messages to (INITIATE_CONTACT of each version family).
+pub const MESSAGE_CONNECTION_IDS: [u32; 2] = [MESSAGE_CONNECTION_ID, MESSAGE_CONNECTION_ID_V5];
 
 /// Hypercall status: success.
 pub const HV_STATUS_SUCCESS: u16 = 0;

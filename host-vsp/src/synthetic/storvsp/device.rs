@@ -6,11 +6,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hypervisor_lite::GuestRam;
 use vmbus::protocol::{interface, Guid};
 use vmbus::server::OfferConfig;
 
-use crate::guest_memory::GuestMemory;
 use crate::synthetic::storvsp::worker::{StorvspStats, StorvspWorker};
 use crate::synthetic::storvsp::{LunMap, StorvspConfig};
 use crate::vmbus_service::{HostChannel, HostChannelStats, VmbusDevice, Wake};
@@ -31,7 +29,6 @@ pub struct StorvspDevice {
     instance: Guid,
     luns: LunMap,
     config: StorvspConfig,
-    memory: Arc<dyn GuestMemory>,
     stats: Arc<Mutex<StorvspDeviceStats>>,
 }
 
@@ -45,13 +42,12 @@ impl std::fmt::Debug for StorvspDevice {
 }
 
 impl StorvspDevice {
-    /// A controller `instance` serving `luns` from the guest RAM `ram`.
-    pub fn new(instance: Guid, luns: LunMap, config: StorvspConfig, ram: GuestRam) -> Self {
+    /// A controller `instance` serving `luns`.
+    pub fn new(instance: Guid, luns: LunMap, config: StorvspConfig) -> Self {
         Self {
             instance,
             luns,
             config,
-            memory: Arc::new(ram),
             stats: Arc::default(),
         }
     }
@@ -76,11 +72,12 @@ impl VmbusDevice for StorvspDevice {
     }
 
     fn serve(&self, channel: HostChannel) {
+        let memory = Arc::new(channel.context.memory().clone());
         let (inbound, outbound, mut signals) = channel.into_parts();
         let mut worker = match StorvspWorker::new(
             inbound,
             outbound,
-            self.memory.clone(),
+            memory,
             self.luns.clone(),
             self.config.clone(),
         ) {
