@@ -277,4 +277,16 @@ impl StorvscDisk {
             _ => Err(DiskError::Unexpected),
         }
     }
+
+    /// The controller channel's relid.
+    pub fn relid(&self) -> u32 {
+        self.channel.relid
+    }
+
+    /// Close the controller's channel and give its ring pages back (after the host rescinded it too:
+    /// no message is sent then). Outstanding requests are abandoned.
+    pub fn close<P: Platform>(self, conn: &mut VmbusConnection<'_, P>) -> Result<(), DiskError> {
+        conn.close_channel(self.channel)?;
+        Ok(())
+    }
 }

@@ -14,7 +14,9 @@ use vmbus::client::{Client, ClientAction, ClientConfig, ClientError};
 use vmbus::gpadl::GpaRange;
 use vmbus::mem::ContiguousMemory;
 use vmbus::packet::PacketFlags;
-use vmbus::protocol::{Guid, MessageType, OfferChannel, Version};
+use vmbus::protocol::{
+    Guid, MessageType, OfferChannel, Version, CHANNEL_MESSAGE_TYPE, MESSAGE_SINT,
+};
 use vmbus::ring::{
     initialize_control_page, Drained, PacketInfo, RingConsumer, RingError, RingProducer, Written,
 };
@@ -24,10 +26,6 @@ use crate::hv::hypercall::{EventSignal, HypercallError, Hypercalls};
 use crate::hv::synic::{EventFlags, Synic, SynicError};
 use crate::platform::{DmaRegion, Platform, PAGE_SIZE};
 
-/// HvPostMessage message type of VMBus channel messages.
-pub const CHANNEL_MESSAGE_TYPE: u32 = 1;
-/// SINT the host sends channel messages and channel events on.
-pub const VMBUS_SINT: u8 = 2;
 /// Ring feature bit: the pending-send-size protocol is supported.
 const FEATURE_PENDING_SEND_SIZE: u32 = 1;
 
@@ -100,7 +98,7 @@ impl<'p, P: Platform> VmbusConnection<'p, P> {
     pub fn new(platform: &'p P, versions: &[Version], vector: u8) -> Result<Self, VmbusError> {
         detect::detect(platform)?;
         let hypercalls = Hypercalls::enable(platform)?;
-        let synic = Synic::enable(platform, VMBUS_SINT, vector)?;
+        let synic = Synic::enable(platform, MESSAGE_SINT, vector)?;
         let mut config = ClientConfig::default();
         if !versions.is_empty() {
             config.versions = versions.to_vec();
@@ -176,12 +174,83 @@ impl<'p, P: Platform> VmbusConnection<'p, P> {
         Ok(&self.offers)
     }
 
-    /// The first offer of interface `if_type`.
+    /// The first live (not rescinded) primary offer of interface `if_type`.
     pub fn find_offer(&self, if_type: Guid) -> Option<OfferChannel> {
-        self.offers.iter().copied().find(|o| {
+        self.primary_offers(if_type).into_iter().next()
+    }
+
+    /// Every live primary offer of interface `if_type` (sub-channels excluded), by relid.
+    pub fn primary_offers(&self, if_type: Guid) -> Vec<OfferChannel> {
+        let mut offers: Vec<OfferChannel> = self
+            .offers
+            .iter()
+            .copied()
+            .filter(|o| {
+                let offer = o.offer;
+                offer.if_type == if_type
+                    && offer.sub_channel_index == 0
+                    && !self.client.is_revoked(o.child_relid)
+            })
+            .collect();
+        offers.sort_by_key(|o| o.child_relid);
+        offers
+    }
+
+    /// Every live sub-channel offer of the device instance `instance`, by sub-channel index.
+    pub fn subchannel_offers(&self, instance: Guid) -> Vec<OfferChannel> {
+        let mut offers: Vec<OfferChannel> = self
+            .offers
+            .iter()
+            .copied()
+            .filter(|o| {
+                let offer = o.offer;
+                offer.if_instance == instance
+                    && offer.sub_channel_index != 0
+                    && !self.client.is_revoked(o.child_relid)
+            })
+            .collect();
+        offers.sort_by_key(|o| {
             let offer = o.offer;
-            offer.if_type == if_type
-        })
+            offer.sub_channel_index
+        });
+        offers
+    }
+
+    /// Wait (sleeping between interrupts) until `done` holds for the offers received so far —
+    /// offers the host makes at run time (hot-add) arrive meanwhile.
+    pub fn wait_for_offers(
+        &mut self,
+        mut done: impl FnMut(&Self) -> bool,
+    ) -> Result<(), VmbusError> {
+        loop {
+            self.pump()?;
+            if done(self) {
+                return Ok(());
+            }
+            let seen = self.platform.interrupt_total();
+            if !self.receive() {
+                self.stats.waits += 1;
+                self.platform.wait_for_interrupt(seen);
+            }
+        }
+    }
+
+    /// Wait until the host rescinds a channel; returns its relid. Stop using the channel, close it
+    /// ([`VmbusConnection::close_channel`] sends no message for a rescinded channel), then
+    /// [`VmbusConnection::release_channel`].
+    pub fn wait_for_rescind(&mut self) -> Result<u32, VmbusError> {
+        match self.wait_for(|a| matches!(a, ClientAction::OfferRescinded { .. }))? {
+            ClientAction::OfferRescinded { relid } => Ok(relid),
+            _ => Err(unreachable_action()),
+        }
+    }
+
+    /// Tell the host we let go of the rescinded channel `relid` (RELID_RELEASED): the host may
+    /// reuse the relid for a later offer.
+    pub fn release_channel(&mut self, relid: u32) -> Result<(), VmbusError> {
+        self.client.release_channel(relid)?;
+        self.offers.retain(|o| o.child_relid != relid);
+        self.pump()
     }
 
     /// Open `relid` with a guest→host ring of `send_pages` and a host→guest ring of `recv_pages`
@@ -320,7 +389,7 @@ impl<'p, P: Platform> VmbusConnection<'p, P> {
 
     /// Take one pending host message into the client. Returns whether there was one.
     fn receive(&mut self) -> bool {
-        let Some(message) = self.synic.take_message(self.platform, VMBUS_SINT) else {
+        let Some(message) = self.synic.take_message(self.platform, MESSAGE_SINT) else {
             return false;
         };
         self.stats.messages += 1;
@@ -482,7 +551,7 @@ impl Channel {
 
     /// Consume this channel's event flag through a detached [`EventFlags`] handle.
     pub fn take_event_from(&self, flags: &EventFlags) -> bool {
-        flags.take(VMBUS_SINT, self.relid)
+        flags.take(MESSAGE_SINT, self.relid)
     }
 
     /// Drain up to `limit` packets from the host (interrupts masked meanwhile); a reader-side signal
@@ -501,6 +570,6 @@ impl Channel {
 
     /// Consume this channel's event flag (set by the host when it signals us).
     pub fn take_event(&self, synic: &Synic) -> bool {
-        synic.take_event(VMBUS_SINT, self.relid)
+        synic.take_event(MESSAGE_SINT, self.relid)
     }
 }

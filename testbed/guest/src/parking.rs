@@ -17,6 +17,16 @@ impl<T> Parking<T> {
         Self(spin::Mutex::new(None))
     }
 
+    /// Take the parked value out for good if `pred` holds for it.
+    pub fn take_if(&self, pred: impl FnOnce(&T) -> bool) -> Option<T> {
+        let mut slot = self.0.lock();
+        if slot.as_ref().is_some_and(pred) {
+            slot.take()
+        } else {
+            None
+        }
+    }
+
     /// Take the parked value, or `open` one if none is parked; it returns here when the lease drops.
     pub fn lease<E>(&'static self, open: impl FnOnce() -> Result<T, E>) -> Result<Lease<T>, E> {
         let parked = self.0.lock().take();

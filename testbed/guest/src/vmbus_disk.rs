@@ -1,6 +1,7 @@
-//! The VMBus synthetic SCSI disk as a bench device: `guest_drivers::storvsc_disk::StorvscDisk` on the
-//! kernel's VMBus connection, behind the workload engine's `BlockQueue`. The channel is opened once and
-//! kept for the kernel's lifetime; each [`VmbusDisk`] leases it from a [`Parking`] spot.
+//! The VMBus synthetic SCSI disks as bench devices: `guest_drivers::storvsc_disk::StorvscDisk` on the
+//! kernel's VMBus connection, behind the workload engine's `BlockQueue`. Controller `N` is the N-th
+//! live SCSI controller offered (by relid). Its channel is opened once and kept until the host rescinds
+//! the controller ([`release_rescinded`]); each [`VmbusDisk`] leases it from a [`Parking`] spot.
 
 use alloc::format;
 use alloc::string::String;
@@ -19,23 +20,31 @@ const RING_PAGES: usize = 64;
 /// Requests kept in flight at most.
 const MAX_OUTSTANDING: usize = 128;
 
-static PARKED: Parking<StorvscDisk> = Parking::new();
+/// Controllers the kernel can drive at once.
+pub const MAX_CONTROLLERS: usize = 4;
 
-/// LUN 0 of the first synthetic SCSI controller.
+static PARKED: [Parking<StorvscDisk>; MAX_CONTROLLERS] = [const { Parking::new() }; MAX_CONTROLLERS];
+
+/// LUN 0 of one synthetic SCSI controller.
 pub struct VmbusDisk {
     disk: Lease<StorvscDisk>,
     done: Vec<TaggedCompletion>,
 }
 
 impl VmbusDisk {
-    /// Open the first SCSI controller offered on the kernel's VMBus connection (or take back the one
-    /// opened before).
-    pub fn open() -> Result<Self, String> {
-        let disk = PARKED.lease(|| {
+    /// Open SCSI controller `index` (the index-th live controller offered, by relid) on the kernel's
+    /// VMBus connection, or take back the one opened before.
+    pub fn open(index: usize) -> Result<Self, String> {
+        let spot = PARKED
+            .get(index)
+            .ok_or_else(|| format!("controller {index}: at most {MAX_CONTROLLERS}"))?;
+        let disk = spot.lease(|| {
             with_connection(|conn| {
                 let offer = conn
-                    .find_offer(interface::SCSI)
-                    .ok_or_else(|| String::from("no SCSI controller offered"))?;
+                    .primary_offers(interface::SCSI)
+                    .get(index)
+                    .copied()
+                    .ok_or_else(|| format!("no SCSI controller {index} offered"))?;
                 StorvscDisk::open(conn, &KERNEL, offer.child_relid, RING_PAGES, 0)
                     .map_err(|e| format!("storvsc: {e}"))
             })?
@@ -45,6 +54,21 @@ impl VmbusDisk {
             done: Vec::new(),
         })
     }
+}
+
+/// The host rescinded `relid`: close the controller opened on it (if any) and forget it. Returns
+/// whether one was open.
+pub fn release_rescinded(
+    conn: &mut guest_drivers::vmbus_client::VmbusConnection<'static, crate::platform::Kernel>,
+    relid: u32,
+) -> Result<bool, String> {
+    for spot in &PARKED {
+        if let Some(disk) = spot.take_if(|d| d.relid() == relid) {
+            disk.close(conn).map_err(|e| format!("closing relid {relid}: {e}"))?;
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn device_error(e: &DiskError) -> DeviceError {

@@ -47,11 +47,22 @@ pub fn run(name: &str, args: &str) -> Option<Outcome> {
 fn open_device(name: &str) -> Result<Box<dyn BlockQueue>, String> {
     match name {
         "ramdisk" => Ok(Box::new(RamDisk::open()?)),
-        "vmbus" => Ok(Box::new(crate::vmbus_disk::VmbusDisk::open()?)),
+        "vmbus" => Ok(Box::new(crate::vmbus_disk::VmbusDisk::open(0)?)),
+        _ if name.starts_with("vmbus") => {
+            let index = name["vmbus".len()..]
+                .parse()
+                .map_err(|_| format!("unknown bench device `{name}`"))?;
+            Ok(Box::new(crate::vmbus_disk::VmbusDisk::open(index)?))
+        }
         "ide" => Ok(Box::new(crate::block_bench::IdeBench::open()?)),
         "virtio" => Ok(Box::new(crate::block_bench::VirtioBench::open()?)),
         _ => Err(format!("unknown bench device `{name}`")),
     }
+}
+
+/// Forget what device `name` holds (it was removed; a device of that name later is a new disk).
+pub fn forget_device(name: &str) {
+    MODELS.lock().retain(|(n, _)| n != name);
 }
 
 fn set_tsc(args: &str) -> Outcome {

@@ -80,7 +80,7 @@ fn verify(seed: u8, lba: u64, buf: &[u8]) -> Outcome {
 fn parse(args: &str) -> Result<(u64, &str), String> {
     let (n, opt) = args.split_once(',').unwrap_or((args, ""));
     let sectors: u64 = n.parse().map_err(|_| format!("bad sector count `{n}`"))?;
-    if sectors == 0 || sectors % IO_SECTORS != 0 {
+    if sectors == 0 || !sectors.is_multiple_of(IO_SECTORS) {
         return Err(format!(
             "sector count {sectors} is not a positive multiple of {IO_SECTORS}"
         ));

@@ -7,10 +7,11 @@ use alloc::string::String;
 
 use crate::println;
 
-mod bench;
+pub mod bench;
 pub mod block;
 mod boot;
 mod vmbus;
+mod vmbus_model;
 
 /// The outcome of one scenario.
 pub type Outcome = Result<(), String>;

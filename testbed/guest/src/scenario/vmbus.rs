@@ -15,7 +15,8 @@ use alloc::vec::Vec;
 use guest_drivers::hv::status;
 use guest_drivers::ic::{IcDriver, IcEvent, IcKind};
 use guest_drivers::platform::Platform;
-use guest_drivers::vmbus_client::{Channel, VmbusConnection, CHANNEL_MESSAGE_TYPE};
+use guest_drivers::vmbus_client::{Channel, VmbusConnection};
+use vmbus::protocol::CHANNEL_MESSAGE_TYPE;
 use vmbus::client::ClientAction;
 use vmbus::gpadl::GpaRange;
 use vmbus::packet::PacketFlags;
@@ -51,7 +52,10 @@ fn run_steps(conn: &mut VmbusConnection<'static, Kernel>, steps: &str) -> Outcom
         match step {
             "hostile" => hostile(conn)?,
             "ic" => serve_ics(conn)?,
-            other => return Err(format!("unknown vmbus step `{other}`")),
+            other => match super::vmbus_model::step(conn, other) {
+                Some(result) => result?,
+                None => return Err(format!("unknown vmbus step `{other}`")),
+            },
         }
     }
     println!(
