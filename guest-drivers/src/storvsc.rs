@@ -599,4 +599,8 @@ pub fn parse_capacity16(data: &[u8]) -> Option<(u64, u32)> {
 }
 
 #[cfg(test)]
+mod completion_tests;
+#[cfg(test)]
+mod slot_tests;
+#[cfg(test)]
 mod tests;
