@@ -4,27 +4,37 @@
 //! channel ([`Request::write_to`] writes one into a `vmbus::ring::RingProducer`, as an in-band packet or
 //! as a GPA-direct packet naming the data buffer's physical pages — no copies of data). It runs the
 //! init handshake (BEGIN_INIT, QUERY_PROTOCOL_VERSION falling back 0x0602 → 0x0600 → 0x0501,
-//! QUERY_PROPERTIES, END_INIT), builds SRBs (READ/WRITE(16), SYNCHRONIZE CACHE(16), INQUIRY, READ
-//! CAPACITY(16), TEST UNIT READY, or any CDB), tracks any number of outstanding requests by
-//! transaction id (completions may come in any order) and turns completion packets into typed results:
-//! bytes transferred, or the SRB/SCSI status with decoded sense data.
+//! QUERY_PROPERTIES, END_INIT) and builds SRBs (READ/WRITE(16), SYNCHRONIZE CACHE(16), INQUIRY, READ
+//! CAPACITY(16), TEST UNIT READY, or any CDB).
+//!
+//! Outstanding SRBs live in a fixed table of slots sized at construction (`slots`): a transaction id
+//! names a slot and its generation, so completions may come in any order and a stale or forged one
+//! is refused. Building, sending and completing a request allocates nothing (the page list is held
+//! inline in the [`Request`], `request`). A completion packet becomes a [`Completion`] with every
+//! field the host returned and the outcome decoded as Linux's storvsc does (`completion`).
 
-use alloc::collections::BTreeMap;
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 
-use storvsp_protocol::scsi::{opcode, FixedSense, ScsiStatus, SAI_READ_CAPACITY_16};
+use storvsp_protocol::scsi::{opcode, SAI_READ_CAPACITY_16};
 use storvsp_protocol::{
     sense_buffer_size, srb_flags, vmscsi_size_delta, ChannelProperties, DataDirection, NtStatus,
-    Operation, ProtocolVersion, SrbStatus, VmscsiRequest, VstorPacket, CDB_MAX_LEN,
-    LINUX_PROTOCOL_VERSIONS, REQUEST_COMPLETION_FLAG, TRANS_ID_INIT, TRANS_ID_RESET,
-    VMSCSI_REQUEST_SIZE, VSTOR_PACKET_SIZE,
+    Operation, ProtocolVersion, VmscsiRequest, VstorPacket, CDB_MAX_LEN, LINUX_PROTOCOL_VERSIONS,
+    REQUEST_COMPLETION_FLAG, TRANS_ID_INIT, TRANS_ID_RESET, VMSCSI_REQUEST_SIZE, VSTOR_PACKET_SIZE,
 };
-use vmbus::mem::{RingMemory, PAGE_SIZE};
-use vmbus::packet::{
-    gpa_range_pfn_count, GpaRangeSpec, Packet, PacketError, PacketFlags, PacketKind, PacketType,
-};
-use vmbus::ring::{RingError, RingProducer, Written};
+use vmbus::mem::PAGE_SIZE;
+use vmbus::packet::{gpa_range_pfn_count, Packet, PacketError, PacketKind, PacketType};
 use zerocopy::FromZeros;
+
+mod completion;
+mod request;
+mod slots;
+
+pub use completion::{Completion, IoError, SenseData};
+pub use request::{DataRange, Request, MAX_DATA_PFNS, MAX_INLINE_TRANSFER};
+pub use slots::MAX_SLOTS;
+
+use slots::{InFlight, SlotTable};
 
 /// Logical block size of the disks storvsp serves.
 pub const BLOCK_SIZE: u32 = 512;
@@ -32,6 +42,8 @@ pub const BLOCK_SIZE: u32 = 512;
 const SRB_SIMPLE_TAG_REQUEST: u8 = 0x20;
 /// `queue_tag` for untagged requests.
 const SP_UNTAGGED: u8 = 0xFF;
+/// Outstanding SRBs of [`Storvsc::new`].
+pub const DEFAULT_MAX_OUTSTANDING: usize = 256;
 
 /// Errors of the storvsc logic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -45,9 +57,12 @@ pub enum StorvscError {
         /// Bytes received.
         len: usize,
     },
-    /// A completion for no outstanding request.
+    /// A completion for no outstanding request (unknown, stale or forged transaction id).
     #[error("completion for unknown transaction {0:#x}")]
     UnknownTransaction(u64),
+    /// Every slot for outstanding requests is in use: complete some, then retry.
+    #[error("all {0} request slots are in use")]
+    Busy(usize),
     /// A packet of a type the host never sends us.
     #[error("unexpected packet type {0:?}")]
     UnexpectedPacket(PacketType),
@@ -93,96 +108,11 @@ pub enum StorvscError {
     BadCdb(usize),
 }
 
-/// A data buffer by physical pages: `len` bytes starting `offset` bytes into `pfns[0]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DataRange {
-    /// Bytes.
-    pub byte_count: u32,
-    /// Offset in the first page (< 4096).
-    pub byte_offset: u32,
-    /// Page numbers, exactly `ceil((offset + len) / 4096)`.
-    pub pfns: Vec<u64>,
-}
-
-/// A packet to send: in-band (no data) or GPA-direct (with [`DataRange`]).
-#[derive(Debug, Clone)]
-pub struct Request {
-    /// Transaction id; the completion carries it.
-    pub trans_id: u64,
-    /// The vstor packet (payload of the VMBus packet).
-    pub packet: VstorPacket,
-    /// The data buffer, if any.
-    pub data: Option<DataRange>,
-}
-
-impl Request {
-    /// The VMBus packet payload.
-    pub fn payload(&self) -> &[u8] {
-        self.packet.as_wire()
-    }
-
-    /// Every storvsc request asks for a completion.
-    pub fn flags(&self) -> PacketFlags {
-        PacketFlags::COMPLETION_REQUESTED
-    }
-
-    /// The GPA range for `RingProducer::write_gpa_direct`, if the request has data.
-    pub fn range(&self) -> Option<GpaRangeSpec<'_>> {
-        self.data.as_ref().map(|d| GpaRangeSpec {
-            byte_count: d.byte_count,
-            byte_offset: d.byte_offset,
-            pfns: &d.pfns,
-        })
-    }
-
-    /// Writes the request into the guest→host ring.
-    pub fn write_to<M: RingMemory>(
-        &self,
-        ring: &mut RingProducer<M>,
-    ) -> Result<Written, RingError> {
-        match self.range() {
-            Some(range) => {
-                ring.write_gpa_direct(self.trans_id, self.flags(), &[range], &[self.payload()])
-            }
-            None => ring.write_inband(self.trans_id, self.flags(), &[self.payload()]),
-        }
-    }
-}
-
-/// Why an SRB failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IoError {
-    /// The host refused the request itself (`vstor_packet.status`).
-    Status(NtStatus),
-    /// The SRB completed with an error.
-    Scsi {
-        /// SRB status (with flags).
-        srb_status: SrbStatus,
-        /// SCSI status.
-        scsi_status: ScsiStatus,
-        /// Decoded sense data when the host returned it.
-        sense: Option<FixedSense>,
-    },
-}
-
-/// A finished SRB.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Completion {
-    /// The request's transaction id.
-    pub trans_id: u64,
-    /// The LUN it addressed.
-    pub lun: u8,
-    /// Its CDB operation code.
-    pub opcode: u8,
-    /// Bytes transferred, or the error.
-    pub result: Result<u32, IoError>,
-}
-
 /// Progress of the handshake after a host answer.
 #[derive(Debug, Clone)]
 pub enum HandshakeStep {
-    /// Send this next.
-    Send(Request),
+    /// Send this next (boxed: a [`Request`] holds a page list inline).
+    Send(Box<Request>),
     /// Done: the agreed version.
     Ready(ProtocolVersion),
 }
@@ -211,12 +141,6 @@ enum InitState {
     Failed,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Outstanding {
-    lun: u8,
-    opcode: u8,
-}
-
 /// The storvsc driver logic for one controller (path 0, target 0).
 #[derive(Debug, Clone)]
 pub struct Storvsc {
@@ -224,8 +148,7 @@ pub struct Storvsc {
     versions: Vec<ProtocolVersion>,
     version: Option<ProtocolVersion>,
     properties: Option<ChannelProperties>,
-    next_id: u64,
-    outstanding: BTreeMap<u64, Outstanding>,
+    outstanding: SlotTable,
 }
 
 impl Default for Storvsc {
@@ -235,20 +158,31 @@ impl Default for Storvsc {
 }
 
 impl Storvsc {
-    /// A driver proposing Linux's versions (0x0602, 0x0600, 0x0501).
+    /// A driver proposing Linux's versions (0x0602, 0x0600, 0x0501), with
+    /// [`DEFAULT_MAX_OUTSTANDING`] request slots.
     pub fn new() -> Self {
-        Self::with_versions(&LINUX_PROTOCOL_VERSIONS)
+        Self::with_config(&LINUX_PROTOCOL_VERSIONS, DEFAULT_MAX_OUTSTANDING)
     }
 
     /// A driver proposing `versions` in order.
     pub fn with_versions(versions: &[ProtocolVersion]) -> Self {
+        Self::with_config(versions, DEFAULT_MAX_OUTSTANDING)
+    }
+
+    /// A driver proposing Linux's versions with `max_outstanding` request slots.
+    pub fn with_capacity(max_outstanding: usize) -> Self {
+        Self::with_config(&LINUX_PROTOCOL_VERSIONS, max_outstanding)
+    }
+
+    /// A driver proposing `versions` in order, with `max_outstanding` request slots (clamped to
+    /// `1..=MAX_SLOTS`), all allocated now: building and completing requests never allocates.
+    pub fn with_config(versions: &[ProtocolVersion], max_outstanding: usize) -> Self {
         Self {
             state: InitState::Idle,
             versions: versions.to_vec(),
             version: None,
             properties: None,
-            next_id: 1,
-            outstanding: BTreeMap::new(),
+            outstanding: SlotTable::new(max_outstanding),
         }
     }
 
@@ -259,14 +193,32 @@ impl Storvsc {
             .flatten()
     }
 
-    /// Largest transfer the host accepts (after QUERY_PROPERTIES).
+    /// Largest transfer of one SRB (after QUERY_PROPERTIES): the host's limit, capped at
+    /// [`MAX_INLINE_TRANSFER`] so the page list fits in the [`Request`].
     pub fn max_transfer_bytes(&self) -> Option<u32> {
+        self.host_max_transfer_bytes()
+            .map(|max| max.min(MAX_INLINE_TRANSFER))
+    }
+
+    /// The host's `max_transfer_bytes` (after QUERY_PROPERTIES).
+    pub fn host_max_transfer_bytes(&self) -> Option<u32> {
         self.properties.map(|p| p.max_transfer_bytes.get())
     }
 
     /// SRBs awaiting completion.
     pub fn outstanding(&self) -> usize {
         self.outstanding.len()
+    }
+
+    /// Request slots (fixed at construction).
+    pub fn capacity(&self) -> usize {
+        self.outstanding.capacity()
+    }
+
+    /// Forgets a request built but never sent (the ring refused it); returns its tag. `None` if
+    /// `trans_id` is not outstanding.
+    pub fn cancel(&mut self, trans_id: u64) -> Option<u32> {
+        self.outstanding.remove(trans_id).map(|e| e.tag)
     }
 
     fn control(operation: Operation) -> Request {
@@ -314,19 +266,19 @@ impl Storvsc {
                     self.state = InitState::Failed;
                     Err(StorvscError::NoCommonVersion)
                 }
-                false => Ok(HandshakeStep::Send(self.query_version(0))),
+                false => Ok(HandshakeStep::Send(Box::new(self.query_version(0)))),
             },
             InitState::BeginInit => refuse(&mut self.state, Operation::BEGIN_INIT),
             InitState::QueryVersion(i) if ok => {
                 self.version = Some(self.versions[i]);
                 self.state = InitState::QueryProperties;
-                Ok(HandshakeStep::Send(Self::control(
+                Ok(HandshakeStep::Send(Box::new(Self::control(
                     Operation::QUERY_PROPERTIES,
-                )))
+                ))))
             }
             // A refused version (any non-zero status): try the next one, as Linux does.
             InitState::QueryVersion(i) if i + 1 < self.versions.len() => {
-                Ok(HandshakeStep::Send(self.query_version(i + 1)))
+                Ok(HandshakeStep::Send(Box::new(self.query_version(i + 1))))
             }
             InitState::QueryVersion(_) => {
                 self.state = InitState::Failed;
@@ -341,7 +293,9 @@ impl Storvsc {
                 }
                 self.properties = Some(props);
                 self.state = InitState::EndInit;
-                Ok(HandshakeStep::Send(Self::control(Operation::END_INIT)))
+                Ok(HandshakeStep::Send(Box::new(Self::control(
+                    Operation::END_INIT,
+                ))))
             }
             InitState::QueryProperties => refuse(&mut self.state, Operation::QUERY_PROPERTIES),
             InitState::EndInit if ok => {
@@ -382,17 +336,10 @@ impl Storvsc {
         match trans_id {
             TRANS_ID_INIT => self.handshake(&vstor).map(Event::Handshake),
             TRANS_ID_RESET => Ok(Event::ResetDone),
-            id => {
-                let Some(o) = self.outstanding.remove(&id) else {
-                    return Err(StorvscError::UnknownTransaction(id));
-                };
-                Ok(Event::Completed(Completion {
-                    trans_id: id,
-                    lun: o.lun,
-                    opcode: o.opcode,
-                    result: decode_result(&vstor),
-                }))
-            }
+            id => match self.outstanding.remove(id) {
+                Some(entry) => Ok(Event::Completed(completion::decode(id, entry, &vstor))),
+                None => Err(StorvscError::UnknownTransaction(id)),
+            },
         }
     }
 
@@ -404,19 +351,22 @@ impl Storvsc {
         }
     }
 
-    fn allocate_id(&mut self) -> u64 {
-        loop {
-            let id = self.next_id;
-            self.next_id = self.next_id.wrapping_add(1);
-            if id != 0 && id < TRANS_ID_RESET && !self.outstanding.contains_key(&id) {
-                return id;
-            }
-        }
-    }
-
     /// An SRB with `cdb` for `lun`; `data` is `(bytes, pfns, offset)` of the buffer.
     pub fn scsi(
         &mut self,
+        lun: u8,
+        cdb: &[u8],
+        direction: DataDirection,
+        data: Option<(u32, &[u64], u32)>,
+    ) -> Result<Request, StorvscError> {
+        self.scsi_tagged(0, lun, cdb, direction, data)
+    }
+
+    /// [`Storvsc::scsi`] with the caller's `tag`, returned in the [`Completion`].
+    /// [`StorvscError::Busy`] when every slot is in use.
+    pub fn scsi_tagged(
+        &mut self,
+        tag: u32,
         lun: u8,
         cdb: &[u8],
         direction: DataDirection,
@@ -447,11 +397,12 @@ impl Storvsc {
                         have: pfns.len(),
                     });
                 }
-                Some(DataRange {
-                    byte_count: len,
-                    byte_offset: offset,
-                    pfns: pfns.to_vec(),
-                })
+                // `len <= MAX_INLINE_TRANSFER` and `offset < 4096`, so the pages fit.
+                let range = DataRange::new(len, offset, pfns).ok_or(StorvscError::TooLarge {
+                    bytes: u64::from(len),
+                    max,
+                })?;
+                Some(range)
             }
             _ => None,
         };
@@ -480,14 +431,15 @@ impl Storvsc {
         srb.queue_action = SRB_SIMPLE_TAG_REQUEST;
         let mut packet = VstorPacket::new(Operation::EXECUTE_SRB, REQUEST_COMPLETION_FLAG);
         packet.set_srb(&srb);
-        let trans_id = self.allocate_id();
-        self.outstanding.insert(
-            trans_id,
-            Outstanding {
+        let trans_id = self
+            .outstanding
+            .insert(InFlight {
+                tag,
                 lun,
                 opcode: cdb[0],
-            },
-        );
+                requested: len,
+            })
+            .ok_or(StorvscError::Busy(self.outstanding.capacity()))?;
         Ok(Request {
             trans_id,
             packet,
@@ -513,8 +465,22 @@ impl Storvsc {
         pfns: &[u64],
         offset: u32,
     ) -> Result<Request, StorvscError> {
+        self.read_tagged(0, lun, lba, sectors, pfns, offset)
+    }
+
+    /// [`Storvsc::read`] with the caller's `tag`.
+    pub fn read_tagged(
+        &mut self,
+        tag: u32,
+        lun: u8,
+        lba: u64,
+        sectors: u32,
+        pfns: &[u64],
+        offset: u32,
+    ) -> Result<Request, StorvscError> {
         let len = Self::block_bytes(sectors)?;
-        self.scsi(
+        self.scsi_tagged(
+            tag,
             lun,
             &rw16(opcode::READ_16, lba, sectors, false),
             DataDirection::READ,
@@ -532,8 +498,24 @@ impl Storvsc {
         offset: u32,
         fua: bool,
     ) -> Result<Request, StorvscError> {
+        self.write_tagged(0, lun, lba, sectors, pfns, offset, fua)
+    }
+
+    /// [`Storvsc::write`] with the caller's `tag`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_tagged(
+        &mut self,
+        tag: u32,
+        lun: u8,
+        lba: u64,
+        sectors: u32,
+        pfns: &[u64],
+        offset: u32,
+        fua: bool,
+    ) -> Result<Request, StorvscError> {
         let len = Self::block_bytes(sectors)?;
-        self.scsi(
+        self.scsi_tagged(
+            tag,
             lun,
             &rw16(opcode::WRITE_16, lba, sectors, fua),
             DataDirection::WRITE,
@@ -616,26 +598,9 @@ pub fn parse_capacity16(data: &[u8]) -> Option<(u64, u32)> {
     Some((last.checked_add(1)?, size))
 }
 
-fn decode_result(vstor: &VstorPacket) -> Result<u32, IoError> {
-    if vstor.status() != NtStatus::SUCCESS {
-        return Err(IoError::Status(vstor.status()));
-    }
-    let srb = vstor.srb();
-    let srb_status = srb.status();
-    let scsi_status = ScsiStatus(srb.scsi_status);
-    if srb_status.code() == SrbStatus::SUCCESS && scsi_status == ScsiStatus::GOOD {
-        return Ok(srb.data_transfer_length.get());
-    }
-    let sense = srb_status
-        .autosense_valid()
-        .then(|| FixedSense::parse(srb.sense()))
-        .flatten();
-    Err(IoError::Scsi {
-        srb_status,
-        scsi_status,
-        sense,
-    })
-}
-
+#[cfg(test)]
+mod completion_tests;
+#[cfg(test)]
+mod slot_tests;
 #[cfg(test)]
 mod tests;

@@ -5,8 +5,12 @@
 //! Transitions are batched like everything on VMBus: requests queued by [`StorvscDisk::submit`] cost
 //! one HvSignalEvent at [`StorvscDisk::kick`] (and none when the host is still draining the ring);
 //! completions are drained in batches with interrupts masked.
+//!
+//! Nothing on the submit/complete path allocates: the page list is built in a buffer sized at
+//! [`StorvscDisk::open`], the caller's tag rides in the driver's request slot, and the receive buffer
+//! is preallocated. A transfer shorter than asked is an error here ([`IoError::Short`]); a LUN the
+//! host reports gone (`SRB_STATUS_INVALID_LUN`) fails every later submit with [`DiskError::LunGone`].
 
-use alloc::collections::BTreeMap;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -17,7 +21,8 @@ use crate::hv::hypercall::{EventSignaller, HypercallError};
 use crate::hv::synic::EventFlags;
 use crate::platform::{Platform, PAGE_SIZE};
 use crate::storvsc::{
-    parse_capacity16, Event, HandshakeStep, IoError, Request, Storvsc, StorvscError,
+    parse_capacity16, Completion, Event, HandshakeStep, IoError, Request, Storvsc, StorvscError,
+    MAX_DATA_PFNS,
 };
 use crate::vmbus_client::{Channel, VmbusConnection, VmbusError};
 
@@ -36,16 +41,15 @@ pub enum DiskError {
     Io(IoError),
     #[error("out of memory")]
     NoMemory,
-    #[error("the ring has no room for the request")]
+    #[error("the ring or the request slots have no room for the request")]
     Busy,
+    #[error("the host reports LUN {0} gone")]
+    LunGone(u8),
     #[error("unexpected host packet during setup")]
     Unexpected,
     #[error("buffer {pa:#x}+{len:#x} is not a whole number of blocks")]
     BadBuffer { pa: u64, len: usize },
 }
-
-/// A finished request: the caller's tag and the bytes transferred or the error.
-pub type TaggedCompletion = (u32, Result<u32, IoError>);
 
 /// Packet bytes a GPA-direct SRB of `pages` pages occupies (descriptor, GPA header, range, PFNs, vstor).
 fn srb_packet_bytes(pages: usize) -> usize {
@@ -63,37 +67,40 @@ pub struct StorvscDisk {
     blocks: u64,
     block_size: u32,
     packet: Vec<u8>,
-    tags: BTreeMap<u64, u32>,
+    pfns: Vec<u64>,
+    lun_gone: bool,
 }
 
 impl StorvscDisk {
-    /// Open the controller channel `relid` with rings of `ring_pages` pages each, run the storvsc
-    /// handshake and read the capacity of `lun`.
+    /// Open the controller channel `relid` with rings of `ring_pages` pages each and room for
+    /// `max_outstanding` requests, run the storvsc handshake and read the capacity of `lun`.
     pub fn open<P: Platform>(
         conn: &mut VmbusConnection<'_, P>,
         platform: &P,
         relid: u32,
         ring_pages: usize,
+        max_outstanding: usize,
         lun: u8,
     ) -> Result<Self, DiskError> {
         let channel = conn.open_channel(relid, ring_pages, ring_pages)?;
         let mut disk = Self {
             channel,
-            storvsc: Storvsc::new(),
+            storvsc: Storvsc::with_capacity(max_outstanding),
             signaller: conn.hypercalls().signaller(),
             flags: conn.synic().event_flags(),
             lun,
             blocks: 0,
             block_size: 0,
             packet: vec![0u8; 4096],
-            tags: BTreeMap::new(),
+            pfns: Vec::with_capacity(MAX_DATA_PFNS),
+            lun_gone: false,
         };
         let mut next = disk.storvsc.begin_init();
         loop {
             disk.send(&next)?;
             disk.kick()?;
             match disk.next_event(platform)? {
-                Event::Handshake(HandshakeStep::Send(request)) => next = request,
+                Event::Handshake(HandshakeStep::Send(request)) => next = *request,
                 Event::Handshake(HandshakeStep::Ready(_)) => break,
                 _ => return Err(DiskError::Unexpected),
             }
@@ -103,7 +110,7 @@ impl StorvscDisk {
             .storvsc
             .read_capacity(lun, &[page.pa / PAGE_SIZE as u64], 0);
         let capacity = request.map_err(DiskError::from).and_then(|request| {
-            disk.send(&request)?;
+            disk.send_or_cancel(&request)?;
             disk.kick()?;
             match disk.next_event(platform)? {
                 Event::Completed(c) => c.result.map_err(DiskError::Io)?,
@@ -139,7 +146,12 @@ impl StorvscDisk {
 
     /// Requests submitted and not yet completed.
     pub fn outstanding(&self) -> usize {
-        self.tags.len()
+        self.storvsc.outstanding()
+    }
+
+    /// Requests that may be outstanding at once (fixed at [`StorvscDisk::open`]).
+    pub fn max_outstanding(&self) -> usize {
+        self.storvsc.capacity()
     }
 
     /// HvSignalEvent calls made on this disk's channel.
@@ -162,6 +174,13 @@ impl StorvscDisk {
             )?,
         }
         Ok(())
+    }
+
+    /// Sends an SRB; if the ring refuses it, frees its slot so it is not left outstanding.
+    fn send_or_cancel(&mut self, request: &Request) -> Result<(), DiskError> {
+        self.send(request).inspect_err(|_| {
+            let _ = self.storvsc.cancel(request.trans_id);
+        })
     }
 
     /// Wait for the next packet during setup (one at a time, nothing else outstanding).
@@ -189,8 +208,9 @@ impl StorvscDisk {
     }
 
     /// Queue a read (`write == false`) or write of the buffer at guest physical `pa`, `len` bytes, at
-    /// block `lba`. The host sees it at the next [`StorvscDisk::kick`]. [`DiskError::Busy`] when the
-    /// ring has no room (poll completions, then retry).
+    /// block `lba`; `tag` comes back in its [`Completion`]. The host sees it at the next
+    /// [`StorvscDisk::kick`]. [`DiskError::Busy`] when the ring or the request slots have no room
+    /// (poll completions, then retry).
     pub fn submit(
         &mut self,
         tag: u32,
@@ -199,6 +219,9 @@ impl StorvscDisk {
         pa: u64,
         len: usize,
     ) -> Result<(), DiskError> {
+        if self.lun_gone {
+            return Err(DiskError::LunGone(self.lun));
+        }
         let block = self.block_size.max(1) as usize;
         if len == 0 || !len.is_multiple_of(block) {
             return Err(DiskError::BadBuffer { pa, len });
@@ -209,17 +232,26 @@ impl StorvscDisk {
         if self.channel.writable_len()? < srb_packet_bytes(pages) {
             return Err(DiskError::Busy);
         }
-        let pfns: Vec<u64> = (first..first + pages as u64).collect();
+        // At most MAX_DATA_PFNS pages pass `Storvsc`'s size check; more would only make it refuse
+        // the request. The buffer's capacity covers them, so this never reallocates.
+        self.pfns.clear();
+        self.pfns
+            .extend((first..first + pages as u64).take(MAX_DATA_PFNS));
         let sectors = (len / block) as u32;
+        let (lun, pfns) = (self.lun, &self.pfns[..]);
         let request = if write {
             self.storvsc
-                .write(self.lun, lba, sectors, &pfns, offset, false)?
+                .write_tagged(tag, lun, lba, sectors, pfns, offset, false)
         } else {
-            self.storvsc.read(self.lun, lba, sectors, &pfns, offset)?
+            self.storvsc
+                .read_tagged(tag, lun, lba, sectors, pfns, offset)
         };
-        self.send(&request)?;
-        self.tags.insert(request.trans_id, tag);
-        Ok(())
+        let request = match request {
+            Ok(request) => request,
+            Err(StorvscError::Busy(_)) => return Err(DiskError::Busy),
+            Err(e) => return Err(e.into()),
+        };
+        self.send_or_cancel(&request)
     }
 
     /// Tell the host about everything submitted since the last kick (at most one signal).
@@ -227,20 +259,29 @@ impl StorvscDisk {
         Ok(self.channel.flush(&self.signaller)?)
     }
 
-    /// Collect finished requests (non-blocking).
-    pub fn poll(&mut self, out: &mut Vec<TaggedCompletion>) -> Result<usize, DiskError> {
+    /// Collect finished requests (non-blocking). A completion whose SRB succeeded with fewer bytes
+    /// than asked has `result` [`IoError::Short`]. `out` only grows when it lacks capacity.
+    pub fn poll(&mut self, out: &mut Vec<Completion>) -> Result<usize, DiskError> {
         self.channel.take_event_from(&self.flags);
         let before = out.len();
         let mut error = None;
         loop {
             let storvsc = &mut self.storvsc;
-            let tags = &mut self.tags;
+            let lun_gone = &mut self.lun_gone;
             let drained = self.channel.drain(&mut self.packet, 256, |_, bytes| {
                 match storvsc.handle_packet(bytes) {
-                    Ok(Event::Completed(c)) => {
-                        if let Some(tag) = tags.remove(&c.trans_id) {
-                            out.push((tag, c.result));
+                    Ok(Event::Completed(mut c)) => {
+                        match c.result {
+                            Ok(n) if n < c.requested => {
+                                c.result = Err(IoError::Short {
+                                    transferred: n,
+                                    requested: c.requested,
+                                });
+                            }
+                            Err(e) if e.is_invalid_lun() => *lun_gone = true,
+                            _ => {}
                         }
+                        out.push(c);
                     }
                     Ok(_) => {}
                     Err(e) => error = Some(e),
@@ -261,7 +302,7 @@ impl StorvscDisk {
     /// Sleep until the host may have completed something (an interrupt), unless data is already there.
     pub fn wait<P: Platform>(&mut self, platform: &P) {
         let seen = platform.interrupt_total();
-        if self.tags.is_empty() || self.channel.has_data().unwrap_or(true) {
+        if self.storvsc.outstanding() == 0 || self.channel.has_data().unwrap_or(true) {
             return;
         }
         platform.wait_for_interrupt(seen);
@@ -270,7 +311,7 @@ impl StorvscDisk {
     /// SYNCHRONIZE CACHE, waiting for its completion (nothing else may be outstanding).
     pub fn flush<P: Platform>(&mut self, platform: &P) -> Result<(), DiskError> {
         let request = self.storvsc.synchronize_cache(self.lun)?;
-        self.send(&request)?;
+        self.send_or_cancel(&request)?;
         self.kick()?;
         match self.next_event(platform)? {
             Event::Completed(c) => c.result.map(|_| ()).map_err(DiskError::Io),

@@ -1,11 +1,14 @@
 //! storvsc logic tests: handshake with fallback and refusals, request encoding, completions in any
-//! order, error decoding, host-initiated packets.
+//! order, error decoding, host-initiated packets. Completion semantics are in `completion_tests`,
+//! the slot table and allocation counts in `slot_tests`.
 use super::*;
-use storvsp_protocol::scsi::{AdditionalSense, SenseKey};
-use vmbus::packet::build_packet;
+use storvsp_protocol::scsi::{AdditionalSense, FixedSense, ScsiStatus, SenseKey};
+use storvsp_protocol::SrbStatus;
+use vmbus::packet::{build_packet, PacketFlags};
+use vmbus::ring::RingProducer;
 use zerocopy::byteorder::little_endian::U32;
 
-fn completion(trans_id: u64, vstor: &VstorPacket) -> Vec<u8> {
+pub(super) fn completion(trans_id: u64, vstor: &VstorPacket) -> Vec<u8> {
     let mut buf = alloc::vec![0u8; 128];
     let n = build_packet(
         &mut buf,
@@ -46,15 +49,19 @@ fn handshake(s: &mut Storvsc, refuse: &[u16]) -> Result<ProtocolVersion, Storvsc
             _ => NtStatus::SUCCESS,
         };
         match s.handle_packet(&answer(&next, status))? {
-            Event::Handshake(HandshakeStep::Send(r)) => next = r,
+            Event::Handshake(HandshakeStep::Send(r)) => next = *r,
             Event::Handshake(HandshakeStep::Ready(v)) => return Ok(v),
             other => panic!("unexpected {other:?}"),
         }
     }
 }
 
-fn ready() -> Storvsc {
-    let mut s = Storvsc::new();
+pub(super) fn ready() -> Storvsc {
+    ready_with(Storvsc::new())
+}
+
+/// `s` after a successful handshake.
+pub(super) fn ready_with(mut s: Storvsc) -> Storvsc {
     assert_eq!(handshake(&mut s, &[]), Ok(ProtocolVersion::WIN10));
     s
 }
@@ -80,7 +87,9 @@ fn handshake_sequence_and_fallback() {
         Ok(ProtocolVersion::WIN8)
     );
     assert_eq!(s.version(), Some(ProtocolVersion::WIN8));
-    assert_eq!(s.max_transfer_bytes(), Some(0x20_0000));
+    assert_eq!(s.host_max_transfer_bytes(), Some(0x20_0000));
+    // Capped so a request's page list fits inline.
+    assert_eq!(s.max_transfer_bytes(), Some(MAX_INLINE_TRANSFER));
     let mut s = Storvsc::new();
     assert_eq!(
         handshake(&mut s, &[0x0602, 0x0600, 0x0501]),
@@ -154,6 +163,23 @@ fn io_before_ready_and_bad_buffers_are_refused() {
         s.read(0, 0, 4097, &pfns, 0),
         Err(StorvscError::TooLarge { .. })
     ));
+    // Above the inline cap (but within the host's 2 MiB): refused, not allocated.
+    assert!(matches!(
+        s.read(0, 0, MAX_INLINE_TRANSFER / 512 + 1, &pfns[..130], 0),
+        Err(StorvscError::TooLarge { .. })
+    ));
+    // The largest transfer at the worst offset fits.
+    let r = s
+        .read(
+            0,
+            0,
+            MAX_INLINE_TRANSFER / 512,
+            &pfns[..MAX_DATA_PFNS],
+            4095,
+        )
+        .unwrap();
+    assert_eq!(r.range().unwrap().pfns, &pfns[..MAX_DATA_PFNS]);
+    assert_eq!(s.cancel(r.trans_id), Some(0));
     assert_eq!(
         s.scsi(0, &[0; 17], DataDirection::UNKNOWN, None)
             .unwrap_err(),
@@ -259,6 +285,7 @@ fn errors_decode_status_and_sense() {
     );
     let r = s.test_unit_ready(9).unwrap();
     let mut p = r.packet;
+    p.operation.set(Operation::COMPLETE_IO.0);
     p.set_status(NtStatus::INVALID_PARAMETER);
     let c = s.complete(&completion(r.trans_id, &p)).unwrap();
     assert_eq!(c.result, Err(IoError::Status(NtStatus::INVALID_PARAMETER)));

@@ -7,8 +7,8 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use guest_drivers::storvsc::IoError;
-use guest_drivers::storvsc_disk::{DiskError, StorvscDisk, TaggedCompletion};
+use guest_drivers::storvsc::{Completion as SrbCompletion, IoError};
+use guest_drivers::storvsc_disk::{DiskError, StorvscDisk};
 use vmbus::protocol::interface;
 use workload::queue::{BlockQueue, Completion, DeviceError, DmaBuffer, IoStatus, Op, SubmitError};
 
@@ -28,7 +28,7 @@ static PARKED: [Parking<StorvscDisk>; MAX_CONTROLLERS] = [const { Parking::new()
 /// LUN 0 of one synthetic SCSI controller.
 pub struct VmbusDisk {
     disk: Lease<StorvscDisk>,
-    done: Vec<TaggedCompletion>,
+    done: Vec<SrbCompletion>,
 }
 
 impl VmbusDisk {
@@ -45,13 +45,20 @@ impl VmbusDisk {
                     .get(index)
                     .copied()
                     .ok_or_else(|| format!("no SCSI controller {index} offered"))?;
-                StorvscDisk::open(conn, &KERNEL, offer.child_relid, RING_PAGES, 0)
-                    .map_err(|e| format!("storvsc: {e}"))
+                StorvscDisk::open(
+                    conn,
+                    &KERNEL,
+                    offer.child_relid,
+                    RING_PAGES,
+                    MAX_OUTSTANDING,
+                    0,
+                )
+                .map_err(|e| format!("storvsc: {e}"))
             })?
         })?;
         Ok(Self {
             disk,
-            done: Vec::new(),
+            done: Vec::with_capacity(MAX_OUTSTANDING),
         })
     }
 }
@@ -75,6 +82,8 @@ fn device_error(e: &DiskError) -> DeviceError {
     let (code, reason) = match e {
         DiskError::Io(IoError::Status(s)) => (s.0, "storvsp refused the request"),
         DiskError::Io(IoError::Scsi { srb_status, .. }) => (u32::from(srb_status.0), "SCSI error"),
+        DiskError::Io(IoError::DataOverrun { .. } | IoError::Short { .. }) => (3, "short transfer"),
+        DiskError::LunGone(_) => (4, "LUN gone"),
         DiskError::Ring(_) => (1, "ring failure"),
         _ => (2, "storvsc failure"),
     };
@@ -123,12 +132,12 @@ impl BlockQueue for VmbusDisk {
         self.done.clear();
         let _ = self.disk.poll(&mut self.done);
         let before = completions.len();
-        for (tag, result) in self.done.drain(..) {
-            let status = match result {
+        for c in self.done.drain(..) {
+            let status = match c.result {
                 Ok(_) => IoStatus::Ok,
                 Err(e) => IoStatus::Error(device_error(&DiskError::Io(e))),
             };
-            completions.push(Completion { tag, status });
+            completions.push(Completion { tag: c.tag, status });
         }
         completions.len() - before
     }
