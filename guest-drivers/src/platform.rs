@@ -7,8 +7,8 @@
 
 use core::ptr::NonNull;
 
-/// Size of a guest page.
-pub const PAGE_SIZE: usize = 4096;
+/// Size of a guest page (VMBus's, which is Hyper-V's).
+pub use vmbus::mem::PAGE_SIZE;
 
 /// Zeroed, page-aligned memory that the host can reach by guest physical address.
 #[derive(Debug)]

@@ -1,9 +1,9 @@
 //! Booting the guest kernel: partition + enlightenments + boot info, then run to the guest's exit.
 //!
-//! Boot-info contract with `testbed/guest/src/main.rs`: at [`BOOT_INFO_GPA`] the host writes
-//! `{u64 magic "VIRIDIAN", u64 ram_bytes, u64 cmdline_gpa, u64 cmdline_len}`; the command line (scenario
-//! names separated by spaces) follows at [`CMDLINE_GPA`]. The guest reports CPU exceptions on
-//! [`FAULT_PORT`] (vector, then RIP low and high halves) and exits through hypervisor-lite's exit port.
+//! The boot contract with the guest kernel is `guest-abi` (one definition for both ends): the host
+//! writes a [`BootInfo`] at [`BOOT_INFO_GPA`] and the command line (scenario tokens separated by
+//! spaces) at [`CMDLINE_GPA`]. The guest reports CPU exceptions on [`FAULT_PORT`] (vector, then RIP
+//! low and high halves) and exits through hypervisor-lite's exit port.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,22 +16,9 @@ use hypervisor_lite::{
 };
 use vmbus::protocol::Version;
 
-/// Where the boot info goes (the guest's shim hands this address to Rust).
-pub const BOOT_INFO_GPA: u64 = 0xe_0000;
-/// Where the command line goes.
-pub const CMDLINE_GPA: u64 = 0xe_0100;
-/// Longest command line.
-pub const MAX_CMDLINE: usize = 0xf00;
-/// The guest's shared-memory log: `{u64 written, u64 dropped, text}` (see the guest's `console`).
-pub const LOG_GPA: u64 = 0xe_1000;
-/// Size of the log area (up to the 1 MiB line where the kernel image may start).
-pub const LOG_LEN: u64 = 0x10_0000 - LOG_GPA;
-/// The guest's exception reports.
-pub const FAULT_PORT: u16 = 0x502;
-/// The guest writes a u32 marker here to delimit a measured window; the host snapshots the
-/// counters at that exact point (the snapshot includes the marker write's own exit).
-pub const MARK_PORT: u16 = 0x503;
-const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"VIRIDIAN");
+pub use guest_abi::{
+    BootInfo, BOOT_INFO_GPA, CMDLINE_GPA, FAULT_PORT, LOG_GPA, LOG_LEN, MARK_PORT, MAX_CMDLINE,
+};
 
 /// Adds device handlers to the partition before it is built.
 pub type ConfigureHook = Box<dyn FnOnce(&mut PartitionConfig) -> Result<()> + Send>;
@@ -255,17 +242,8 @@ impl GuestVm {
         )
         .context("starting the VMBus service")?;
         let ram = partition.ram();
-        let info = [
-            BOOT_MAGIC,
-            config.ram_bytes,
-            CMDLINE_GPA,
-            config.cmdline.len() as u64,
-            LOG_GPA,
-            LOG_LEN,
-        ];
-        for (i, word) in info.iter().enumerate() {
-            ram.write_u64(BOOT_INFO_GPA + 8 * i as u64, *word)?;
-        }
+        let info = BootInfo::new(config.ram_bytes, config.cmdline.len() as u64);
+        ram.write_obj(BOOT_INFO_GPA, &info)?;
         ram.write(CMDLINE_GPA, config.cmdline.as_bytes())?;
         Ok(Self {
             partition,

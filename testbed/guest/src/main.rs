@@ -24,29 +24,13 @@ mod vmbus_global;
 
 use core::arch::global_asm;
 
-global_asm!(include_str!("shim.s"));
+global_asm!(
+    include_str!("shim.s"),
+    BOOT_INFO = const BOOT_INFO_GPA,
+    FAULT_PORT = const FAULT_PORT,
+);
 
-/// What the host hands the kernel at boot (at the GPA in RSI). Little-endian, fixed layout.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct BootInfo {
-    /// [`BOOT_MAGIC`].
-    pub magic: u64,
-    /// Bytes of guest RAM starting at GPA 0 that the kernel may use.
-    pub ram_bytes: u64,
-    /// GPA and length of the command line (ASCII scenario names separated by spaces).
-    pub cmdline_gpa: u64,
-    pub cmdline_len: u64,
-    /// GPA and length of the shared-memory log (see `console`); length 0: log to COM1.
-    pub log_gpa: u64,
-    pub log_len: u64,
-}
-
-/// Where the host writes [`BootInfo`] (below the kernel image, above hypervisor-lite's boot area).
-pub const BOOT_INFO_GPA: u64 = 0xe_0000;
-
-/// "VIRIDIAN" as a little-endian u64.
-pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"VIRIDIAN");
+pub use guest_abi::{BootInfo, BOOT_INFO_GPA, BOOT_MAGIC, FAULT_PORT};
 
 /// Rust entry at CPL3, called (by `iretq`) with the boot-info GPA.
 #[no_mangle]

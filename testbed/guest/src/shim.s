@@ -22,9 +22,7 @@
 .set UCODE, 0x23
 .set TSS_SEL, 0x28
 .set LAPIC, 0xfee00000
-.set FAULT_PORT, 0x502
 .set TSS_LIMIT, 104 + 8192
-.set BOOT_INFO, 0xe0000
 
 .section .text.entry, "ax"
 .global _start
@@ -146,7 +144,7 @@ _start:
     push UCODE
     lea rax, [rip + kernel_main]
     push rax
-    mov edi, BOOT_INFO
+    mov edi, {BOOT_INFO}
     iretq
 
 park:
@@ -256,7 +254,7 @@ fault:
     mov rcx, [rsp + 16]
     jmp 7f
 6:  mov rcx, [rsp + 8]
-7:  mov dx, FAULT_PORT
+7:  mov dx, {FAULT_PORT}
     out dx, eax
     mov rax, rcx
     out dx, eax

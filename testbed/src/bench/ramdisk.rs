@@ -16,8 +16,7 @@ use hypervisor_lite::{GuestRam, PortHandler, VcpuCtx};
 use super::{Backend, DeviceKit};
 use crate::GuestVmConfig;
 
-/// The port the guest's ramdisk talks to the host through.
-pub const RAMDISK_PORT: u16 = 0x5d0;
+pub use guest_abi::RAMDISK_PORT;
 /// Largest image the baseline copies into guest RAM.
 pub const MAX_RAMDISK_BYTES: u64 = 1 << 30;
 

@@ -18,8 +18,8 @@ pub use assemble::{AssembledGpadl, GpadlAssembler, OwnedGpaRange};
 
 use crate::protocol::{GpadlBody, GpadlHeader, MessageBuf, MAX_MESSAGE_SIZE};
 
-/// Page size GPADL PFNs refer to (Hyper-V's page size).
-pub const PAGE_SIZE: u64 = 4096;
+/// Page size GPADL PFNs refer to (Hyper-V's page size), as the u64 GPADL arithmetic uses it.
+pub const PAGE_SIZE: u64 = crate::mem::PAGE_SIZE as u64;
 /// Range data units (range heads + PFNs) that fit in a GPADL_HEADER message.
 pub const HEADER_UNITS: usize = (MAX_MESSAGE_SIZE - size_of::<GpadlHeader>()) / 8;
 /// PFNs of a single-range GPADL that fit in the GPADL_HEADER message.

@@ -145,9 +145,7 @@ fn measure(
     Ok(result)
 }
 
-/// The host's side of the RAM disk: the kernel writes the GPA of a [`RamDiskCommand`] block here.
-/// Must match `testbed::bench::RAMDISK_PORT`.
-const RAMDISK_PORT: u16 = 0x5d0;
+use guest_abi::RAMDISK_PORT;
 const CMD_QUERY: u64 = 1;
 const CMD_LOAD: u64 = 2;
 const CMD_STORE: u64 = 3;

@@ -1,0 +1,88 @@
+//! The contract between the testbed (host) and its guest kernel (`testbed/guest`): the boot info the
+//! host writes before the guest starts ([`BootInfo`] at [`BOOT_INFO_GPA`]), the command-line and log
+//! areas, and the I/O ports the guest reports through. Both ends use these definitions and nothing
+//! else, so the layout cannot drift between them.
+#![no_std]
+#![forbid(unsafe_code)]
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// Where the host writes [`BootInfo`] (below the kernel image, above hypervisor-lite's boot area).
+/// The guest's CPL0 shim hands this address to Rust.
+pub const BOOT_INFO_GPA: u64 = 0xe_0000;
+/// "VIRIDIAN" as a little-endian u64: [`BootInfo::magic`].
+pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"VIRIDIAN");
+/// Where the host writes the command line (scenario tokens separated by spaces).
+pub const CMDLINE_GPA: u64 = 0xe_0100;
+/// Longest command line.
+pub const MAX_CMDLINE: usize = 0xf00;
+/// The guest's shared-memory log: `{u64 written, u64 dropped, text}`.
+pub const LOG_GPA: u64 = 0xe_1000;
+/// Size of the log area (up to the 1 MiB line where the kernel image may start).
+pub const LOG_LEN: u64 = 0x10_0000 - LOG_GPA;
+/// The guest reports CPU exceptions here: the vector, then RIP's low and high halves (u32 writes).
+pub const FAULT_PORT: u16 = 0x502;
+/// The guest writes a u32 marker here to delimit a measured window; the host snapshots its
+/// counters at that exact point.
+pub const MARK_PORT: u16 = 0x503;
+/// The in-guest RAM-disk baseline: the guest writes the GPA of a command block
+/// `{u64 cmd, u64 gpa, u64 len, u64 status, u64 capacity}` here.
+pub const RAMDISK_PORT: u16 = 0x5d0;
+
+/// The boot info: six little-endian u64 words at [`BOOT_INFO_GPA`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct BootInfo {
+    /// [`BOOT_MAGIC`].
+    pub magic: u64,
+    /// Bytes of guest RAM starting at GPA 0 that the kernel may use.
+    pub ram_bytes: u64,
+    /// GPA of the command line.
+    pub cmdline_gpa: u64,
+    /// Length of the command line.
+    pub cmdline_len: u64,
+    /// GPA of the shared-memory log.
+    pub log_gpa: u64,
+    /// Length of the log; 0: the guest logs to COM1 instead.
+    pub log_len: u64,
+}
+
+impl BootInfo {
+    /// The boot info for a guest of `ram_bytes` with a command line of `cmdline_len` bytes, at the
+    /// standard places.
+    pub const fn new(ram_bytes: u64, cmdline_len: u64) -> Self {
+        Self {
+            magic: BOOT_MAGIC,
+            ram_bytes,
+            cmdline_gpa: CMDLINE_GPA,
+            cmdline_len,
+            log_gpa: LOG_GPA,
+            log_len: LOG_LEN,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{offset_of, size_of};
+
+    #[test]
+    fn boot_info_layout() {
+        assert_eq!(size_of::<BootInfo>(), 48);
+        assert_eq!(offset_of!(BootInfo, magic), 0);
+        assert_eq!(offset_of!(BootInfo, ram_bytes), 8);
+        assert_eq!(offset_of!(BootInfo, cmdline_gpa), 16);
+        assert_eq!(offset_of!(BootInfo, cmdline_len), 24);
+        assert_eq!(offset_of!(BootInfo, log_gpa), 32);
+        assert_eq!(offset_of!(BootInfo, log_len), 40);
+        assert_eq!(BootInfo::new(1, 2).as_bytes()[..8], *b"VIRIDIAN");
+    }
+
+    #[test]
+    fn areas_do_not_overlap() {
+        assert!(BOOT_INFO_GPA + size_of::<BootInfo>() as u64 <= CMDLINE_GPA);
+        assert!(CMDLINE_GPA + MAX_CMDLINE as u64 <= LOG_GPA);
+        assert_eq!(LOG_GPA + LOG_LEN, 0x10_0000);
+    }
+}
