@@ -104,7 +104,21 @@ impl VmbusDevice for StorvspDevice {
                 signals.idle_until_stopped();
                 break;
             }
+            if signals.is_stopped() {
+                break;
+            }
+            let progressed = result.received > 0 || result.completed > 0;
+            if result.more && progressed {
+                continue;
+            }
             if result.more {
+                // Packets wait but nothing moved: the guest's completion ring is full (or the queue
+                // depth is used up by completions it has not read). The guest signals once it makes
+                // room (pending_send_sz); until then sleep — a guest that never reads its completions
+                // stops only its own I/O and costs the host no CPU.
+                if signals.wait(Duration::from_millis(100)) == Wake::Stopped {
+                    break;
+                }
                 continue;
             }
             if worker.in_flight() > 0 {
