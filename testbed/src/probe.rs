@@ -117,6 +117,7 @@ impl ProbeDevice {
                 self.update(index, |s| s.hammer = Some((writes, end)));
                 request.reply(end, writes as u32, (writes >> 32) as u32)
             }
+            op::PANIC => panic!("probe: the guest asked this device thread to panic"),
             _ => request.reply(status::REFUSED, 0, 0),
         }
     }

@@ -176,6 +176,8 @@ pub struct GuestRun {
     pub marks: Vec<(u32, StatsSnapshot)>,
     /// The partition's VMBus service (its devices stopped).
     pub vmbus: Arc<VmbusService>,
+    /// How long stopping the VMBus devices took once the vCPUs had stopped.
+    pub vmbus_shutdown: Duration,
 }
 
 impl GuestRun {
@@ -313,7 +315,9 @@ impl GuestVm {
             .next()
             .context("the partition has no vCPU")?;
         // No device thread may outlive the guest's run.
+        let stopping = std::time::Instant::now();
         self.vmbus.shutdown();
+        let vmbus_shutdown = stopping.elapsed();
         let words = self
             .faults
             .words
@@ -332,6 +336,7 @@ impl GuestVm {
             stats: self.partition.stats().delta(&before),
             marks: std::mem::take(&mut *self.marks.marks.lock().unwrap_or_else(|e| e.into_inner())),
             vmbus: self.vmbus.clone(),
+            vmbus_shutdown,
         })
     }
 }

@@ -301,7 +301,11 @@ pub(super) enum DeviceRequest {
     /// Offer `count` sub-channels of the primary channel `primary`.
     OfferSubchannels { primary: u32, count: u16 },
     /// The device serving `relid` failed (panicked): rescind the device.
-    Failed { relid: u32 },
+    Failed {
+        relid: u32,
+        device: String,
+        what: String,
+    },
     /// The service is going away.
     Exit,
 }

@@ -136,6 +136,20 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
+/// A device thread that failed (panicked); its device was rescinded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceFailure {
+    /// The channel whose thread failed.
+    pub relid: u32,
+    /// The device's name.
+    pub device: String,
+    /// The panic message.
+    pub what: String,
+}
+
+/// Failures kept for reporting (the rest are only counted).
+const MAX_FAILURES: usize = 64;
+
 /// Where a channel stands, as the host sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChannelState {
@@ -176,6 +190,7 @@ pub struct VmbusService {
     memory: GuestMemoryMmap,
     inner: Mutex<Inner>,
     requests: Mutex<Sender<DeviceRequest>>,
+    failures: Mutex<Vec<DeviceFailure>>,
     /// Counters.
     pub stats: ServiceStats,
 }
@@ -221,6 +236,7 @@ impl VmbusService {
                 slots: BTreeMap::new(),
             }),
             requests: Mutex::new(tx),
+            failures: Mutex::new(Vec::new()),
             stats: ServiceStats::default(),
         });
         for device in devices {
@@ -279,6 +295,14 @@ impl VmbusService {
             .slots
             .get(&relid)
             .is_some_and(|d| d.running.is_some())
+    }
+
+    /// Device threads that failed so far (the first [`MAX_FAILURES`] of them).
+    pub fn failures(&self) -> Vec<DeviceFailure> {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Where channel `relid` stands; `None` once it is gone (never offered, or released).
@@ -573,9 +597,18 @@ impl VmbusService {
         let name = format!("vsp-{}-{relid}", device.name());
         let spawned = std::thread::Builder::new().name(name).spawn(move || {
             let served = std::panic::catch_unwind(AssertUnwindSafe(|| device.serve(channel)));
-            if served.is_err() {
-                tracing::error!(relid, device = device.name(), "device thread panicked");
-                let _ = requests.send(DeviceRequest::Failed { relid });
+            if let Err(panic) = served {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                tracing::error!(relid, device = device.name(), %what, "device thread panicked");
+                let _ = requests.send(DeviceRequest::Failed {
+                    relid,
+                    device: device.name().to_string(),
+                    what,
+                });
             }
             let (flag, cv) = &*finished;
             *flag.lock().unwrap_or_else(|e| e.into_inner()) = true;
@@ -655,8 +688,15 @@ impl VmbusService {
         self.run_actions(&mut inner);
     }
 
-    fn device_failed(&self, relid: u32) {
+    fn device_failed(&self, failure: DeviceFailure) {
         bump(&self.stats.device_panics);
+        let relid = failure.relid;
+        {
+            let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+            if failures.len() < MAX_FAILURES {
+                failures.push(failure);
+            }
+        }
         let mut inner = self.lock();
         if let Some(primary) = inner.slots.get(&relid).map(|s| s.primary) {
             self.rescind_group(&mut inner, primary);
@@ -682,7 +722,15 @@ fn serve_requests(service: Weak<VmbusService>, requests: Receiver<DeviceRequest>
             DeviceRequest::OfferSubchannels { primary, count } => {
                 service.offer_subchannels(primary, count)
             }
-            DeviceRequest::Failed { relid } => service.device_failed(relid),
+            DeviceRequest::Failed {
+                relid,
+                device,
+                what,
+            } => service.device_failed(DeviceFailure {
+                relid,
+                device,
+                what,
+            }),
             DeviceRequest::Exit => return,
         }
     }

@@ -36,6 +36,8 @@ pub mod op {
     /// [`super::HAMMER_MAX_WRITES`] times); reply with the writes that succeeded (low 32 bits in
     /// `a`) and [`super::status::REVOKED`] if the GPADL was torn down meanwhile.
     pub const GPADL_HAMMER: u32 = 4;
+    /// Make the device thread panic (to test how the host contains a failed device).
+    pub const PANIC: u32 = 5;
 }
 
 /// Reply statuses.

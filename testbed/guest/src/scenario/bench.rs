@@ -73,7 +73,13 @@ fn set_tsc(args: &str) -> Outcome {
     Ok(())
 }
 
-fn tsc() -> u64 {
+/// TSC ticks per second from `bench-tsc` (0 = not given).
+pub fn tsc_hz() -> u64 {
+    TSC_HZ.load(Ordering::Relaxed)
+}
+
+/// The time-stamp counter.
+pub fn tsc() -> u64 {
     // SAFETY: RDTSC only reads the time-stamp counter; it is allowed at CPL3 (CR4.TSD is clear) and has
     // no memory effects.
     unsafe { core::arch::x86_64::_rdtsc() }

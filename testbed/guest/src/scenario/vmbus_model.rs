@@ -6,7 +6,10 @@
 //! - `probe-gpadl`: give the probe device a GPADL besides its rings, check it reads and writes it,
 //!   then tear the GPADL down while the device hammers it and check the device got an error and
 //!   stopped touching the pages;
-//! - `probe-sub`: ask the probe for 3 sub-channels, open all 4 channels and echo a burst on each.
+//! - `probe-sub`: ask the probe for 3 sub-channels, open all 4 channels and echo a burst on each;
+//! - `probe-panic`: make the probe's device thread panic and expect the host to rescind it;
+//! - `never-reads`: hostile: fill the first SCSI controller's request ring and never read a
+//!   completion; after 2.5 s close the channel (timed), then fill it again and leave it so.
 //!
 //! Results are printed as `key=value` lines the host test reads.
 
@@ -40,6 +43,8 @@ pub fn step(conn: &mut Conn, step: &str) -> Option<Result<(), String>> {
         "await-rescind" => await_rescind(conn),
         "probe-gpadl" => probe_gpadl(conn),
         "probe-sub" => probe_sub(conn),
+        "probe-panic" => probe_panic(conn),
+        "never-reads" => never_reads(conn),
         _ => return None,
     })
 }
@@ -283,5 +288,85 @@ fn probe_sub(conn: &mut Conn) -> Result<(), String> {
     }
     conn.close_channel(primary).map_err(err)?;
     println!("probe-sub=ok");
+    Ok(())
+}
+
+fn probe_panic(conn: &mut Conn) -> Result<(), String> {
+    let (channel, _) = open_probe(conn)?;
+    let relid = channel.relid;
+    let mut channel = channel;
+    channel
+        .write_inband(1, PacketFlags::empty(), &[&Packet::request(op::PANIC, 0, 0).to_bytes()])
+        .map_err(err)?;
+    channel.flush(conn.hypercalls()).map_err(err)?;
+    let rescinded = conn.wait_for_rescind().map_err(err)?;
+    if rescinded != relid {
+        return Err(format!("relid {rescinded} rescinded, not the probe's {relid}"));
+    }
+    conn.close_channel(channel).map_err(err)?;
+    conn.release_channel(relid).map_err(err)?;
+    println!("probe-panic-rescinded={relid}");
+    Ok(())
+}
+
+/// Fill `channel`'s request ring with storvsc requests the host will answer, signalling after each
+/// round, until the ring stays full; never read a completion. Returns the packets written.
+fn fill_without_reading(conn: &mut Conn, channel: &mut Channel) -> Result<u64, String> {
+    let mut storvsc = guest_drivers::storvsc::Storvsc::new();
+    let mut written = 0u64;
+    let mut stuck_rounds = 0;
+    while stuck_rounds < 20 {
+        let mut this_round = 0;
+        loop {
+            let request = storvsc.begin_init();
+            let flags = request.flags();
+            match channel.write_inband(written + 1, flags, &[request.payload()]) {
+                Ok(()) => {
+                    written += 1;
+                    this_round += 1;
+                }
+                Err(vmbus::ring::RingError::Full { .. }) => break,
+                Err(e) => return Err(err(e)),
+            }
+        }
+        channel.flush(conn.hypercalls()).map_err(err)?;
+        stuck_rounds = if this_round == 0 { stuck_rounds + 1 } else { 0 };
+        spin_for_us(2_000);
+    }
+    Ok(written)
+}
+
+fn spin_for_us(us: u64) {
+    let hz = crate::scenario::bench::tsc_hz().max(1_000_000);
+    let start = crate::scenario::bench::tsc();
+    while crate::scenario::bench::tsc().wrapping_sub(start) < hz / 1_000_000 * us {
+        core::hint::spin_loop();
+    }
+}
+
+fn never_reads(conn: &mut Conn) -> Result<(), String> {
+    if crate::scenario::bench::tsc_hz() == 0 {
+        return Err("never-reads needs bench-tsc".into());
+    }
+    let relid = conn
+        .find_offer(interface::SCSI)
+        .ok_or("no SCSI controller offered")?
+        .child_relid;
+    // A small host→guest ring: it fills after a few dozen completions.
+    let mut channel = conn.open_channel(relid, 8, 2).map_err(err)?;
+    let written = fill_without_reading(conn, &mut channel)?;
+    println!("never-reads-packets={written}");
+    // The host measures its device thread's CPU while we wait.
+    spin_for_us(2_500_000);
+    let hz = crate::scenario::bench::tsc_hz();
+    let start = crate::scenario::bench::tsc();
+    conn.close_channel(channel).map_err(err)?;
+    let close_us = crate::scenario::bench::tsc().wrapping_sub(start) / (hz / 1_000_000).max(1);
+    println!("never-reads-close-us={close_us}");
+    // Again, and leave it full: the partition goes down with the device blocked on the guest.
+    let mut channel = conn.open_channel(relid, 8, 2).map_err(err)?;
+    let again = fill_without_reading(conn, &mut channel)?;
+    println!("never-reads-again={again}");
+    core::mem::forget(channel);
     Ok(())
 }
