@@ -176,6 +176,8 @@ pub struct VmbusService {
     memory: GuestMemoryMmap,
     inner: Mutex<Inner>,
     requests: Mutex<Sender<DeviceRequest>>,
+    /// How long stopping a device waits ([`STOP_TIMEOUT`] outside tests).
+    stop_timeout: Duration,
     /// Counters.
     pub stats: ServiceStats,
 }
@@ -197,6 +199,17 @@ impl VmbusService {
         memory: GuestMemoryMmap,
         synic: Arc<dyn Synic>,
         devices: Vec<Arc<dyn VmbusDevice>>,
+    ) -> Result<Arc<Self>, ServiceError> {
+        Self::start_with_stop_timeout(config, memory, synic, devices, STOP_TIMEOUT)
+    }
+
+    /// [`VmbusService::start`] with another bound on stopping a device (tests of stuck devices).
+    fn start_with_stop_timeout(
+        config: ServiceConfig,
+        memory: GuestMemoryMmap,
+        synic: Arc<dyn Synic>,
+        devices: Vec<Arc<dyn VmbusDevice>>,
+        stop_timeout: Duration,
     ) -> Result<Arc<Self>, ServiceError> {
         let mut server_config = ServerConfig {
             vp_count: config.vp_count,
@@ -221,6 +234,7 @@ impl VmbusService {
                 slots: BTreeMap::new(),
             }),
             requests: Mutex::new(tx),
+            stop_timeout,
             stats: ServiceStats::default(),
         });
         for device in devices {
@@ -593,7 +607,7 @@ impl VmbusService {
         }
     }
 
-    /// Stop `relid`'s device thread, waiting at most [`STOP_TIMEOUT`] for it.
+    /// Stop `relid`'s device thread, waiting at most `stop_timeout` ([`STOP_TIMEOUT`]) for it.
     fn stop_device(&self, inner: &mut Inner, relid: u32) {
         let Some(slot) = inner.slots.get_mut(&relid) else {
             return;
@@ -607,7 +621,7 @@ impl VmbusService {
         let (flag, cv) = &*running.done;
         let guard = flag.lock().unwrap_or_else(|e| e.into_inner());
         let (guard, _) = cv
-            .wait_timeout_while(guard, STOP_TIMEOUT, |done| !*done)
+            .wait_timeout_while(guard, self.stop_timeout, |done| !*done)
             .unwrap_or_else(|e| e.into_inner());
         if *guard {
             drop(guard);
@@ -617,7 +631,8 @@ impl VmbusService {
             tracing::error!(
                 relid,
                 device = slot.device.name(),
-                "device thread did not stop within {STOP_TIMEOUT:?}; left behind"
+                "device thread did not stop within {:?}; left behind",
+                self.stop_timeout
             );
         }
     }
