@@ -313,9 +313,11 @@ impl VmbusService {
     pub fn add_device(&self, device: Arc<dyn VmbusDevice>) -> Result<u32, ServiceError> {
         let offer = device.offer();
         let mut inner = self.lock();
-        let relid = self.add_slot(&mut inner, device, offer, None, 0)?;
+        let relid = self.add_slot(&mut inner, device, offer, None, 0);
+        // On failure too: a hot-added offer the service had to withdraw must reach the guest now,
+        // rescinded, so that it releases the relid.
         self.run_actions(&mut inner);
-        Ok(relid)
+        relid
     }
 
     fn add_slot(
@@ -327,7 +329,8 @@ impl VmbusService {
         subchannel_index: u16,
     ) -> Result<u32, ServiceError> {
         offer.offer.sub_channel_index = subchannel_index;
-        // The offer is sent only at the end, so a failure here leaves nothing behind in the server.
+        // Before enumeration a failure below leaves nothing behind in the server; after it, the
+        // guest gets the offer and its rescind when the caller runs the actions, and releases it.
         let relid = inner.server.add_offer(offer)?;
         let connection_id = inner
             .server

@@ -242,3 +242,39 @@ fn removing_a_device_the_guest_never_saw_frees_its_relid_at_once() {
     ));
     assert_eq!(g.service.add_device(dev.dyn_clone()).unwrap(), relid);
 }
+
+#[test]
+fn a_device_whose_event_fd_cannot_be_had_is_refused_and_its_relid_comes_back() {
+    let first = EchoDevice::new("first", 1);
+    let mut g = Guest::start(vec![first.dyn_clone()]);
+    g.synic.fail_event_for(true);
+    // Before the guest enumerated: nothing reaches it, nothing stays behind.
+    let refused = g.service.add_device(EchoDevice::new("refused", 2));
+    assert!(matches!(refused, Err(ServiceError::Synic(_))));
+    g.synic.fail_event_for(false);
+    let primary = g.connect()[0].child_relid;
+    assert_eq!(g.service.relids(), [primary]);
+
+    // Hot-add: the guest saw the offer, so it is rescinded at once and the relid is the guest's
+    // until it releases it.
+    g.synic.fail_event_for(true);
+    let refused = g.service.add_device(EchoDevice::new("refused", 3));
+    assert!(matches!(refused, Err(ServiceError::Synic(_))));
+    g.synic.fail_event_for(false);
+    g.pump();
+    let events = g.take_events();
+    let [ClientAction::Offer(offer), ClientAction::OfferRescinded { relid }] = &events[..] else {
+        panic!("{events:?}");
+    };
+    assert_eq!({ offer.child_relid }, *relid);
+    assert_eq!(g.service.relids(), [primary]);
+    g.client.release_channel(*relid).unwrap();
+    g.pump();
+    assert_eq!(g.service.channel_state(*relid), None);
+    assert_eq!(
+        g.service.add_device(EchoDevice::new("next", 4)).unwrap(),
+        *relid
+    );
+    g.pump();
+    assert_eq!(g.take_offers().len(), 1);
+}
