@@ -386,12 +386,16 @@ impl Guest {
         }
     }
 
-    /// Send a request and wait for its answer.
+    /// Send a request and wait for its answer and the interrupt that follows it.
     pub fn request(&self, ring: &mut GuestRing, command: u8, args: &[&[u8]]) -> Reply {
+        let interrupts = self.synic.signals().len();
         let trans_id = self.send(ring, command, args);
         let reply = Self::try_recv(ring, TIMEOUT)
             .unwrap_or_else(|| panic!("no answer to command {command} on relid {}", ring.relid));
         assert_eq!(reply.trans_id, trans_id);
+        eventually("the interrupt after an answer", || {
+            self.synic.signals().len() > interrupts
+        });
         reply
     }
 
