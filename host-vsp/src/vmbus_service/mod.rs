@@ -654,11 +654,15 @@ impl VmbusService {
             return;
         }
         let (device, offer, gpadls) = (slot.device.clone(), slot.offer, slot.gpadls.clone());
+        // Rescinded sub-channels (waiting for the guest's RELID_RELEASED) do not count: their index
+        // is offered again on a new relid.
         let have: Vec<u16> = inner
             .slots
-            .values()
-            .filter(|s| s.primary == primary)
-            .map(|s| s.subchannel_index)
+            .iter()
+            .filter(|(&relid, s)| {
+                s.primary == primary && inner.server.channel(relid).is_some_and(|c| !c.revoked)
+            })
+            .map(|(_, s)| s.subchannel_index)
             .collect();
         for index in 1..=count.min(MAX_SUBCHANNELS) {
             if have.contains(&index) {

@@ -172,3 +172,34 @@ fn subchannels_are_offered_and_served_on_threads_of_their_own_until_the_primary_
     assert_eq!(indexes, [1, 2]);
     assert_eq!(g.service.subchannels(primary).len(), 2);
 }
+
+#[test]
+fn subchannels_are_offered_again_on_reopen_before_the_guest_released_the_old_ones() {
+    let dev = EchoDevice::new("echo", 1);
+    let mut g = Guest::start(vec![dev.dyn_clone()]);
+    let primary = g.connect()[0].child_relid;
+    let mut ring = g.open(primary, 0, &[]);
+    let old: Vec<u32> = offer_subchannels(&mut g, &mut ring, 2, 2)
+        .iter()
+        .map(|o| o.child_relid)
+        .collect();
+    g.close(primary);
+    assert_eq!(rescinded(&g.take_events()), old.iter().copied().collect());
+
+    // The guest reopens the primary before it got round to releasing the rescinded relids.
+    let mut ring = g.open(primary, 0, &[]);
+    let offers = offer_subchannels(&mut g, &mut ring, 2, 2);
+    let indexes: Vec<u16> = offers.iter().map(|o| o.offer.sub_channel_index).collect();
+    assert_eq!(indexes, [1, 2]);
+    let new: Vec<u32> = offers.iter().map(|o| o.child_relid).collect();
+    assert!(new.iter().all(|r| !old.contains(r)));
+    for &relid in &old {
+        g.client.release_channel(relid).unwrap();
+    }
+    g.pump();
+    assert_eq!(g.service.subchannels(primary), new);
+    for relid in new {
+        let mut sub = g.open(relid, 0, &[]);
+        assert_eq!(g.request(&mut sub, ECHO, &[b"new"]).data, b"new");
+    }
+}
