@@ -33,7 +33,9 @@ use std::time::Duration;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmbus::mem::PAGE_SIZE;
 use vmbus::protocol::{
-    Version, CHANNEL_MESSAGE_TYPE, HV_STATUS_SUCCESS, MAX_USER_DEFINED_BYTES, MESSAGE_SINT,
+    ChannelMessage, CloseChannel, Message, MessageBuf, OpenChannelResult, Version,
+    CHANNEL_MESSAGE_TYPE, HV_STATUS_SUCCESS, MAX_USER_DEFINED_BYTES, MESSAGE_SINT,
+    STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER,
 };
 use vmbus::server::{OfferConfig, Server, ServerAction, ServerConfig, ServerError};
 use vmm_sys_util::eventfd::EventFd;
@@ -434,9 +436,13 @@ impl VmbusService {
     }
 
     fn run_actions(&self, inner: &mut Inner) {
+        // (relid, status) of opens the server accepted but whose device could not start: the
+        // OPENCHANNEL_RESULT the server queued behind the open must say so.
+        let mut failed_opens = Vec::new();
         while let Some(action) = inner.server.poll_action() {
             match action {
                 ServerAction::SendToGuest { vp, sint, message } => {
+                    let message = open_result(message, &mut failed_opens);
                     match self.synic.post_message(
                         vp,
                         sint,
@@ -457,14 +463,20 @@ impl VmbusService {
                     target_vp,
                     user_data,
                     ..
-                } => self.open_device(
-                    inner,
-                    relid,
-                    &pfns,
-                    downstream_page_offset,
-                    target_vp,
-                    user_data,
-                ),
+                } => {
+                    let opened = self.open_device(
+                        inner,
+                        relid,
+                        &pfns,
+                        downstream_page_offset,
+                        target_vp,
+                        user_data,
+                    );
+                    if let Err(status) = opened {
+                        undo_open(inner, relid);
+                        failed_opens.push((relid, status));
+                    }
+                }
                 ServerAction::ChannelClosed { relid } => {
                     self.stop_device(inner, relid);
                     // Sub-channels do not outlive their primary's open.
@@ -547,13 +559,12 @@ impl VmbusService {
         split: u32,
         target_vp: u32,
         user_data: [u8; MAX_USER_DEFINED_BYTES],
-    ) {
+    ) -> Result<(), u32> {
         self.stop_device(inner, relid);
         let requests = self.sender();
         let Some(slot) = inner.slots.get_mut(&relid) else {
-            return;
+            return Err(STATUS_INVALID_PARAMETER);
         };
-        slot.opens += 1;
         slot.target_vp.store(target_vp, Ordering::Release);
         let stop = Arc::new(AtomicBool::new(false));
         let context = ChannelContext {
@@ -561,7 +572,7 @@ impl VmbusService {
             primary: slot.primary,
             subchannel_index: slot.subchannel_index,
             user_data,
-            opens: slot.opens,
+            opens: slot.opens + 1,
             target_vp: slot.target_vp.clone(),
             gpadls: slot.gpadls.clone(),
             requests: requests.clone(),
@@ -581,7 +592,7 @@ impl VmbusService {
             Err(error) => {
                 tracing::warn!(relid, %error, "channel rings unusable; device not started");
                 bump(&self.stats.failed_opens);
-                return;
+                return Err(STATUS_INVALID_PARAMETER);
             }
         };
         let device = slot.device.clone();
@@ -601,11 +612,14 @@ impl VmbusService {
         match spawned {
             Ok(thread) => {
                 bump(&self.stats.opens);
+                slot.opens += 1;
                 slot.running = Some(Running { stop, done, thread });
+                Ok(())
             }
             Err(error) => {
                 tracing::error!(relid, %error, "cannot spawn the device thread");
                 bump(&self.stats.failed_opens);
+                Err(STATUS_INSUFFICIENT_RESOURCES)
             }
         }
     }
@@ -692,6 +706,34 @@ impl Drop for VmbusService {
         self.shutdown();
         let _ = self.sender().send(DeviceRequest::Exit);
     }
+}
+
+/// The server accepted the open of `relid` but its device could not start: close the channel in the
+/// server as the guest would, so that the guest (told the open failed) may retry or tear the ring
+/// GPADL down. The server has no host-side close; the message connection id is the one the
+/// negotiated version's INITIATE_CONTACT used.
+fn undo_open(inner: &mut Inner, relid: u32) {
+    let Some(version) = inner.server.version() else {
+        return;
+    };
+    let close = CloseChannel::new(relid).to_message();
+    let connection_id = version.initiate_contact_connection_id();
+    if let Err(error) = inner.server.handle_post(connection_id, close.as_bytes()) {
+        tracing::warn!(relid, %error, "failed open not undone in the server");
+    }
+}
+
+/// `message`, or, if it is the OPENCHANNEL_RESULT of a channel in `failed_opens`, that result with
+/// the failure status (the channel is then taken off the list).
+fn open_result(message: MessageBuf, failed_opens: &mut Vec<(u32, u32)>) -> MessageBuf {
+    if let Ok(Message::OpenChannelResult(m)) = message.parse() {
+        let (relid, openid) = (m.child_relid, m.openid);
+        if let Some(at) = failed_opens.iter().position(|&(r, _)| r == relid) {
+            let (_, status) = failed_opens.swap_remove(at);
+            return OpenChannelResult::new(relid, openid, status).to_message();
+        }
+    }
+    message
 }
 
 /// The service's own thread: carries out what device threads asked for.

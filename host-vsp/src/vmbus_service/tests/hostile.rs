@@ -13,10 +13,11 @@ use vmbus::protocol::{
     STATUS_INVALID_PARAMETER,
 };
 use vmbus::protocol::{GpadlBody, GpadlTeardown};
+use vmbus::ring::{initialize_control_page, FEATURE_PENDING_SEND_SIZE, READ_INDEX_OFFSET};
 
-use super::super::{ChannelState, GpadlAccessError};
+use super::super::{ChannelState, GpadlAccessError, GuestPages};
 use super::echo_device::{EchoDevice, ECHO, OK, READ, SUBCHANNELS};
-use super::guest::{eventually, Guest, MEMORY_PAGES, RING_PAGES};
+use super::guest::{eventually, Guest, MEMORY_PAGES, RING_PAGES, RING_SPLIT};
 
 fn open_message(relid: u32, gpadl: u32, target_vp: u32, split: u32) -> OpenChannel {
     OpenChannel::new(
@@ -103,6 +104,51 @@ fn bad_ring_splits_and_non_ring_gpadls_fail_the_open_without_starting_the_device
     assert_eq!(status, 0);
     let mut ring = ring.unwrap();
     assert_eq!(g.request(&mut ring, ECHO, &[b"ok"]).data, b"ok");
+}
+
+#[test]
+fn rings_with_garbage_control_pages_fail_the_open_and_the_guest_may_retry() {
+    let dev = EchoDevice::new("echo", 1);
+    let mut g = Guest::start(vec![dev.dyn_clone()]);
+    let relid = g.connect()[0].child_relid;
+    let (gpadl, pfns) = g.ring_gpadl(relid);
+    // The host's read index of the guest→host ring, then the host's write index of the
+    // host→guest ring: both are the guest's to scribble on before the open.
+    let garbage = [
+        (pfns[0], READ_INDEX_OFFSET, 5u32),
+        (pfns[RING_SPLIT], 0, 0xFFFF_FFF8),
+    ];
+    for (round, (pfn, offset, value)) in garbage.into_iter().enumerate() {
+        g.write_memory(pfn * PAGE_SIZE as u64 + offset as u64, &value.to_le_bytes());
+        let (status, ring) = g.open_on(relid, gpadl, pfns.clone(), 0, &[]);
+        assert_ne!(status, 0, "round {round}");
+        assert!(ring.is_none());
+        assert_eq!(
+            g.service.stats.failed_opens.load(Ordering::Relaxed),
+            round as u64 + 1
+        );
+        assert!(!g.service.is_serving(relid));
+        assert_eq!(g.service.channel_state(relid), Some(ChannelState::Offered));
+        assert!(dev.seen().is_empty());
+        // Not open: the guest may tear the ring down, or fix it and retry.
+        let half = if pfn == pfns[0] {
+            &pfns[..RING_SPLIT]
+        } else {
+            &pfns[RING_SPLIT..]
+        };
+        initialize_control_page(
+            &GuestPages::new(&g.memory, half).unwrap(),
+            FEATURE_PENDING_SEND_SIZE,
+        )
+        .unwrap();
+    }
+    let (status, ring) = g.open_on(relid, gpadl, pfns, 0, &[]);
+    assert_eq!(status, 0);
+    let mut ring = ring.unwrap();
+    assert_eq!(g.request(&mut ring, ECHO, &[b"fixed"]).data, b"fixed");
+    // Failed opens are not opens.
+    assert_eq!(dev.seen()[0].opens, 1);
+    assert_eq!(g.service.stats.opens.load(Ordering::Relaxed), 1);
 }
 
 #[test]
