@@ -6,7 +6,8 @@
 //! - [`gpadls`]: GPADLs mapped for devices, their contents, revocation on teardown;
 //! - [`subchannels`]: sub-channel offers, their threads and their end with the primary;
 //! - [`failures`]: panicking and stuck devices;
-//! - [`hostile`]: unusable rings, garbage posts, UNLOAD, and a property test of random posts.
+//! - [`hostile`]: unusable rings, garbage posts, UNLOAD;
+//! - [`random_posts`]: a property test of random posts beside a valid session.
 
 mod echo_device;
 mod guest;
@@ -16,4 +17,5 @@ mod failures;
 mod gpadls;
 mod hostile;
 mod lifecycle;
+mod random_posts;
 mod subchannels;

@@ -11,7 +11,7 @@ use vmbus::client::{Client, ClientAction, ClientConfig};
 use vmbus::gpadl::GpaRange;
 use vmbus::mem::PAGE_SIZE;
 use vmbus::packet::{Packet, PacketFlags};
-use vmbus::protocol::{parse_message, ChannelMessage, Message, OfferChannel, CHANNEL_MESSAGE_TYPE};
+use vmbus::protocol::{parse_message, ChannelMessage, OfferChannel, CHANNEL_MESSAGE_TYPE};
 use vmbus::ring::{initialize_control_page, RingConsumer, RingProducer, FEATURE_PENDING_SEND_SIZE};
 
 use super::super::{GuestPages, ServiceConfig, VmbusDevice, VmbusService, STOP_TIMEOUT};
@@ -48,7 +48,6 @@ pub struct GuestRing {
     pub relid: u32,
     pub connection_id: u32,
     pub gpadl: u32,
-    pub pfns: Vec<u64>,
     /// Guest→host ring (the first [`RING_SPLIT`] pages).
     pub to_host: RingProducer<GuestPages>,
     /// Host→guest ring.
@@ -180,11 +179,6 @@ impl Guest {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             self.synic.wait_for_activity(Duration::from_millis(20));
         }
-    }
-
-    /// Pump until the client reported `event`.
-    pub fn pump_until_event(&mut self, event: &ClientAction) {
-        self.pump_until(&format!("{event:?}"), |g| g.events.contains(event));
     }
 
     pub fn take_events(&mut self) -> Vec<ClientAction> {
@@ -327,7 +321,6 @@ impl Guest {
                 GuestPages::new(&self.memory, &pfns[RING_SPLIT..]).unwrap(),
             )
             .unwrap(),
-            pfns,
             next_trans_id: 1,
         };
         (status, Some(ring))
@@ -409,12 +402,4 @@ impl Guest {
     pub fn write_memory(&self, gpa: u64, bytes: &[u8]) {
         self.memory.write_slice(bytes, GuestAddress(gpa)).unwrap();
     }
-}
-
-/// The messages among `answers` (as posted by the service), parsed; the test fails on garbage.
-pub fn parsed(answers: &[Vec<u8>]) -> Vec<Message<'_>> {
-    answers
-        .iter()
-        .map(|bytes| parse_message(bytes).unwrap())
-        .collect()
 }

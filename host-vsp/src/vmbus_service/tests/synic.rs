@@ -2,6 +2,7 @@
 //! to deliver, event-flag signals are recorded, and every connection id gets a real [`EventFd`] (the
 //! same one again when the id is asked for again), which the test writes to play HvSignalEvent.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -121,12 +122,12 @@ impl Synic for FakeSynic {
         if state.fail_event_for {
             return Err(SynicError("event_for told to fail".into()));
         }
-        if !state.events.contains_key(&connection_id) {
-            let event = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| SynicError(Box::new(e)))?;
-            state.events.insert(connection_id, event);
-        }
-        state.events[&connection_id]
-            .try_clone()
-            .map_err(|e| SynicError(Box::new(e)))
+        let event = match state.events.entry(connection_id) {
+            Entry::Occupied(event) => event.into_mut(),
+            Entry::Vacant(slot) => {
+                slot.insert(EventFd::new(libc::EFD_NONBLOCK).map_err(|e| SynicError(Box::new(e)))?)
+            }
+        };
+        event.try_clone().map_err(|e| SynicError(Box::new(e)))
     }
 }
