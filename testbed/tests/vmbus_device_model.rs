@@ -182,7 +182,15 @@ fn two_scsi_controllers_and_the_ics_share_one_vmbus_service() {
     let bursts = heartbeats / burst;
     let (hbc, at) = (done.channel, negotiated.channel_at_negotiated);
     assert_eq!(hbc.interrupts - at.interrupts, bursts);
-    assert_eq!(hbc.guest_signals - at.guest_signals, bursts);
+    // The host reads the guest's signals from an event fd, so one signal can fall on either side of
+    // the window's edges (the device drained a batch before it read the signal announcing it); the
+    // guest's own count below is exact.
+    let seen = hbc.guest_signals - at.guest_signals;
+    assert!(
+        (bursts - 1..=bursts + 1).contains(&seen),
+        "{seen} signals for {bursts} bursts"
+    );
+    assert_eq!(number(&run, "ic-signals"), bursts + 3);
     assert_eq!(after.delta(&before).user_exits(), 0);
     assert_eq!(number(&run, "ic-heartbeats"), heartbeats);
     assert_eq!(

@@ -99,9 +99,12 @@ fn heartbeats_then_shutdown_over_vmbus() {
     let hb = done.channel;
     let at = negotiated.channel_at_negotiated;
     assert_eq!(hb.interrupts - at.interrupts, bursts, "{hb:?} vs {at:?}");
-    assert_eq!(
-        hb.guest_signals - at.guest_signals,
-        bursts,
+    // The host reads the guest's signals from an event fd, so one signal can fall on either side of
+    // the window's edges (the device drained a batch before it read the signal announcing it); the
+    // guest's own count (`ic-signals`, below) is exact.
+    let seen = hb.guest_signals - at.guest_signals;
+    assert!(
+        (bursts - 1..=bursts + 1).contains(&seen),
         "{hb:?} vs {at:?}"
     );
     let window = after.delta(&before);

@@ -74,7 +74,13 @@ impl Bus {
                             .handle_message(message.as_bytes())
                             .expect("client refused a message from the real server");
                     }
-                    event => self.server_events.push(event),
+                    event => {
+                        if let ServerAction::OpenChannel { relid, .. } = &event {
+                            // The device side starts: the host answers the open.
+                            self.server.complete_open(*relid, 0).unwrap();
+                        }
+                        self.server_events.push(event)
+                    }
                 }
             }
             if !moved {

@@ -34,6 +34,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmbus::mem::PAGE_SIZE;
 use vmbus::protocol::{
     Version, CHANNEL_MESSAGE_TYPE, HV_STATUS_SUCCESS, MAX_USER_DEFINED_BYTES, MESSAGE_SINT,
+    STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER,
 };
 use vmbus::server::{OfferConfig, Server, ServerAction, ServerConfig, ServerError};
 use vmm_sys_util::eventfd::EventFd;
@@ -78,8 +79,8 @@ pub trait Synic: Send + Sync {
     ) -> Result<(), SynicError>;
     /// Set event flag `flag` of `sint` on VP `vp`, interrupting it if the flag was clear.
     fn signal_event(&self, vp: u32, sint: u8, flag: u32) -> Result<EventDelivery, SynicError>;
-    /// The event fd the guest's HvSignalEvent on `connection_id` signals. Asking again for the same
-    /// id (a reused relid) returns the same event.
+    /// The event fd (non-blocking) the guest's HvSignalEvent on `connection_id` signals. Asking
+    /// again for the same id (a reused relid) returns the same event.
     fn event_for(&self, connection_id: u32) -> Result<EventFd, SynicError>;
 }
 
@@ -191,6 +192,8 @@ pub struct VmbusService {
     inner: Mutex<Inner>,
     requests: Mutex<Sender<DeviceRequest>>,
     failures: Mutex<Vec<DeviceFailure>>,
+    /// How long stopping a device waits ([`STOP_TIMEOUT`] outside tests).
+    stop_timeout: Duration,
     /// Counters.
     pub stats: ServiceStats,
 }
@@ -212,6 +215,17 @@ impl VmbusService {
         memory: GuestMemoryMmap,
         synic: Arc<dyn Synic>,
         devices: Vec<Arc<dyn VmbusDevice>>,
+    ) -> Result<Arc<Self>, ServiceError> {
+        Self::start_with_stop_timeout(config, memory, synic, devices, STOP_TIMEOUT)
+    }
+
+    /// [`VmbusService::start`] with another bound on stopping a device (tests of stuck devices).
+    fn start_with_stop_timeout(
+        config: ServiceConfig,
+        memory: GuestMemoryMmap,
+        synic: Arc<dyn Synic>,
+        devices: Vec<Arc<dyn VmbusDevice>>,
+        stop_timeout: Duration,
     ) -> Result<Arc<Self>, ServiceError> {
         let mut server_config = ServerConfig {
             vp_count: config.vp_count,
@@ -237,6 +251,7 @@ impl VmbusService {
             }),
             requests: Mutex::new(tx),
             failures: Mutex::new(Vec::new()),
+            stop_timeout,
             stats: ServiceStats::default(),
         });
         for device in devices {
@@ -323,9 +338,11 @@ impl VmbusService {
     pub fn add_device(&self, device: Arc<dyn VmbusDevice>) -> Result<u32, ServiceError> {
         let offer = device.offer();
         let mut inner = self.lock();
-        let relid = self.add_slot(&mut inner, device, offer, None, 0)?;
+        let relid = self.add_slot(&mut inner, device, offer, None, 0);
+        // On failure too: a hot-added offer the service had to withdraw must reach the guest now,
+        // rescinded, so that it releases the relid.
         self.run_actions(&mut inner);
-        Ok(relid)
+        relid
     }
 
     fn add_slot(
@@ -337,7 +354,8 @@ impl VmbusService {
         subchannel_index: u16,
     ) -> Result<u32, ServiceError> {
         offer.offer.sub_channel_index = subchannel_index;
-        // The offer is sent only at the end, so a failure here leaves nothing behind in the server.
+        // Before enumeration a failure below leaves nothing behind in the server; after it, the
+        // guest gets the offer and its rescind when the caller runs the actions, and releases it.
         let relid = inner.server.add_offer(offer)?;
         let connection_id = inner
             .server
@@ -464,14 +482,22 @@ impl VmbusService {
                     target_vp,
                     user_data,
                     ..
-                } => self.open_device(
-                    inner,
-                    relid,
-                    &pfns,
-                    downstream_page_offset,
-                    target_vp,
-                    user_data,
-                ),
+                } => {
+                    let opened = self.open_device(
+                        inner,
+                        relid,
+                        &pfns,
+                        downstream_page_offset,
+                        target_vp,
+                        user_data,
+                    );
+                    // The guest hears OPENCHANNEL_RESULT only now: success, or why its open failed
+                    // (the server then closes the channel again, so the guest may retry).
+                    let status = opened.err().unwrap_or(0);
+                    if let Err(error) = inner.server.complete_open(relid, status) {
+                        tracing::warn!(relid, %error, "open not answered");
+                    }
+                }
                 ServerAction::ChannelClosed { relid } => {
                     self.stop_device(inner, relid);
                     // Sub-channels do not outlive their primary's open.
@@ -554,21 +580,23 @@ impl VmbusService {
         split: u32,
         target_vp: u32,
         user_data: [u8; MAX_USER_DEFINED_BYTES],
-    ) {
+    ) -> Result<(), u32> {
         self.stop_device(inner, relid);
         let requests = self.sender();
         let Some(slot) = inner.slots.get_mut(&relid) else {
-            return;
+            return Err(STATUS_INVALID_PARAMETER);
         };
-        slot.opens += 1;
         slot.target_vp.store(target_vp, Ordering::Release);
+        // Forget the wake-up left by stopping an earlier open (devices look at their rings first
+        // anyway), so the new channel's signal count starts at what the guest really sent.
+        let _ = slot.event.read();
         let stop = Arc::new(AtomicBool::new(false));
         let context = ChannelContext {
             relid,
             primary: slot.primary,
             subchannel_index: slot.subchannel_index,
             user_data,
-            opens: slot.opens,
+            opens: slot.opens + 1,
             target_vp: slot.target_vp.clone(),
             gpadls: slot.gpadls.clone(),
             requests: requests.clone(),
@@ -588,7 +616,7 @@ impl VmbusService {
             Err(error) => {
                 tracing::warn!(relid, %error, "channel rings unusable; device not started");
                 bump(&self.stats.failed_opens);
-                return;
+                return Err(STATUS_INVALID_PARAMETER);
             }
         };
         let device = slot.device.clone();
@@ -617,16 +645,19 @@ impl VmbusService {
         match spawned {
             Ok(thread) => {
                 bump(&self.stats.opens);
+                slot.opens += 1;
                 slot.running = Some(Running { stop, done, thread });
+                Ok(())
             }
             Err(error) => {
                 tracing::error!(relid, %error, "cannot spawn the device thread");
                 bump(&self.stats.failed_opens);
+                Err(STATUS_INSUFFICIENT_RESOURCES)
             }
         }
     }
 
-    /// Stop `relid`'s device thread, waiting at most [`STOP_TIMEOUT`] for it.
+    /// Stop `relid`'s device thread, waiting at most `stop_timeout` ([`STOP_TIMEOUT`]) for it.
     fn stop_device(&self, inner: &mut Inner, relid: u32) {
         let Some(slot) = inner.slots.get_mut(&relid) else {
             return;
@@ -640,7 +671,7 @@ impl VmbusService {
         let (flag, cv) = &*running.done;
         let guard = flag.lock().unwrap_or_else(|e| e.into_inner());
         let (guard, _) = cv
-            .wait_timeout_while(guard, STOP_TIMEOUT, |done| !*done)
+            .wait_timeout_while(guard, self.stop_timeout, |done| !*done)
             .unwrap_or_else(|e| e.into_inner());
         if *guard {
             drop(guard);
@@ -650,7 +681,8 @@ impl VmbusService {
             tracing::error!(
                 relid,
                 device = slot.device.name(),
-                "device thread did not stop within {STOP_TIMEOUT:?}; left behind"
+                "device thread did not stop within {:?}; left behind",
+                self.stop_timeout
             );
         }
     }
@@ -669,11 +701,15 @@ impl VmbusService {
             return;
         }
         let (device, offer, gpadls) = (slot.device.clone(), slot.offer, slot.gpadls.clone());
+        // Rescinded sub-channels (waiting for the guest's RELID_RELEASED) do not count: their index
+        // is offered again on a new relid.
         let have: Vec<u16> = inner
             .slots
-            .values()
-            .filter(|s| s.primary == primary)
-            .map(|s| s.subchannel_index)
+            .iter()
+            .filter(|(&relid, s)| {
+                s.primary == primary && inner.server.channel(relid).is_some_and(|c| !c.revoked)
+            })
+            .map(|(_, s)| s.subchannel_index)
             .collect();
         for index in 1..=count.min(MAX_SUBCHANNELS) {
             if have.contains(&index) {

@@ -156,6 +156,7 @@ impl Server {
             openid: m.openid,
             downstream_page_offset: m.downstream_ringbuffer_pageoffset,
             target_vp: m.target_vp,
+            answered: false,
         };
         if let Some(channel) = self.channels.get_mut(&relid) {
             channel.open = Some(open);
@@ -169,7 +170,29 @@ impl Server {
             target_vp: open.target_vp,
             user_data: m.userdata,
         });
-        self.send(&OpenChannelResult::new(relid, m.openid, 0));
+        Ok(())
+    }
+
+    /// The host's answer to a [`ServerAction::OpenChannel`]: `status` 0 when the device side runs
+    /// (the guest is told the channel is open), anything else when it could not start (the channel
+    /// is closed again and the guest gets OPENCHANNEL_RESULT with that status, so it may retry).
+    pub fn complete_open(&mut self, relid: u32, status: u32) -> Result<(), ServerError> {
+        let channel = self
+            .channels
+            .get_mut(&relid)
+            .ok_or(ServerError::UnknownChannel(relid))?;
+        let open = channel.open.ok_or(ServerError::NotOpen(relid))?;
+        if open.answered {
+            return Err(ServerError::AlreadyOpen(relid));
+        }
+        if status == 0 {
+            if let Some(o) = channel.open.as_mut() {
+                o.answered = true;
+            }
+        } else {
+            channel.open = None;
+        }
+        self.send(&OpenChannelResult::new(relid, open.openid, status));
         Ok(())
     }
 

@@ -141,7 +141,8 @@ pub enum ServerAction {
     /// A GPADL is gone (torn down, or dropped with its channel): stop using its pages.
     GpadlTornDown { relid: u32, gpadl: u32 },
     /// Open the device side of a channel: rings in the GPADL's pages, guest→host ring first and
-    /// host→guest ring at `downstream_page_offset`. Queued before the guest is told the result.
+    /// host→guest ring at `downstream_page_offset`. The guest waits for OPENCHANNEL_RESULT until the
+    /// host answers with [`Server::complete_open`].
     OpenChannel {
         relid: u32,
         connection_id: u32,
@@ -239,6 +240,8 @@ pub struct OpenState {
     pub openid: u32,
     pub downstream_page_offset: u32,
     pub target_vp: u32,
+    /// The host answered the open ([`Server::complete_open`]).
+    pub answered: bool,
 }
 
 /// What the server knows about one channel.

@@ -266,9 +266,16 @@ fn open_hostile_cases() {
     let actions = drain(&mut server);
     assert!(matches!(
         &actions[..],
-        [ServerAction::OpenChannel { relid: 1, gpadl: 10, downstream_page_offset: 4, target_vp: 1, pfns, .. }, ServerAction::SendToGuest { .. }]
+        [ServerAction::OpenChannel { relid: 1, gpadl: 10, downstream_page_offset: 4, target_vp: 1, pfns, .. }]
             if pfns.len() == 8
     ));
+    // The guest hears the result only once the host answers; a second answer is refused.
+    server.complete_open(1, 0).unwrap();
+    assert!(matches!(
+        &drain(&mut server)[..],
+        [ServerAction::SendToGuest { .. }]
+    ));
+    assert_eq!(server.complete_open(1, 0), Err(ServerError::AlreadyOpen(1)));
     assert_eq!(
         post(&mut server, &open(1, 10, 4, 1)),
         Err(ServerError::AlreadyOpen(1))
@@ -414,4 +421,35 @@ fn gpadl_pages_outside_guest_ram_fail() {
     assert_eq!(server.check_invariants(), Ok(()));
     // The accepted GPADL is untouched.
     assert!(server.gpadl(7).is_some());
+}
+
+#[test]
+fn a_failed_device_open_closes_the_channel_and_tells_the_guest() {
+    let mut server = connected(ServerConfig::default(), 1);
+    make_gpadl(&mut server, 1, 10, 8);
+    drain(&mut server);
+    post(&mut server, &open(1, 10, 4, 0)).unwrap();
+    assert!(matches!(
+        &drain(&mut server)[..],
+        [ServerAction::OpenChannel { relid: 1, .. }]
+    ));
+    server.complete_open(1, STATUS_INVALID_PARAMETER).unwrap();
+    let actions = drain(&mut server);
+    let [ServerAction::SendToGuest { message, .. }] = &actions[..] else {
+        panic!("{actions:?}");
+    };
+    let Ok(Message::OpenChannelResult(result)) = message.parse() else {
+        panic!("{message:?}");
+    };
+    let status = result.status;
+    assert_eq!(status, STATUS_INVALID_PARAMETER);
+    assert!(server.channel(1).is_some_and(|c| c.open.is_none()));
+    assert_eq!(server.complete_open(1, 0), Err(ServerError::NotOpen(1)));
+    // The guest may try again.
+    post(&mut server, &open(1, 10, 4, 0)).unwrap();
+    assert!(matches!(
+        &drain(&mut server)[..],
+        [ServerAction::OpenChannel { relid: 1, .. }]
+    ));
+    server.check_invariants().unwrap();
 }
