@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use guest_drivers::storvsc::{Event, HandshakeStep, Storvsc};
 use host_vsp::backend::RamDisk;
-use host_vsp::guest_memory::HeapGuestMemory;
+use host_vsp::guest_memory::GuestMemoryMmap;
 use host_vsp::synthetic::storvsp::{LunMap, StorvspConfig, StorvspWorker};
+use vm_memory::GuestAddress;
 use vmbus::mem::AlignedRingBuffer;
 use vmbus::ring::{initialize_control_page, RingConsumer, RingProducer, FEATURE_PENDING_SEND_SIZE};
 
@@ -42,7 +43,7 @@ impl Client {
         let mut worker = StorvspWorker::new(
             RingConsumer::new(a.clone()).expect("ring"),
             RingProducer::new(b.clone()).expect("ring"),
-            Arc::new(HeapGuestMemory::new(GUEST_PAGES)),
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), GUEST_PAGES * 4096)]).expect("memory"),
             LunMap::new().with_backend(0, disk),
             StorvspConfig {
                 io_threads,

@@ -40,7 +40,7 @@ impl DeviceKit for VmbusKit {
                 CONTROLLER_INSTANCE,
                 LunMap::new().with_backend(0, backend),
                 StorvspConfig::default(),
-                partition.ram().clone(),
+                partition.ram().memory().clone(),
             );
             let devices: Vec<Arc<dyn VmbusDevice>> = vec![Arc::new(device)];
             let service = VmbusService::start(hv.clone(), partition.ram().clone(), &[], devices)?;

@@ -6,11 +6,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hypervisor_lite::GuestRam;
 use vmbus::protocol::{interface, Guid};
 use vmbus::server::OfferConfig;
 
-use crate::guest_memory::GuestMemory;
+use crate::guest_memory::GuestMemoryMmap;
 use crate::synthetic::storvsp::worker::{StorvspStats, StorvspWorker};
 use crate::synthetic::storvsp::{LunMap, StorvspConfig};
 use crate::vmbus_service::{HostChannel, HostChannelStats, VmbusDevice, Wake};
@@ -31,7 +30,7 @@ pub struct StorvspDevice {
     instance: Guid,
     luns: LunMap,
     config: StorvspConfig,
-    memory: Arc<dyn GuestMemory>,
+    memory: GuestMemoryMmap,
     stats: Arc<Mutex<StorvspDeviceStats>>,
 }
 
@@ -45,13 +44,19 @@ impl std::fmt::Debug for StorvspDevice {
 }
 
 impl StorvspDevice {
-    /// A controller `instance` serving `luns` from the guest RAM `ram`.
-    pub fn new(instance: Guid, luns: LunMap, config: StorvspConfig, ram: GuestRam) -> Self {
+    /// A controller `instance` serving `luns`, with data buffers in the guest memory `memory` (a
+    /// partition's RAM: `GuestRam::memory().clone()`).
+    pub fn new(
+        instance: Guid,
+        luns: LunMap,
+        config: StorvspConfig,
+        memory: GuestMemoryMmap,
+    ) -> Self {
         Self {
             instance,
             luns,
             config,
-            memory: Arc::new(ram),
+            memory,
             stats: Arc::default(),
         }
     }

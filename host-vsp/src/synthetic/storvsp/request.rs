@@ -10,7 +10,7 @@ use storvsp_protocol::{ProtocolError, VstorPacket};
 use vmbus::packet::{Packet, PacketDescriptor, PacketError, PacketKind, PacketType};
 use zerocopy::FromBytes;
 
-use crate::guest_memory::{gpa_of_pfn, GuestMemory, GuestMemoryError, PAGE_SIZE};
+use crate::guest_memory::{self, gpa_of_pfn, GuestMemoryError, GuestMemoryMmap, PAGE_SIZE};
 
 /// A guest-physically contiguous piece of a data buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +86,7 @@ pub enum Inbound {
 }
 
 /// Decodes a packet the ring consumer copied out (`bytes` = the packet, `len8 * 8` bytes).
-pub fn decode(bytes: &[u8], mem: &dyn GuestMemory, max_transfer: u32) -> Inbound {
+pub fn decode(bytes: &[u8], mem: &GuestMemoryMmap, max_transfer: u32) -> Inbound {
     let Ok((desc, _)) = PacketDescriptor::read_from_prefix(bytes) else {
         return Inbound::Ignored {
             packet_type: PacketType::INVALID,
@@ -112,7 +112,7 @@ pub fn decode(bytes: &[u8], mem: &dyn GuestMemory, max_transfer: u32) -> Inbound
 
 fn decode_request(
     bytes: &[u8],
-    mem: &dyn GuestMemory,
+    mem: &GuestMemoryMmap,
     max_transfer: u32,
 ) -> Result<Request, (Option<VstorPacket>, RequestError)> {
     let packet = Packet::parse(bytes).map_err(|e| (None, e.into()))?;
@@ -131,7 +131,7 @@ fn decode_request(
 /// The guest buffer of a GPA-direct packet as validated segments, and its length.
 fn data_segments(
     packet: &Packet<'_>,
-    mem: &dyn GuestMemory,
+    mem: &GuestMemoryMmap,
     max_transfer: u32,
 ) -> Result<(Vec<Segment>, u64), RequestError> {
     let mut segments = Vec::new();
@@ -159,13 +159,7 @@ fn data_segments(
             }
         }
         for s in &segments {
-            if !mem.contains(s.gpa, u64::from(s.len)) {
-                return Err(GuestMemoryError {
-                    gpa: s.gpa,
-                    len: u64::from(s.len),
-                }
-                .into());
-            }
+            guest_memory::check(mem, s.gpa, u64::from(s.len))?;
         }
         data_len = total;
     }
@@ -190,7 +184,7 @@ fn push_segment(segments: &mut Vec<Segment>, gpa: u64, len: u64) {
 /// A request's data buffer in guest memory, limited to its first `len` bytes.
 #[derive(Clone, Copy)]
 pub struct DataBuffer<'a> {
-    mem: &'a dyn GuestMemory,
+    mem: &'a GuestMemoryMmap,
     segments: &'a [Segment],
     len: u64,
 }
@@ -206,7 +200,7 @@ impl std::fmt::Debug for DataBuffer<'_> {
 
 impl<'a> DataBuffer<'a> {
     /// The first `len` bytes (at most the segments' total) of `segments` in `mem`.
-    pub fn new(mem: &'a dyn GuestMemory, segments: &'a [Segment], len: u64) -> Self {
+    pub fn new(mem: &'a GuestMemoryMmap, segments: &'a [Segment], len: u64) -> Self {
         let total: u64 = segments.iter().map(|s| u64::from(s.len)).sum();
         Self {
             mem,
@@ -216,7 +210,7 @@ impl<'a> DataBuffer<'a> {
     }
 
     /// An empty buffer (no data phase).
-    pub fn empty(mem: &'a dyn GuestMemory) -> Self {
+    pub fn empty(mem: &'a GuestMemoryMmap) -> Self {
         Self {
             mem,
             segments: &[],
@@ -244,7 +238,7 @@ impl<'a> DataBuffer<'a> {
                 break;
             }
             let k = (s.len as usize).min(n - done);
-            self.mem.write(s.gpa, &src[done..done + k])?;
+            guest_memory::write(self.mem, s.gpa, &src[done..done + k])?;
             done += k;
         }
         Ok(done)
@@ -265,7 +259,7 @@ impl<'a> DataBuffer<'a> {
                 break;
             }
             let k = (s.len as usize).min(dst.len() - done);
-            self.mem.read(s.gpa, &mut dst[done..done + k])?;
+            guest_memory::read(self.mem, s.gpa, &mut dst[done..done + k])?;
             done += k;
         }
         Ok(())
@@ -275,8 +269,8 @@ impl<'a> DataBuffer<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guest_memory::HeapGuestMemory;
     use storvsp_protocol::{Operation, REQUEST_COMPLETION_FLAG};
+    use vm_memory::GuestAddress;
     use vmbus::packet::{build_packet, write_gpa_direct_header, GpaRangeSpec, PacketFlags};
 
     fn packet(ranges: &[GpaRangeSpec<'_>], payload: &[u8]) -> Vec<u8> {
@@ -296,13 +290,17 @@ mod tests {
         buf
     }
 
+    fn ram(pages: usize) -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), pages * PAGE_SIZE as usize)]).unwrap()
+    }
+
     fn srb() -> VstorPacket {
         VstorPacket::new(Operation::EXECUTE_SRB, REQUEST_COMPLETION_FLAG)
     }
 
     #[test]
     fn multi_page_unaligned_buffer_becomes_merged_segments() {
-        let mem = HeapGuestMemory::new(16);
+        let mem = ram(16);
         // 3 pages: 5, 6 (contiguous) and 9; offset 100, 9000 bytes.
         let pfns = [5, 6, 9];
         let bytes = packet(
@@ -340,14 +338,14 @@ mod tests {
         buf.read_into(&mut back).unwrap();
         assert_eq!(back, src);
         let mut page9 = [0u8; 4];
-        mem.read(9 * 4096, &mut page9).unwrap();
+        guest_memory::read(&mem, 9 * 4096, &mut page9).unwrap();
         assert_eq!(page9, src[8092..8096]);
         assert!(buf.read_into(&mut vec![0u8; 9001]).is_err());
     }
 
     #[test]
     fn pages_outside_ram_are_refused() {
-        let mem = HeapGuestMemory::new(4);
+        let mem = ram(4);
         let bytes = packet(
             &[GpaRangeSpec {
                 byte_count: 4096,
@@ -383,7 +381,7 @@ mod tests {
 
     #[test]
     fn oversized_and_truncated_requests() {
-        let mem = HeapGuestMemory::new(4);
+        let mem = ram(4);
         let pfns = [0, 1, 2];
         let bytes = packet(
             &[GpaRangeSpec {
@@ -440,7 +438,7 @@ mod tests {
 
     #[test]
     fn pfn_count_disagreeing_with_length_is_malformed() {
-        let mem = HeapGuestMemory::new(4);
+        let mem = ram(4);
         // Claims 8192 bytes but carries one PFN: forge the header by hand.
         let mut header = Vec::new();
         header.extend_from_slice(&0u32.to_le_bytes());

@@ -1,5 +1,5 @@
 //! SCSI command tests: every command a guest issues, run through [`ScsiController`] with a guest
-//! buffer in [`HeapGuestMemory`], checking data, status and sense bytes.
+//! buffer in a `GuestMemoryMmap`, checking data, status and sense bytes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,7 +12,8 @@ use super::request::{DataBuffer, Segment};
 use super::scsi::{ScsiController, ScsiOutcome};
 use super::LunMap;
 use crate::backend::{BlockBackend, DiskError, RamDisk};
-use crate::guest_memory::{GuestMemory, HeapGuestMemory};
+use crate::guest_memory::{self, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 
 /// A RAM disk that counts flushes and FUA writes.
 #[derive(Debug)]
@@ -59,7 +60,7 @@ const DISK_BYTES: u64 = 1 << 20;
 const BUF_GPA: u64 = 0x1000;
 
 struct Rig {
-    mem: HeapGuestMemory,
+    mem: GuestMemoryMmap,
     ctl: ScsiController,
     disk: Arc<CountingDisk>,
     ro: Arc<RamDisk>,
@@ -75,7 +76,7 @@ impl Rig {
             .with_backend(1, ro.clone())
             .with_backend(7, Arc::new(RamDisk::new(4096)));
         Self {
-            mem: HeapGuestMemory::new(256),
+            mem: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 256 * 4096)]).unwrap(),
             ctl: ScsiController::new(luns, 64 * 1024),
             disk,
             ro,
@@ -84,7 +85,7 @@ impl Rig {
 
     /// Runs `cdb` on `lun` with a `len`-byte buffer at [`BUF_GPA`] (filled with `data` first).
     fn run_with(&self, lun: u8, cdb: &[u8], len: u32, data: &[u8]) -> (ScsiOutcome, Vec<u8>) {
-        self.mem.write(BUF_GPA, data).unwrap();
+        guest_memory::write(&self.mem, BUF_GPA, data).unwrap();
         let mut srb = VmscsiRequest::new_zeroed();
         srb.lun = lun;
         srb.cdb_length = cdb.len() as u8;
@@ -97,7 +98,7 @@ impl Rig {
         );
         let outcome = self.ctl.execute(&srb, &buf, &mut Vec::new());
         let mut out = vec![0u8; outcome.transferred as usize];
-        self.mem.read(BUF_GPA, &mut out).unwrap();
+        guest_memory::read(&self.mem, BUF_GPA, &mut out).unwrap();
         (outcome, out)
     }
 

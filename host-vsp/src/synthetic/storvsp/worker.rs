@@ -28,7 +28,7 @@ use super::handshake::Handshake;
 use super::request::{decode, DataBuffer, Inbound, Segment};
 use super::scsi::{ScsiController, ScsiOutcome};
 use super::{LunMap, StorvspConfig};
-use crate::guest_memory::GuestMemory;
+use crate::guest_memory::GuestMemoryMmap;
 
 /// How long poll mode keeps spinning without progress before returning to the caller.
 pub const POLL_MODE_IDLE_BUDGET: Duration = Duration::from_micros(200);
@@ -108,7 +108,7 @@ struct Done {
 /// What executors share.
 struct Shared {
     controller: ScsiController,
-    memory: Arc<dyn GuestMemory>,
+    memory: GuestMemoryMmap,
     notifier: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
 }
 
@@ -136,7 +136,7 @@ impl Shared {
             );
             ScsiOutcome::srb(SrbStatus::INVALID_REQUEST)
         } else {
-            let buf = DataBuffer::new(&*self.memory, &job.segments, requested);
+            let buf = DataBuffer::new(&self.memory, &job.segments, requested);
             self.controller.execute(&srb, &buf, scratch)
         };
         srb.srb_status = outcome.srb_status.0;
@@ -256,7 +256,7 @@ impl<M: RingMemory> StorvspWorker<M> {
     pub fn new(
         inbound: RingConsumer<M>,
         outbound: RingProducer<M>,
-        memory: Arc<dyn GuestMemory>,
+        memory: GuestMemoryMmap,
         luns: LunMap,
         config: StorvspConfig,
     ) -> std::io::Result<Self> {
@@ -506,7 +506,7 @@ impl<M: RingMemory> StorvspWorker<M> {
     /// Decodes and dispatches one packet.
     fn handle_packet(&mut self, bytes: &[u8]) {
         let max_transfer = self.shared.controller.max_transfer();
-        match decode(bytes, &*self.shared.memory, max_transfer) {
+        match decode(bytes, &self.shared.memory, max_transfer) {
             Inbound::Ignored { packet_type } => {
                 tracing::debug!(
                     ?packet_type,

@@ -1,5 +1,5 @@
 //! virtio-blk over virtio-mmio — the second baseline, done the way a modern VMM does it: the device side of
-//! the split virtqueue is rust-vmm's `virtio-queue` over a `vm_memory` view of guest RAM; QueueNotify is a
+//! the split virtqueue is rust-vmm's `virtio-queue` over the partition's guest memory (a `GuestMemoryMmap`); QueueNotify is a
 //! KVM ioeventfd (datamatch = queue 0) that wakes a host worker thread without a user exit; used-buffer
 //! interrupts go through an irqfd bound to an MSI route (vector [`VIRTIO_BLK_VECTOR`] on APIC 0 by default);
 //! VIRTIO_RING_F_EVENT_IDX suppresses both directions. Only transport register accesses (setup) exit to
@@ -7,7 +7,6 @@
 //!
 //! - [`transport`]: the virtio-mmio v2 registers, feature negotiation, queue setup (sans-I/O);
 //! - [`request`]: one request chain → disk I/O → status byte, hostile-guest safe;
-//! - [`memory`]: the `GuestMemoryMmap` view of hypervisor-lite's guest RAM;
 //! - this module: [`VirtioBlkDevice`] (the [`MmioHandler`], its worker thread, wiring to a partition).
 //!
 //! ```no_run
@@ -21,7 +20,6 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod memory;
 pub mod request;
 #[cfg(test)]
 mod tests;
@@ -33,13 +31,13 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 
 use hypervisor_lite::{
-    GuestRam, InterruptController, IoEventAddress, MmioHandler, Partition, PartitionConfig, VcpuCtx,
+    InterruptController, IoEventAddress, MmioHandler, Partition, PartitionConfig, VcpuCtx,
 };
 use virtio_queue::{QueueOwnedT, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::backend::{BlockBackend, SECTOR_SIZE};
-use memory::GuestView;
+use crate::guest_memory::GuestMemoryMmap;
 use request::{req_type, ID_LEN, SEG_MAX};
 use transport::{features, regs, MmioTransport, TransportEvent};
 
@@ -53,9 +51,6 @@ pub const VIRTIO_BLK_VECTOR: u8 = 0x50;
 /// Errors wiring the device to a partition.
 #[derive(Debug, thiserror::Error)]
 pub enum VirtioBlkError {
-    /// The guest RAM view could not be built.
-    #[error("guest memory view: {0}")]
-    Memory(String),
     /// Registering the ioeventfd or irqfd failed.
     #[error("{what}: {source}")]
     FastPath {
@@ -153,7 +148,7 @@ struct Shared {
     config: VirtioBlkConfig,
     id: [u8; ID_LEN],
     transport: Mutex<MmioTransport>,
-    mem: OnceLock<GuestView>,
+    mem: OnceLock<GuestMemoryMmap>,
     irq: OnceLock<Irq>,
     kick: EventFd,
     stop: AtomicBool,
@@ -270,7 +265,7 @@ impl VirtioBlkDevice {
         } else {
             None
         };
-        self.attach_memory(partition.ram())?;
+        self.attach_memory(partition.ram().memory().clone())?;
         if self.shared.irq.set(delivery).is_err() {
             return Err(VirtioBlkError::AlreadyAttached);
         }
@@ -285,13 +280,13 @@ impl VirtioBlkDevice {
         self.spawn_worker(notify_fd)
     }
 
-    /// Gives the device its view of guest RAM (done by [`VirtioBlkDevice::attach`]; tests call it directly
-    /// and drive [`VirtioBlkDevice::process_queue`] themselves).
-    pub fn attach_memory(&self, ram: &GuestRam) -> Result<(), VirtioBlkError> {
-        let view = GuestView::new(ram).map_err(VirtioBlkError::Memory)?;
+    /// Gives the device the guest memory its queue and buffers live in (done by
+    /// [`VirtioBlkDevice::attach`]; tests call it directly and drive [`VirtioBlkDevice::process_queue`]
+    /// themselves).
+    pub fn attach_memory(&self, mem: GuestMemoryMmap) -> Result<(), VirtioBlkError> {
         self.shared
             .mem
-            .set(view)
+            .set(mem)
             .map_err(|_| VirtioBlkError::AlreadyAttached)
     }
 
@@ -342,7 +337,7 @@ impl VirtioBlkDevice {
     /// A guest write to the window at `offset` (what the [`MmioHandler`] does, without a vCPU).
     pub fn mmio_write(&self, offset: u64, data: &[u8]) {
         let event = {
-            let mem = self.shared.mem.get().map(|v| &v.mem);
+            let mem = self.shared.mem.get();
             self.shared.transport().write(mem, offset, data)
         };
         if event == Some(TransportEvent::Notify) {
@@ -463,8 +458,7 @@ impl Shared {
     /// Drains the available ring (re-checking after re-enabling notifications, as EVENT_IDX requires),
     /// then interrupts the driver if the used ring moved past its used_event (or notifications are on).
     fn process_queue(&self) -> usize {
-        let Some(view) = self.mem.get() else { return 0 };
-        let mem = &view.mem;
+        let Some(mem) = self.mem.get() else { return 0 };
         let mut t = self.transport();
         if !t.running() {
             return 0;

@@ -1,14 +1,45 @@
 //! virtio-blk without KVM: a test driver sets the device up through its MMIO registers and builds split
-//! virtqueue rings and descriptor chains in a hypervisor-lite `GuestRam`, then the device processes them.
+//! virtqueue rings and descriptor chains in a `GuestMemoryMmap`, then the device processes them.
 
 use std::sync::Arc;
 
-use hypervisor_lite::GuestRam;
+use vm_memory::GuestAddress;
 
 use super::request::{req_type, status};
 use super::transport::{device_status as ds, features as f, regs};
 use super::*;
 use crate::backend::RamDisk;
+use crate::guest_memory::{self, GuestMemoryError};
+
+/// The test driver's view of guest memory: little-endian scalars and byte copies.
+#[derive(Clone)]
+struct TestRam(GuestMemoryMmap);
+
+impl TestRam {
+    fn new(bytes: u64) -> Result<Self, vm_memory::mmap::FromRangesError> {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), bytes as usize)]).map(Self)
+    }
+    fn memory(&self) -> GuestMemoryMmap {
+        self.0.clone()
+    }
+    fn write(&self, gpa: u64, data: &[u8]) -> Result<(), GuestMemoryError> {
+        guest_memory::write(&self.0, gpa, data)
+    }
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), GuestMemoryError> {
+        guest_memory::read(&self.0, gpa, buf)
+    }
+    fn write_u32(&self, gpa: u64, v: u32) -> Result<(), GuestMemoryError> {
+        self.write(gpa, &v.to_le_bytes())
+    }
+    fn write_u64(&self, gpa: u64, v: u64) -> Result<(), GuestMemoryError> {
+        self.write(gpa, &v.to_le_bytes())
+    }
+    fn read_u32(&self, gpa: u64) -> Result<u32, GuestMemoryError> {
+        let mut b = [0u8; 4];
+        self.read(gpa, &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+}
 
 const RAM: u64 = 4 << 20;
 const QSIZE: u16 = 16;
@@ -20,7 +51,7 @@ const NEXT: u16 = 1;
 const WRITE: u16 = 2;
 
 struct Driver {
-    ram: GuestRam,
+    ram: TestRam,
     dev: VirtioBlkDevice,
     avail_idx: u16,
     used_seen: u16,
@@ -39,9 +70,9 @@ fn r32(dev: &VirtioBlkDevice, reg: u64) -> u32 {
 impl Driver {
     /// Negotiates `accept` (intersected with the offer) and sets up queue 0.
     fn new(disk: Arc<dyn BlockBackend>, accept: u64) -> Self {
-        let ram = GuestRam::new(RAM).unwrap();
+        let ram = TestRam::new(RAM).unwrap();
         let dev = VirtioBlkDevice::new(disk, VirtioBlkConfig::default()).unwrap();
-        dev.attach_memory(&ram).unwrap();
+        dev.attach_memory(ram.memory()).unwrap();
         assert_eq!(r32(&dev, regs::MAGIC), transport::MAGIC);
         assert_eq!(r32(&dev, regs::VERSION), 2);
         assert_eq!(r32(&dev, regs::DEVICE_ID), 2);
@@ -407,10 +438,10 @@ fn without_event_idx_every_batch_interrupts_and_notify_register_works() {
 
 #[test]
 fn queue_with_rings_outside_ram_never_becomes_ready() {
-    let ram = GuestRam::new(RAM).unwrap();
+    let ram = TestRam::new(RAM).unwrap();
     let dev =
         VirtioBlkDevice::new(Arc::new(RamDisk::new(4096)), VirtioBlkConfig::default()).unwrap();
-    dev.attach_memory(&ram).unwrap();
+    dev.attach_memory(ram.memory()).unwrap();
     w32(&dev, regs::QUEUE_NUM, 16);
     w32(&dev, regs::QUEUE_DESC_LOW, 0xF000_0000);
     w32(&dev, regs::QUEUE_DRIVER_LOW, AVAIL as u32);
