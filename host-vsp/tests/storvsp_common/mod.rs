@@ -74,6 +74,23 @@ impl Rig {
             .collect()
     }
 
+    /// Feeds every completion in the host→guest ring to the driver, checking each moved `bytes`;
+    /// returns how many there were.
+    pub fn drain_completions(&mut self, bytes: u32) -> u64 {
+        let mut packets = Vec::new();
+        let drained = self.from_host.drain(&mut self.buf, usize::MAX, |info, b| {
+            packets.push(b[..info.len].to_vec());
+        });
+        let _ = drained.unwrap();
+        for p in &packets {
+            match self.drv.handle_packet(p).unwrap() {
+                Event::Completed(c) => assert_eq!(c.result, Ok(bytes), "{c:?}"),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        packets.len() as u64
+    }
+
     pub fn send(&mut self, r: &Request) {
         let _ = r.write_to(&mut self.to_host).unwrap();
     }

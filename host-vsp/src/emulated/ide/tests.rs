@@ -8,7 +8,7 @@ use proptest::prelude::*;
 
 use super::channel::{cmd, control, error, status};
 use super::*;
-use crate::backend::{BlockBackend, DiskError, RamDisk, SECTOR_SIZE};
+use crate::backend::{BlockBackend, DiskError, IoBuffers, RamDisk, SECTOR_SIZE};
 
 const DATA: u16 = 0x1F0;
 const ERR: u16 = 0x1F1;
@@ -196,27 +196,32 @@ impl BlockBackend for SparseDisk {
     fn read_only(&self) -> bool {
         false
     }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+    fn read_vectored(&self, offset: u64, bufs: &IoBuffers<'_>) -> Result<(), DiskError> {
         if self.fail {
             return Err(DiskError::Io(std::io::Error::other("injected")));
         }
         let map = self.sectors.lock().unwrap();
-        for (i, chunk) in buf.chunks_mut(512).enumerate() {
-            let s = offset / SECTOR_SIZE + i as u64;
-            match map.get(&s) {
-                Some(d) => chunk.copy_from_slice(d),
-                None => chunk.fill(0),
-            }
+        for i in 0..bufs.len() / SECTOR_SIZE {
+            let s = offset / SECTOR_SIZE + i;
+            let data = map.get(&s).map_or(&[0u8; 512][..], |d| &d[..]);
+            bufs.copy_from_host(i * SECTOR_SIZE, data)?;
         }
         Ok(())
     }
-    fn write_at(&self, offset: u64, buf: &[u8], _fua: bool) -> Result<(), DiskError> {
+    fn write_vectored(
+        &self,
+        offset: u64,
+        bufs: &IoBuffers<'_>,
+        _fua: bool,
+    ) -> Result<(), DiskError> {
         if self.fail {
             return Err(DiskError::Io(std::io::Error::other("injected")));
         }
         let mut map = self.sectors.lock().unwrap();
-        for (i, chunk) in buf.chunks(512).enumerate() {
-            map.insert(offset / SECTOR_SIZE + i as u64, chunk.to_vec());
+        for i in 0..bufs.len() / SECTOR_SIZE {
+            let mut sector = vec![0u8; 512];
+            bufs.copy_to_host(i * SECTOR_SIZE, &mut sector)?;
+            map.insert(offset / SECTOR_SIZE + i, sector);
         }
         Ok(())
     }

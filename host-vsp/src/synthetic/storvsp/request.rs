@@ -1,5 +1,8 @@
 //! Decoding one inbound ring packet into a storvsc request: the [`VstorPacket`] and, for GPA-direct
-//! packets, the guest data buffer as a list of guest-physical [`Segment`]s.
+//! packets, the guest data buffer as a list of guest-physical [`Segment`]s (in storage the worker
+//! reuses across requests), and [`DataBuffer`], through which commands reach that buffer: small
+//! checked copies for informational data, or the buffer's guest pages pushed into [`IoBuffers`] so
+//! the disk backend moves data straight between the disk and guest memory.
 //!
 //! Every field comes from the guest: ranges are parsed by `vmbus::packet` (offsets inside the first
 //! page, PFN counts matching lengths), the total is bounded by `max_transfer_bytes` before any
@@ -10,6 +13,7 @@ use storvsp_protocol::{ProtocolError, VstorPacket};
 use vmbus::packet::{Packet, PacketDescriptor, PacketError, PacketKind, PacketType};
 use zerocopy::FromBytes;
 
+use crate::backend::IoBuffers;
 use crate::guest_memory::{self, gpa_of_pfn, GuestMemoryError, GuestMemoryMmap, PAGE_SIZE};
 
 /// A guest-physically contiguous piece of a data buffer.
@@ -58,9 +62,8 @@ pub struct Request {
     pub packet: VstorPacket,
     /// Bytes of vstor packet the guest sent (payload bytes, including its padding to 8).
     pub packet_len: usize,
-    /// The data buffer, validated against guest memory (empty for in-band packets).
-    pub segments: Vec<Segment>,
-    /// Total bytes of `segments`.
+    /// Total bytes of the data buffer (its segments, validated against guest memory, are in the
+    /// storage [`decode`] was given; none for in-band packets).
     pub data_len: u64,
 }
 
@@ -85,8 +88,15 @@ pub enum Inbound {
     },
 }
 
-/// Decodes a packet the ring consumer copied out (`bytes` = the packet, `len8 * 8` bytes).
-pub fn decode(bytes: &[u8], mem: &GuestMemoryMmap, max_transfer: u32) -> Inbound {
+/// Decodes a packet the ring consumer copied out (`bytes` = the packet, `len8 * 8` bytes); the data
+/// buffer's segments go to `segments` (cleared first, so its capacity is reused).
+pub fn decode(
+    bytes: &[u8],
+    mem: &GuestMemoryMmap,
+    max_transfer: u32,
+    segments: &mut Vec<Segment>,
+) -> Inbound {
+    segments.clear();
     let Ok((desc, _)) = PacketDescriptor::read_from_prefix(bytes) else {
         return Inbound::Ignored {
             packet_type: PacketType::INVALID,
@@ -100,7 +110,7 @@ pub fn decode(bytes: &[u8], mem: &GuestMemoryMmap, max_transfer: u32) -> Inbound
         };
     }
     let trans_id = desc.trans_id;
-    match decode_request(bytes, mem, max_transfer) {
+    match decode_request(bytes, mem, max_transfer, segments) {
         Ok(request) => Inbound::Request(request),
         Err((packet, error)) => Inbound::Malformed {
             trans_id,
@@ -114,27 +124,27 @@ fn decode_request(
     bytes: &[u8],
     mem: &GuestMemoryMmap,
     max_transfer: u32,
+    segments: &mut Vec<Segment>,
 ) -> Result<Request, (Option<VstorPacket>, RequestError)> {
     let packet = Packet::parse(bytes).map_err(|e| (None, e.into()))?;
     let vstor = VstorPacket::parse(packet.payload).map_err(|e| (None, e.into()))?;
-    let (segments, data_len) =
-        data_segments(&packet, mem, max_transfer).map_err(|e| (Some(vstor), e))?;
+    let data_len =
+        data_segments(&packet, mem, max_transfer, segments).map_err(|e| (Some(vstor), e))?;
     Ok(Request {
         trans_id: packet.desc.trans_id,
         packet: vstor,
         packet_len: packet.payload.len(),
-        segments,
         data_len,
     })
 }
 
-/// The guest buffer of a GPA-direct packet as validated segments, and its length.
+/// The guest buffer of a GPA-direct packet as validated segments (into `segments`); its length.
 fn data_segments(
     packet: &Packet<'_>,
     mem: &GuestMemoryMmap,
     max_transfer: u32,
-) -> Result<(Vec<Segment>, u64), RequestError> {
-    let mut segments = Vec::new();
+    segments: &mut Vec<Segment>,
+) -> Result<u64, RequestError> {
     let mut data_len = 0u64;
     if let PacketKind::GpaDirect(ranges) = packet.kind {
         let total = ranges.total_bytes();
@@ -153,17 +163,17 @@ fn data_segments(
                 }
                 let gpa = gpa_of_pfn(pfn, offset).ok_or(RequestError::BadPfn { pfn })?;
                 let len = left.min(PAGE_SIZE - offset);
-                push_segment(&mut segments, gpa, len);
+                push_segment(segments, gpa, len);
                 left -= len;
                 offset = 0;
             }
         }
-        for s in &segments {
+        for s in segments.iter() {
             guest_memory::check(mem, s.gpa, u64::from(s.len))?;
         }
         data_len = total;
     }
-    Ok((segments, data_len))
+    Ok(data_len)
 }
 
 /// Appends `[gpa, gpa + len)`, merging with the previous segment when contiguous (`len <= 4096`,
@@ -244,6 +254,31 @@ impl<'a> DataBuffer<'a> {
         Ok(done)
     }
 
+    /// Pushes the guest pages of the buffer's first `len` bytes into `bufs`, for a backend to move
+    /// data straight between the disk and guest memory. Fails (pushing nothing of the failing
+    /// segment) if `len` exceeds the buffer or a segment is not guest RAM.
+    pub fn push_to<'b>(&self, bufs: &mut IoBuffers<'b>, len: u64) -> Result<(), GuestMemoryError>
+    where
+        'a: 'b,
+    {
+        if len > self.len {
+            return Err(GuestMemoryError {
+                gpa: self.segments.first().map_or(0, |s| s.gpa),
+                len,
+            });
+        }
+        let mut left = len;
+        for s in self.segments {
+            if left == 0 {
+                break;
+            }
+            let k = u64::from(s.len).min(left);
+            bufs.push_guest(self.mem, s.gpa, k)?;
+            left -= k;
+        }
+        Ok(())
+    }
+
     /// Fills `dst` (guest → device) from the start of the buffer; `dst` must not be longer than the
     /// buffer.
     pub fn read_into(&self, dst: &mut [u8]) -> Result<(), GuestMemoryError> {
@@ -311,14 +346,15 @@ mod tests {
             }],
             srb().as_wire(),
         );
-        let Inbound::Request(r) = decode(&bytes, &mem, 1 << 20) else {
+        let mut segments = Vec::new();
+        let Inbound::Request(r) = decode(&bytes, &mem, 1 << 20, &mut segments) else {
             panic!("not a request")
         };
         assert_eq!(r.trans_id, 77);
         assert_eq!(r.packet.operation(), Operation::EXECUTE_SRB);
         assert_eq!(r.data_len, 9000);
         assert_eq!(
-            r.segments,
+            segments,
             vec![
                 Segment {
                     gpa: 5 * 4096 + 100,
@@ -331,7 +367,7 @@ mod tests {
             ]
         );
         // Scatter and gather through the buffer.
-        let buf = DataBuffer::new(&mem, &r.segments, r.data_len);
+        let buf = DataBuffer::new(&mem, &segments, r.data_len);
         let src: Vec<u8> = (0..9000u32).map(|i| (i % 251) as u8).collect();
         assert_eq!(buf.write_from(&src).unwrap(), 9000);
         let mut back = vec![0u8; 9000];
@@ -355,7 +391,7 @@ mod tests {
             srb().as_wire(),
         );
         assert!(matches!(
-            decode(&bytes, &mem, 1 << 20),
+            decode(&bytes, &mem, 1 << 20, &mut Vec::new()),
             Inbound::Malformed {
                 trans_id: 77,
                 error: RequestError::NotRam(_),
@@ -371,7 +407,7 @@ mod tests {
             srb().as_wire(),
         );
         assert!(matches!(
-            decode(&bytes, &mem, 1 << 20),
+            decode(&bytes, &mem, 1 << 20, &mut Vec::new()),
             Inbound::Malformed {
                 error: RequestError::BadPfn { .. },
                 ..
@@ -392,7 +428,7 @@ mod tests {
             srb().as_wire(),
         );
         assert!(matches!(
-            decode(&bytes, &mem, 8192),
+            decode(&bytes, &mem, 8192, &mut Vec::new()),
             Inbound::Malformed {
                 error: RequestError::TooLarge {
                     bytes: 12288,
@@ -412,7 +448,7 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(
-            decode(&buf[..len], &mem, 8192),
+            decode(&buf[..len], &mem, 8192, &mut Vec::new()),
             Inbound::Malformed {
                 trans_id: 3,
                 error: RequestError::Vstor(_),
@@ -429,7 +465,7 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(
-            decode(&buf[..len], &mem, 8192),
+            decode(&buf[..len], &mem, 8192, &mut Vec::new()),
             Inbound::Ignored {
                 packet_type: PacketType::COMPLETION
             }
@@ -458,7 +494,7 @@ mod tests {
         .unwrap();
         // The vstor packet's bytes are misread as the missing PFN's place: the range must not
         // swallow them — either the parser refuses, or RAM validation does.
-        match decode(&buf[..len], &mem, 1 << 20) {
+        match decode(&buf[..len], &mem, 1 << 20, &mut Vec::new()) {
             Inbound::Malformed { trans_id: 9, .. } => {}
             other => panic!("accepted: {other:?}"),
         }

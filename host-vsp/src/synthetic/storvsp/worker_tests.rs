@@ -339,17 +339,21 @@ impl BlockBackend for SlowDisk {
     fn read_only(&self) -> bool {
         false
     }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), crate::backend::DiskError> {
-        std::thread::sleep(std::time::Duration::from_millis(1));
-        self.0.read_at(offset, buf)
-    }
-    fn write_at(
+    fn read_vectored(
         &self,
         offset: u64,
-        buf: &[u8],
+        bufs: &crate::backend::IoBuffers<'_>,
+    ) -> Result<(), crate::backend::DiskError> {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        self.0.read_vectored(offset, bufs)
+    }
+    fn write_vectored(
+        &self,
+        offset: u64,
+        bufs: &crate::backend::IoBuffers<'_>,
         fua: bool,
     ) -> Result<(), crate::backend::DiskError> {
-        self.0.write_at(offset, buf, fua)
+        self.0.write_vectored(offset, bufs, fua)
     }
     fn flush(&self) -> Result<(), crate::backend::DiskError> {
         Ok(())

@@ -149,6 +149,8 @@ struct Shared {
     id: [u8; ID_LEN],
     transport: Mutex<MmioTransport>,
     mem: OnceLock<GuestMemoryMmap>,
+    /// Reused by every chain processed (locked with the transport).
+    requests: Mutex<request::RequestStorage>,
     irq: OnceLock<Irq>,
     kick: EventFd,
     stop: AtomicBool,
@@ -213,6 +215,7 @@ impl VirtioBlkDevice {
                 id,
                 transport: Mutex::new(transport),
                 mem: OnceLock::new(),
+                requests: Mutex::default(),
                 irq: OnceLock::new(),
                 kick,
                 stop: AtomicBool::new(false),
@@ -463,6 +466,7 @@ impl Shared {
         if !t.running() {
             return 0;
         }
+        let mut storage = self.requests.lock().unwrap_or_else(PoisonError::into_inner);
         let mut done = 0;
         let mut broken = false;
         'outer: loop {
@@ -480,7 +484,7 @@ impl Shared {
                 };
                 let Some(chain) = next else { break };
                 let head = chain.head_index();
-                let c = request::process(mem, chain, &*self.disk, &self.id);
+                let c = request::process(mem, chain, &*self.disk, &self.id, &mut storage);
                 self.count(&c);
                 if t.queue.add_used(mem, head, c.used_len).is_err() {
                     broken = true;
@@ -506,6 +510,7 @@ impl Shared {
         } else {
             false
         };
+        drop(storage);
         drop(t);
         if interrupt {
             self.interrupt();
