@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use proptest::prelude::*;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::channel::{cmd, control, error, status};
 use super::*;
@@ -361,9 +362,16 @@ fn chs_addressing_translates_with_the_default_geometry() {
 #[test]
 fn interrupts_follow_nien_and_status_reads() {
     let ide = IdeController::new(Arc::new(RamDisk::new(1 << 20)));
+    let line = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+    ide.connect_interrupt(line.clone()).unwrap();
+    assert!(matches!(
+        ide.connect_interrupt(line.clone()),
+        Err(super::IdeError::AlreadyConnected)
+    ));
     issue_lba28(&ide, cmd::READ_SECTORS, 0, 2);
-    // One interrupt per DRQ block of a PIO read.
+    // One interrupt per DRQ block of a PIO read, each one trigger of the line.
     assert_eq!(ide.stats().interrupts, 1);
+    assert_eq!(line.read().unwrap(), 1);
     assert!(ide.channel.lock().unwrap().irq_pending());
     assert_eq!(
         inb(&ide, CTRL) & status::DRQ,
@@ -376,12 +384,14 @@ fn interrupts_follow_nien_and_status_reads() {
     );
     pio_in(&ide, 2, Width::String);
     assert_eq!(ide.stats().interrupts, 2);
+    assert_eq!(line.read().unwrap(), 1);
     assert!(!ide.channel.lock().unwrap().irq_pending());
     outb(&ide, CTRL, control::NIEN);
     issue_lba28(&ide, cmd::WRITE_SECTORS, 0, 2);
     pio_out(&ide, &[0; 1024], Width::String);
     outb(&ide, STATUS, cmd::FLUSH_CACHE);
     assert_eq!(ide.stats().interrupts, 2, "nIEN masks the line");
+    assert!(line.read().is_err(), "nothing triggered while masked");
     outb(&ide, CTRL, 0);
     issue_lba28(&ide, cmd::WRITE_SECTORS, 0, 2);
     pio_out(&ide, &[0; 1024], Width::String);

@@ -547,3 +547,35 @@ fn data_partly_outside_ram_fails_without_partial_effect() {
         "no disk byte written"
     );
 }
+
+/// The worker sleeps on the notify eventfd (an ioeventfd under KVM) and raises its interrupt
+/// through the connected [`Interrupt`] (an irqfd under KVM): no register access involved.
+#[test]
+fn the_worker_serves_notifies_and_triggers_the_interrupt() {
+    let disk = Arc::new(RamDisk::new(1 << 20));
+    let mut drv = Driver::new(disk.clone(), ALL);
+    let notify = EventFd::new(EFD_NONBLOCK).unwrap();
+    let kick = notify.try_clone().unwrap();
+    let irq = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+    drv.dev.connect_interrupt(irq.clone()).unwrap();
+    assert!(matches!(
+        drv.dev.connect_interrupt(irq.clone()),
+        Err(VirtioBlkError::AlreadyAttached { what: "interrupt" })
+    ));
+    drv.dev.start(Some(notify)).unwrap();
+    assert!(drv.dev.start(None).is_err(), "one worker");
+    drv.ram.write(BUFS, &[0x42; 4096]).unwrap();
+    drv.request(0, req_type::OUT, 0, BUFS, 4096, BUFS + 0x8000);
+    kick.write(1).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while drv.dev.stats().interrupts == 0 {
+        assert!(std::time::Instant::now() < deadline, "worker never ran");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(drv.status_byte(BUFS + 0x8000), status::OK);
+    assert_eq!(&disk.snapshot()[..4096], &[0x42; 4096][..]);
+    let s = drv.dev.stats();
+    assert_eq!((s.register_notifies, s.interrupts), (0, 1), "{s:?}");
+    assert_eq!(irq.read().unwrap(), 1);
+    drv.dev.stop();
+}
