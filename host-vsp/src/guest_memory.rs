@@ -6,6 +6,8 @@
 //! read or written (vm-memory's own copies may stop part-way at the end of a region) — with one error
 //! type ([`GuestMemoryError`]) naming the range.
 
+#![forbid(unsafe_code)]
+
 pub use vm_memory::GuestMemoryMmap;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, VolatileSlice};
 

@@ -5,6 +5,8 @@
 //! disk fails too: the kernel may have dropped the dirty pages it could not write, so a later
 //! `fdatasync` succeeding would claim durability for data that is gone (QEMU behaves the same way).
 
+#![forbid(unsafe_code)]
+
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};

@@ -1,6 +1,8 @@
 //! [`RamDisk`]: a disk held in host memory, for benchmarks and tests. A read or write is one copy
 //! between the disk's bytes and the I/O's buffers.
 
+#![forbid(unsafe_code)]
+
 use std::sync::RwLock;
 
 use super::{check_range, BlockBackend, DiskError, IoBuffers, SECTOR_SIZE};

@@ -2,4 +2,6 @@
 //!
 //! - [`blk`] — virtio-blk.
 
+#![forbid(unsafe_code)]
+
 pub mod blk;

@@ -14,6 +14,8 @@
 //! Everything the guest controls is validated here: no request can reach host memory outside guest RAM,
 //! bytes outside a disk image, or make the worker panic or stall.
 
+#![forbid(unsafe_code)]
+
 pub mod device;
 pub mod handshake;
 pub mod request;
