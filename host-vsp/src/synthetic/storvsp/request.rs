@@ -29,10 +29,10 @@ pub struct Segment {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
     /// The VMBus packet's headers are malformed (ranges, offsets, PFN counts).
-    #[error("malformed packet: {0}")]
+    #[error("malformed VMBus packet")]
     Packet(#[from] PacketError),
     /// The vstor packet is too short.
-    #[error("{0}")]
+    #[error("malformed vstor packet")]
     Vstor(#[from] ProtocolError),
     /// The data buffer exceeds the largest transfer.
     #[error("data buffer of {bytes} bytes exceeds the {max}-byte transfer limit")]
@@ -49,7 +49,7 @@ pub enum RequestError {
         pfn: u64,
     },
     /// A buffer page is not guest RAM.
-    #[error("{0}")]
+    #[error("a data buffer page is not guest RAM")]
     NotRam(#[from] GuestMemoryError),
 }
 

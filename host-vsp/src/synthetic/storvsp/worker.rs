@@ -538,7 +538,7 @@ impl<M: RingMemory> StorvspWorker<M> {
                 packet,
                 error,
             } => {
-                tracing::debug!(trans_id, %error, "storvsp: malformed request");
+                tracing::debug!(trans_id, ?error, "storvsp: malformed request");
                 self.stats.malformed += 1;
                 self.complete_with_error(trans_id, packet, NtStatus::INVALID_PARAMETER);
             }
