@@ -81,17 +81,34 @@ pub fn for_each_slice<'m, E>(
     mem: &'m GuestMemoryMmap,
     gpa: u64,
     len: u64,
+    f: impl FnMut(VolatileSlice<'m>) -> Result<(), E>,
+) -> Result<(), E>
+where
+    E: From<GuestMemoryError>,
+{
+    check(mem, gpa, len)?;
+    for_each_slice_unchecked(mem, gpa, len, f)
+}
+
+/// Like [`for_each_slice`] but without the check first: `f` may see the slices before the part of
+/// the range that is not RAM (the caller undoes what it did with them on error).
+pub(crate) fn for_each_slice_unchecked<'m, E>(
+    mem: &'m GuestMemoryMmap,
+    gpa: u64,
+    len: u64,
     mut f: impl FnMut(VolatileSlice<'m>) -> Result<(), E>,
 ) -> Result<(), E>
 where
     E: From<GuestMemoryError>,
 {
     let err = GuestMemoryError { gpa, len };
-    check(mem, gpa, len)?;
     if len == 0 {
         return Ok(());
     }
-    for slice in GuestMemoryBackend::get_slices(mem, GuestAddress(gpa), len as usize) {
+    let (Some(_), Ok(count)) = (gpa.checked_add(len), usize::try_from(len)) else {
+        return Err(err.into());
+    };
+    for slice in GuestMemoryBackend::get_slices(mem, GuestAddress(gpa), count) {
         f(slice.map_err(|_| err)?)?;
     }
     Ok(())

@@ -88,8 +88,9 @@ impl<'a> IoBuffers<'a> {
         gpa: u64,
         len: u64,
     ) -> Result<(), GuestMemoryError> {
+        // One walk over the regions: push as we go, take it all back if the range leaves RAM.
         let (segments, bytes) = (self.iov.len(), self.len);
-        let pushed = guest_memory::for_each_slice(mem, gpa, len, |s| {
+        let pushed = guest_memory::for_each_slice_unchecked(mem, gpa, len, |s| {
             self.push(s);
             Ok::<(), GuestMemoryError>(())
         });
