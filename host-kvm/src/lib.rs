@@ -2,5 +2,11 @@
 //! into a `hypervisor-lite` partition (post-message handlers and event ports per connection id, SINT
 //! delivery to a VP, port and MMIO handlers, ioeventfds and irqfds). `host-vsp` itself knows guest
 //! memory and channels, never KVM.
+//!
+//! - [`ide`]: the emulated IDE controller's ports and IRQ 14;
+//! - [`virtio_blk`]: virtio-blk's MMIO window, QueueNotify ioeventfd and MSI interrupt;
+//! - [`vmbus`]: the VMBus service's SynIC, message connections and doorbells.
 
+pub mod ide;
+pub mod virtio_blk;
 pub mod vmbus;

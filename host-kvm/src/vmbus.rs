@@ -13,7 +13,6 @@ use hypervisor_lite::hv::hypercall::HvStatus;
 use hypervisor_lite::hv::synic::EventDelivery as HvEventDelivery;
 use hypervisor_lite::hv::{HvError, HvPartition};
 use hypervisor_lite::GuestRam;
-use vm_memory::GuestMemoryMmap;
 use vmbus::protocol::{Version, MESSAGE_CONNECTION_IDS};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -24,8 +23,6 @@ pub enum AttachError {
     Hv(#[from] HvError),
     #[error("VMBus service")]
     Service(#[from] ServiceError),
-    #[error("guest memory view: {0}")]
-    Memory(String),
 }
 
 /// hypervisor-lite's SynIC as the VMBus service's [`Synic`].
@@ -103,7 +100,7 @@ pub fn start_vmbus(
         vp_count: hv.config().vp_count,
         versions: versions.to_vec(),
     };
-    let memory = guest_memory(ram)?;
+    let memory = ram.memory().clone();
     let synic = Arc::new(KvmSynic::new(hv.clone()));
     let service = VmbusService::start(config, memory, synic, devices)?;
     for connection_id in MESSAGE_CONNECTION_IDS {
@@ -121,11 +118,4 @@ pub fn start_vmbus(
         )?;
     }
     Ok(service)
-}
-
-/// The partition's RAM as `vm-memory` guest memory.
-fn guest_memory(ram: &GuestRam) -> Result<GuestMemoryMmap, AttachError> {
-    host_vsp::virtio::blk::memory::GuestView::new(ram)
-        .map(|view| view.mem)
-        .map_err(AttachError::Memory)
 }

@@ -1,5 +1,5 @@
 //! storvsp alone on the RAM backend: requests per second through the rings for 4 KiB reads at QD1 and
-//! QD32. A client thread runs the guest's storvsc logic (guest-drivers) and a worker thread runs
+//! QD32 and 128 KiB reads at QD32. A client thread runs the guest's storvsc logic (guest-drivers) and a worker thread runs
 //! StorvspWorker; they meet only in the two shared rings (no KVM, no signals: both sides poll).
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,12 +10,16 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use guest_drivers::storvsc::{Event, HandshakeStep, Storvsc};
 use host_vsp::backend::RamDisk;
-use host_vsp::guest_memory::HeapGuestMemory;
+use host_vsp::guest_memory::GuestMemoryMmap;
 use host_vsp::synthetic::storvsp::{LunMap, StorvspConfig, StorvspWorker};
+use vm_memory::GuestAddress;
 use vmbus::mem::AlignedRingBuffer;
 use vmbus::ring::{initialize_control_page, RingConsumer, RingProducer, FEATURE_PENDING_SEND_SIZE};
 
 type Ring = Arc<AlignedRingBuffer>;
+
+/// Guest pages: 16 for nothing in particular, then one data buffer per queue slot (32 × 128 KiB).
+const GUEST_PAGES: usize = 16 + 32 * 32;
 
 struct Client {
     drv: Storvsc,
@@ -39,7 +43,7 @@ impl Client {
         let mut worker = StorvspWorker::new(
             RingConsumer::new(a.clone()).expect("ring"),
             RingProducer::new(b.clone()).expect("ring"),
-            Arc::new(HeapGuestMemory::new(256)),
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), GUEST_PAGES * 4096)]).expect("memory"),
             LunMap::new().with_backend(0, disk),
             StorvspConfig {
                 io_threads,
@@ -96,16 +100,20 @@ impl Client {
             .collect()
     }
 
-    /// Completes `n` 4 KiB reads keeping `qd` outstanding; returns the elapsed time.
-    fn reads(&mut self, n: u64, qd: usize) -> Duration {
+    /// Completes `n` reads of `pages` 4 KiB pages keeping `qd` outstanding; returns the elapsed time.
+    fn reads(&mut self, n: u64, qd: usize, pages: u64) -> Duration {
+        let sectors = pages * 8;
+        let mut pfns = Vec::with_capacity(pages as usize);
         let start = Instant::now();
         let (mut sent, mut done) = (0u64, 0u64);
         while done < n {
             while sent < n && self.drv.outstanding() < qd {
                 let slot = sent % qd as u64;
+                pfns.clear();
+                pfns.extend((0..pages).map(|p| 16 + slot * pages + p));
                 let r = self
                     .drv
-                    .read(0, (sent * 8) % (60 << 11), 8, &[16 + slot], 0)
+                    .read(0, (sent * sectors) % (60 << 11), sectors as u32, &pfns, 0)
                     .expect("read");
                 let _ = r.write_to(&mut self.tx).expect("write");
                 sent += 1;
@@ -116,7 +124,7 @@ impl Client {
             }
             for e in events {
                 if let Event::Completed(c) = e {
-                    assert_eq!(c.result, Ok(4096));
+                    assert_eq!(c.result, Ok(pages as u32 * 4096));
                     done += 1;
                 }
             }
@@ -135,17 +143,28 @@ impl Drop for Client {
 }
 
 fn bench(c: &mut Criterion) {
-    let mut g = c.benchmark_group("storvsp_4k_read");
-    g.throughput(Throughput::Elements(1));
-    for (name, qd, threads) in [
-        ("qd1_inline", 1, 0),
-        ("qd32_inline", 32, 0),
-        ("qd32_pool4", 32, 4),
+    for (group, pages, cases) in [
+        (
+            "storvsp_4k_read",
+            1,
+            &[
+                ("qd1_inline", 1, 0),
+                ("qd32_inline", 32, 0),
+                ("qd32_pool4", 32, 4),
+            ][..],
+        ),
+        ("storvsp_128k_read", 32, &[("qd32_inline", 32, 0)][..]),
     ] {
-        let mut client = Client::start(threads);
-        g.bench_function(name, |b| b.iter_custom(|iters| client.reads(iters, qd)));
+        let mut g = c.benchmark_group(group);
+        g.throughput(Throughput::Elements(1));
+        for &(name, qd, threads) in cases {
+            let mut client = Client::start(threads);
+            g.bench_function(name, |b| {
+                b.iter_custom(|iters| client.reads(iters, qd, pages))
+            });
+        }
+        g.finish();
     }
-    g.finish();
 }
 
 criterion_group!(benches, bench);

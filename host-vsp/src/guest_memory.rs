@@ -1,15 +1,18 @@
-//! Guest physical memory as a device model sees it: [`GuestMemory`] copies bytes in and out at guest
-//! physical addresses and refuses any range that is not entirely guest RAM. Implemented for
-//! hypervisor-lite's [`GuestRam`] (the real partition) and for [`HeapGuestMemory`] (in-process rings,
-//! tests, benchmarks, fuzzing). Also: translating a guest page number plus offset to an address
-//! ([`gpa_of_pfn`]) without overflow.
+//! Guest physical memory as every device model sees it: vm-memory's [`GuestMemoryMmap`] (what
+//! hypervisor-lite's RAM is made of, what virtio-queue walks, what tests build with
+//! `GuestMemoryMmap::from_ranges`). This module owns the access rules device models add on top of it:
+//! translating a guest page number plus offset to an address ([`gpa_of_pfn`]) without overflow, and
+//! whole-range checks — a range that is not entirely guest RAM fails as a whole, before any byte is
+//! read or written (vm-memory's own copies may stop part-way at the end of a region) — with one error
+//! type ([`GuestMemoryError`]) naming the range.
 
-use std::sync::RwLock;
+#![forbid(unsafe_code)]
 
-use hypervisor_lite::GuestRam;
+pub use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, VolatileSlice};
 
 /// Size of a guest page as VMBus counts them.
-pub const PAGE_SIZE: u64 = 4096;
+pub use vmbus::gpadl::PAGE_SIZE;
 
 /// A guest memory access that would leave guest RAM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -21,17 +24,6 @@ pub struct GuestMemoryError {
     pub len: u64,
 }
 
-/// Guest physical memory. Implementations must never touch host memory outside guest RAM, whatever
-/// the address; a range not entirely in RAM fails as a whole without partial effects.
-pub trait GuestMemory: Send + Sync {
-    /// Whether `[gpa, gpa + len)` is entirely guest RAM (overflow-safe).
-    fn contains(&self, gpa: u64, len: u64) -> bool;
-    /// Copies guest memory at `gpa` into `buf`.
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), GuestMemoryError>;
-    /// Copies `buf` into guest memory at `gpa`.
-    fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), GuestMemoryError>;
-}
-
 /// `pfn * 4096 + offset`, or `None` on overflow or an offset outside the page.
 pub fn gpa_of_pfn(pfn: u64, offset: u64) -> Option<u64> {
     if offset >= PAGE_SIZE {
@@ -40,155 +32,161 @@ pub fn gpa_of_pfn(pfn: u64, offset: u64) -> Option<u64> {
     pfn.checked_mul(PAGE_SIZE)?.checked_add(offset)
 }
 
-impl GuestMemory for GuestRam {
-    fn contains(&self, gpa: u64, len: u64) -> bool {
-        GuestRam::contains(self, gpa, len)
-    }
-
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), GuestMemoryError> {
-        GuestRam::read(self, gpa, buf).map_err(|_| GuestMemoryError {
-            gpa,
-            len: buf.len() as u64,
-        })
-    }
-
-    fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), GuestMemoryError> {
-        GuestRam::write(self, gpa, buf).map_err(|_| GuestMemoryError {
-            gpa,
-            len: buf.len() as u64,
-        })
-    }
+/// Whether `[gpa, gpa + len)` is entirely guest RAM (overflow-safe; it may run across regions that
+/// touch). An empty range is RAM.
+pub fn contains(mem: &GuestMemoryMmap, gpa: u64, len: u64) -> bool {
+    check(mem, gpa, len).is_ok()
 }
 
-impl GuestMemory for vm_memory::GuestMemoryMmap {
-    fn contains(&self, gpa: u64, len: u64) -> bool {
-        usize::try_from(len).is_ok_and(|len| {
-            vm_memory::GuestMemoryBackend::check_range(self, vm_memory::GuestAddress(gpa), len)
-        })
+/// `Ok` if `[gpa, gpa + len)` is entirely guest RAM, else the error naming it.
+pub fn check(mem: &GuestMemoryMmap, gpa: u64, len: u64) -> Result<(), GuestMemoryError> {
+    let err = GuestMemoryError { gpa, len };
+    if len == 0 {
+        return Ok(());
     }
-
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), GuestMemoryError> {
-        let err = GuestMemoryError {
-            gpa,
-            len: buf.len() as u64,
-        };
-        if !GuestMemory::contains(self, gpa, buf.len() as u64) {
-            return Err(err);
-        }
-        vm_memory::Bytes::read_slice(self, buf, vm_memory::GuestAddress(gpa)).map_err(|_| err)
-    }
-
-    fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), GuestMemoryError> {
-        let err = GuestMemoryError {
-            gpa,
-            len: buf.len() as u64,
-        };
-        if !GuestMemory::contains(self, gpa, buf.len() as u64) {
-            return Err(err);
-        }
-        vm_memory::Bytes::write_slice(self, buf, vm_memory::GuestAddress(gpa)).map_err(|_| err)
-    }
-}
-
-impl<T: GuestMemory + ?Sized> GuestMemory for std::sync::Arc<T> {
-    fn contains(&self, gpa: u64, len: u64) -> bool {
-        (**self).contains(gpa, len)
-    }
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), GuestMemoryError> {
-        (**self).read(gpa, buf)
-    }
-    fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), GuestMemoryError> {
-        (**self).write(gpa, buf)
-    }
-}
-
-/// Guest memory held in a host vector starting at guest physical address 0: for in-process device
-/// tests, benchmarks and fuzzing, where no partition exists.
-#[derive(Debug)]
-pub struct HeapGuestMemory {
-    bytes: RwLock<Vec<u8>>,
-}
-
-impl HeapGuestMemory {
-    /// `pages` zeroed guest pages at GPA 0.
-    pub fn new(pages: usize) -> Self {
-        Self {
-            bytes: RwLock::new(vec![0; pages * PAGE_SIZE as usize]),
-        }
-    }
-
-    /// Size in bytes.
-    pub fn size(&self) -> u64 {
-        self.bytes.read().unwrap_or_else(|e| e.into_inner()).len() as u64
-    }
-
-    fn range(
-        &self,
-        gpa: u64,
-        len: u64,
-        size: usize,
-    ) -> Result<std::ops::Range<usize>, GuestMemoryError> {
-        match gpa.checked_add(len) {
-            Some(end) if end <= size as u64 => Ok(gpa as usize..end as usize),
-            _ => Err(GuestMemoryError { gpa, len }),
-        }
-    }
-}
-
-impl GuestMemory for HeapGuestMemory {
-    fn contains(&self, gpa: u64, len: u64) -> bool {
-        gpa.checked_add(len).is_some_and(|end| end <= self.size())
-    }
-
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), GuestMemoryError> {
-        let bytes = self.bytes.read().unwrap_or_else(|e| e.into_inner());
-        let r = self.range(gpa, buf.len() as u64, bytes.len())?;
-        buf.copy_from_slice(&bytes[r]);
+    let (Some(_), Ok(count)) = (gpa.checked_add(len), usize::try_from(len)) else {
+        return Err(err);
+    };
+    if GuestMemoryBackend::check_range(mem, GuestAddress(gpa), count) {
         Ok(())
+    } else {
+        Err(err)
     }
+}
 
-    fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), GuestMemoryError> {
-        let mut bytes = self.bytes.write().unwrap_or_else(|e| e.into_inner());
-        let r = self.range(gpa, buf.len() as u64, bytes.len())?;
-        bytes[r].copy_from_slice(buf);
-        Ok(())
+/// Copies guest memory at `gpa` into `buf`; fails without touching `buf` unless all of it is RAM.
+pub fn read(mem: &GuestMemoryMmap, gpa: u64, buf: &mut [u8]) -> Result<(), GuestMemoryError> {
+    let err = GuestMemoryError {
+        gpa,
+        len: buf.len() as u64,
+    };
+    check(mem, gpa, err.len)?;
+    mem.read_slice(buf, GuestAddress(gpa)).map_err(|_| err)
+}
+
+/// Copies `buf` into guest memory at `gpa`; fails without writing anything unless all of the range
+/// is RAM.
+pub fn write(mem: &GuestMemoryMmap, gpa: u64, buf: &[u8]) -> Result<(), GuestMemoryError> {
+    let err = GuestMemoryError {
+        gpa,
+        len: buf.len() as u64,
+    };
+    check(mem, gpa, err.len)?;
+    mem.write_slice(buf, GuestAddress(gpa)).map_err(|_| err)
+}
+
+/// The host views of `[gpa, gpa + len)`, one per region it crosses, in order — after checking that
+/// the whole range is RAM. `f` sees each slice; the first error it returns stops the walk.
+pub fn for_each_slice<'m, E>(
+    mem: &'m GuestMemoryMmap,
+    gpa: u64,
+    len: u64,
+    f: impl FnMut(VolatileSlice<'m>) -> Result<(), E>,
+) -> Result<(), E>
+where
+    E: From<GuestMemoryError>,
+{
+    check(mem, gpa, len)?;
+    for_each_slice_unchecked(mem, gpa, len, f)
+}
+
+/// Like [`for_each_slice`] but without the check first: `f` may see the slices before the part of
+/// the range that is not RAM (the caller undoes what it did with them on error).
+pub(crate) fn for_each_slice_unchecked<'m, E>(
+    mem: &'m GuestMemoryMmap,
+    gpa: u64,
+    len: u64,
+    mut f: impl FnMut(VolatileSlice<'m>) -> Result<(), E>,
+) -> Result<(), E>
+where
+    E: From<GuestMemoryError>,
+{
+    let err = GuestMemoryError { gpa, len };
+    if len == 0 {
+        return Ok(());
     }
+    let (Some(_), Ok(count)) = (gpa.checked_add(len), usize::try_from(len)) else {
+        return Err(err.into());
+    };
+    for slice in GuestMemoryBackend::get_slices(mem, GuestAddress(gpa), count) {
+        f(slice.map_err(|_| err)?)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn exercise(mem: &dyn GuestMemory, size: u64) {
-        mem.write(size - 8, &[1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
+    /// Two regions that touch (so ranges may run across them), then a hole, then a third.
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 2 * PAGE_SIZE as usize),
+            (GuestAddress(2 * PAGE_SIZE), 2 * PAGE_SIZE as usize),
+            (GuestAddress(8 * PAGE_SIZE), PAGE_SIZE as usize),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn bounds_are_whole_range_and_overflow_safe() {
+        let m = mem();
+        assert!(contains(&m, 0, 4 * PAGE_SIZE));
+        assert!(
+            contains(&m, PAGE_SIZE + 7, 2 * PAGE_SIZE),
+            "across touching regions"
+        );
+        assert!(!contains(&m, 3 * PAGE_SIZE, PAGE_SIZE + 1), "into the hole");
+        assert!(!contains(&m, 4 * PAGE_SIZE, 1));
+        assert!(contains(&m, 8 * PAGE_SIZE, PAGE_SIZE));
+        assert!(!contains(&m, 9 * PAGE_SIZE - 7, 8));
+        assert!(!contains(&m, u64::MAX, 2));
+        assert!(!contains(&m, 1, u64::MAX));
+        assert!(contains(&m, u64::MAX, 0));
+    }
+
+    #[test]
+    fn copies_cross_regions_and_fail_without_partial_effect() {
+        let m = mem();
+        let end = 4 * PAGE_SIZE;
+        write(&m, 2 * PAGE_SIZE - 4, &[1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
         let mut b = [0u8; 8];
-        mem.read(size - 8, &mut b).unwrap();
+        read(&m, 2 * PAGE_SIZE - 4, &mut b).unwrap();
         assert_eq!(b, [1, 2, 3, 4, 5, 6, 7, 8]);
-        assert!(mem.contains(0, size));
-        assert!(!mem.contains(size - 7, 8));
-        assert!(!mem.contains(u64::MAX, 2));
+        write(&m, end - 8, &[1; 8]).unwrap();
+        // vm-memory alone would write the first 8 bytes and report a short write.
         assert_eq!(
-            mem.read(size - 7, &mut b),
+            write(&m, end - 8, &[9; 16]),
             Err(GuestMemoryError {
-                gpa: size - 7,
-                len: 8
+                gpa: end - 8,
+                len: 16
             })
         );
-        assert!(mem.write(u64::MAX - 3, &b).is_err());
-        // A failed write has no partial effect.
-        mem.read(size - 8, &mut b).unwrap();
-        assert_eq!(b, [1, 2, 3, 4, 5, 6, 7, 8]);
+        read(&m, end - 8, &mut b).unwrap();
+        assert_eq!(b, [1; 8], "nothing written");
+        let mut big = [0xEE; 16];
+        assert!(read(&m, end - 8, &mut big).is_err());
+        assert_eq!(big, [0xEE; 16], "buffer untouched");
+        assert!(write(&m, u64::MAX - 3, &b).is_err());
     }
 
     #[test]
-    fn heap_memory_bounds() {
-        exercise(&HeapGuestMemory::new(4), 4 * PAGE_SIZE);
-    }
-
-    #[test]
-    fn guest_ram_bounds() {
-        let ram = GuestRam::new(16 * PAGE_SIZE).unwrap();
-        exercise(&ram, 16 * PAGE_SIZE);
+    fn slices_follow_regions() {
+        let m = mem();
+        let mut lens = Vec::new();
+        for_each_slice(&m, PAGE_SIZE, 2 * PAGE_SIZE + 5, |s| {
+            lens.push(s.len());
+            Ok::<(), GuestMemoryError>(())
+        })
+        .unwrap();
+        assert_eq!(lens, [PAGE_SIZE as usize, PAGE_SIZE as usize + 5]);
+        let mut called = false;
+        let r = for_each_slice(&m, 3 * PAGE_SIZE, 2 * PAGE_SIZE, |_| {
+            called = true;
+            Ok::<(), GuestMemoryError>(())
+        });
+        assert!(r.is_err());
+        assert!(!called, "checked before the first slice");
     }
 
     #[test]

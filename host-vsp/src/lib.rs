@@ -7,11 +7,16 @@
 //! - [`emulated`]: devices a guest drives register by register (the IDE disk);
 //! - [`virtio`]: virtio devices (virtio-blk over virtio-mmio);
 //! - [`backend`]: the disk backends every storage device serves from;
-//! - [`guest_memory`]: guest physical memory as every device model sees it.
+//! - [`guest_memory`]: guest physical memory as every device model sees it;
+//! - [`interrupt`]: the interrupt a device model raises.
+//!
+//! The emulated and virtio devices know nothing of KVM: their port/MMIO handlers, ioeventfds,
+//! irqfds and MSI routes are plugged into a partition by the `host-kvm` crate.
 
 pub mod backend;
 pub mod emulated;
 pub mod guest_memory;
+pub mod interrupt;
 pub mod synthetic;
 pub mod virtio;
 pub mod vmbus_service;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use guest_drivers::storvsc::{parse_capacity16, IoError};
-use host_vsp::backend::{BlockBackend, DiskError, FileDisk, RamDisk};
+use host_vsp::backend::{BlockBackend, DiskError, FileDisk, IoBuffers, RamDisk};
 use host_vsp::synthetic::storvsp::StorvspConfig;
 use storvsp_common::{pages, Rig};
 use storvsp_protocol::scsi::{AdditionalSense, SenseKey};
@@ -148,12 +148,17 @@ impl BlockBackend for FlushCounter {
     fn read_only(&self) -> bool {
         false
     }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
-        self.inner.read_at(offset, buf)
+    fn read_vectored(&self, offset: u64, bufs: &IoBuffers<'_>) -> Result<(), DiskError> {
+        self.inner.read_vectored(offset, bufs)
     }
-    fn write_at(&self, offset: u64, buf: &[u8], fua: bool) -> Result<(), DiskError> {
+    fn write_vectored(
+        &self,
+        offset: u64,
+        bufs: &IoBuffers<'_>,
+        fua: bool,
+    ) -> Result<(), DiskError> {
         self.fua.fetch_add(u64::from(fua), Ordering::Relaxed);
-        self.inner.write_at(offset, buf, fua)
+        self.inner.write_vectored(offset, bufs, fua)
     }
     fn flush(&self) -> Result<(), DiskError> {
         self.flushes.fetch_add(1, Ordering::Relaxed);

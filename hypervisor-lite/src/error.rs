@@ -92,7 +92,7 @@ pub enum Error {
         cause: KvmUnavailableCause,
     },
     /// A KVM ioctl failed.
-    #[error("{op} failed: {source}")]
+    #[error("{op} failed")]
     Kvm {
         /// The operation (ioctl) that failed.
         op: &'static str,
@@ -109,7 +109,7 @@ pub enum Error {
     #[error(transparent)]
     Load(#[from] LoadError),
     /// A host OS call (thread, signal, file) failed.
-    #[error("{op} failed: {source}")]
+    #[error("{op} failed")]
     Os {
         /// The operation that failed.
         op: &'static str,

@@ -19,7 +19,7 @@ const EM_X86_64: u16 = 62;
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The image could not be read from disk.
-    #[error("cannot read guest image {path}: {source}")]
+    #[error("cannot read guest image {path}")]
     Read {
         /// Path of the image.
         path: String,
@@ -60,7 +60,7 @@ pub enum LoadError {
         memsz: u64,
     },
     /// A segment does not fit in guest RAM.
-    #[error("segment does not fit in guest RAM: {0}")]
+    #[error("segment does not fit in guest RAM")]
     OutsideRam(#[source] MemoryError),
     /// The entry point is not inside any loaded segment.
     #[error("entry point {entry:#x} is not inside a loaded segment")]

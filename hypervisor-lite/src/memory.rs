@@ -1,23 +1,27 @@
-//! Guest RAM: sparse anonymous host mappings laid out around the x86 MMIO hole, and every access path
-//! from the host into guest physical memory (bounds-checked copies, little-endian scalars, zerocopy objects,
-//! atomics on aligned guest words, raw host pointers for shared rings).
+//! Guest RAM: sparse anonymous host mappings laid out around the x86 MMIO hole, held as vm-memory's
+//! [`GuestMemoryMmap`] (the type virtio-queue and every device model speak), and the access paths hypervisor-lite
+//! itself uses on top of it (bounds-checked copies, little-endian scalars, zerocopy objects, atomics on aligned
+//! guest words, raw host pointers for shared rings).
 //!
 //! Layout: RAM occupies `[0, min(size, 3 GiB))`; whatever is left is placed at `[4 GiB, 4 GiB + rest)`.
 //! The gap `[3 GiB, 4 GiB)` is the MMIO hole (IOAPIC at 0xFEC00000, LAPIC at 0xFEE00000, ...): no RAM there.
 //! The mappings are `MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE`, so a 32 GiB partition costs host memory only
 //! for the pages a guest (or the host) actually touches.
 //!
-//! Concurrency contract: guest memory is shared with running vCPUs and other host threads. This module never
-//! creates Rust references (`&[u8]`, `&T`) into guest memory; all accesses go through raw pointers
-//! (`copy_nonoverlapping`, unaligned reads/writes, or `Atomic*::from_ptr` for the atomic helpers). Plain copies
-//! can observe torn values if the guest writes concurrently; callers that need single-copy atomicity use the
-//! atomic helpers on aligned words.
+//! Concurrency contract: guest memory is shared with running vCPUs and other host threads. Every access here goes
+//! through vm-memory's `VolatileSlice` (volatile copies, atomics on aligned words), never through Rust references
+//! into guest memory, so a guest writing concurrently cannot cause a data race on the host side; plain copies can
+//! still observe torn values, and callers that need single-copy atomicity use the atomic helpers. Every range must
+//! lie entirely inside one RAM region: otherwise the access fails as a whole, before any byte is touched.
 
 use std::fmt;
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
 
+use vm_memory::mmap::MmapRegionError;
+use vm_memory::{
+    Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
+    MemoryRegionAddress, MmapRegion, VolatileMemory, VolatileSlice,
+};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 /// End of the RAM below the MMIO hole (3 GiB).
@@ -55,14 +59,22 @@ pub enum MemoryError {
         bytes: u64,
     },
     /// The host refused the anonymous mapping backing guest RAM at `gpa`.
-    #[error("cannot map {len:#x} bytes of host memory for guest RAM at {gpa:#x}: {source}")]
+    #[error("cannot map {len:#x} bytes of host memory for guest RAM at {gpa:#x}")]
     Mmap {
         /// Guest physical address of the region.
         gpa: u64,
         /// Length of the region in bytes.
         len: u64,
-        /// The error mmap returned.
-        source: std::io::Error,
+        /// Why vm-memory could not map the region.
+        source: MmapRegionError,
+    },
+    /// vm-memory refused the region layout (cannot happen for the fixed layout; reported, not unwrapped).
+    #[error("guest RAM regions of {bytes:#x} bytes cannot form a guest memory map")]
+    Layout {
+        /// Requested size in bytes.
+        bytes: u64,
+        /// What vm-memory refused.
+        source: vm_memory::GuestRegionCollectionError,
     },
 }
 
@@ -87,83 +99,29 @@ impl RamRegion {
     }
 }
 
-/// A host mapping owned by [`GuestRam`]; unmapped when the last clone goes away.
-struct Mapping {
-    region: RamRegion,
-    ptr: NonNull<u8>,
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` are exactly what mmap returned in `Mapping::new`; this is the only owner and no
-        // pointer derived from it outlives the `GuestRam` (host_ptr_range's contract says so).
-        let rc = unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.region.len as usize) };
-        debug_assert_eq!(rc, 0, "munmap of guest RAM failed");
-    }
-}
-
-impl Mapping {
-    fn new(gpa: u64, len: u64) -> Result<Self> {
-        let size = usize::try_from(len).map_err(|_| MemoryError::InvalidSize { bytes: len })?;
-        // SAFETY: a fresh anonymous private mapping: no existing memory is affected; arguments are valid.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(MemoryError::Mmap {
-                gpa,
-                len,
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| MemoryError::Mmap {
-            gpa,
-            len,
-            source: std::io::Error::other("mmap returned NULL"),
-        })?;
-        Ok(Self {
-            region: RamRegion {
-                gpa,
-                len,
-                host_addr: ptr.as_ptr() as u64,
-            },
-            ptr,
-        })
-    }
-}
-
-struct Inner {
-    mappings: Vec<Mapping>,
-    size: u64,
-}
-
-// SAFETY: `Inner` only holds raw pointers to anonymous mappings it owns; the memory is shared with vCPUs by
-// design and every access goes through raw-pointer copies or atomics, never through Rust references, so moving
-// or sharing the handle between threads cannot create a data race on Rust-visible state.
-unsafe impl Send for Inner {}
-// SAFETY: see the `Send` impl: `&Inner` gives no access beyond raw-pointer copies and atomics.
-unsafe impl Sync for Inner {}
-
-/// Guest physical RAM. Cloning is an `Arc` clone: every clone sees the same memory.
+/// Guest physical RAM. Cloning clones the [`GuestMemoryMmap`] (reference-counted regions): every clone sees
+/// the same memory, and the mappings live until the last clone of either goes away.
 #[derive(Clone)]
 pub struct GuestRam {
-    inner: Arc<Inner>,
+    mem: GuestMemoryMmap,
+    size: u64,
 }
 
 impl fmt::Debug for GuestRam {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GuestRam")
-            .field("size", &self.inner.size)
+            .field("size", &self.size)
             .field("regions", &self.regions())
             .finish()
     }
+}
+
+fn region(gpa: u64, len: u64) -> Result<GuestRegionMmap> {
+    let size = usize::try_from(len).map_err(|_| MemoryError::InvalidSize { bytes: len })?;
+    // MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, read/write: nothing is committed until touched.
+    let mapping = MmapRegion::new(size).map_err(|source| MemoryError::Mmap { gpa, len, source })?;
+    // The layout keeps every region below 2^41, so `gpa + len` cannot overflow.
+    GuestRegionMmap::new(mapping, GuestAddress(gpa)).ok_or(MemoryError::InvalidSize { bytes: len })
 }
 
 impl GuestRam {
@@ -174,87 +132,97 @@ impl GuestRam {
             return Err(MemoryError::InvalidSize { bytes });
         }
         let low = bytes.min(LOW_RAM_END);
-        let mut mappings = vec![Mapping::new(0, low)?];
+        let mut regions = vec![region(0, low)?];
         if bytes > low {
-            mappings.push(Mapping::new(HIGH_RAM_START, bytes - low)?);
+            regions.push(region(HIGH_RAM_START, bytes - low)?);
         }
-        Ok(Self {
-            inner: Arc::new(Inner {
-                mappings,
-                size: bytes,
-            }),
-        })
+        let mem = GuestMemoryMmap::from_regions(regions)
+            .map_err(|source| MemoryError::Layout { bytes, source })?;
+        Ok(Self { mem, size: bytes })
+    }
+
+    /// The RAM as vm-memory's guest memory map, at the same guest physical addresses. A clone of it keeps the
+    /// mappings alive on its own (for device models that outlive the partition object).
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
     }
 
     /// Total RAM in bytes (excluding the hole).
     pub fn size(&self) -> u64 {
-        self.inner.size
+        self.size
     }
 
     /// The RAM regions in ascending guest-physical order (for KVM memory slots).
     pub fn regions(&self) -> Vec<RamRegion> {
-        self.inner.mappings.iter().map(|m| m.region).collect()
+        self.mem
+            .iter()
+            .map(|r| RamRegion {
+                gpa: r.start_addr().raw_value(),
+                len: r.len(),
+                host_addr: r.as_ptr() as u64,
+            })
+            .collect()
     }
 
     /// Whether `[gpa, gpa + len)` lies entirely within one RAM region. Overflow-safe; an empty range is
     /// contained if `gpa` is inside a region or at its end.
     pub fn contains(&self, gpa: u64, len: u64) -> bool {
-        self.locate(gpa, len).is_ok()
+        self.slice(gpa, len).is_ok()
     }
 
-    /// Finds the mapping covering the range and returns the host pointer of `gpa`.
-    fn locate(&self, gpa: u64, len: u64) -> Result<*mut u8> {
-        let end = gpa
-            .checked_add(len)
-            .ok_or(MemoryError::OutOfRange { gpa, len })?;
-        for m in &self.inner.mappings {
-            let r = m.region;
-            if gpa >= r.gpa && end <= r.end() {
-                // Offset fits in usize: it is below the mapping length, which fit in usize at mmap time.
-                let offset = (gpa - r.gpa) as usize;
-                // SAFETY: `offset <= len` of this mapping, so the result stays inside (or one past) the
-                // allocation returned by mmap.
-                return Ok(unsafe { m.ptr.as_ptr().add(offset) });
-            }
-        }
-        Err(MemoryError::OutOfRange { gpa, len })
+    /// The volatile view of `[gpa, gpa + len)`, which must lie within one region (checked before anything is
+    /// touched, so a failing access has no partial effect).
+    fn slice(&self, gpa: u64, len: u64) -> Result<VolatileSlice<'_>> {
+        let out_of_range = || MemoryError::OutOfRange { gpa, len };
+        let end = gpa.checked_add(len).ok_or_else(out_of_range)?;
+        let count = usize::try_from(len).map_err(|_| out_of_range())?;
+        let region = self
+            .mem
+            .iter()
+            .find(|r| {
+                let start = r.start_addr().raw_value();
+                gpa >= start && end <= start + r.len()
+            })
+            .ok_or_else(out_of_range)?;
+        let offset = MemoryRegionAddress(gpa - region.start_addr().raw_value());
+        region.get_slice(offset, count).map_err(|_| out_of_range())
     }
 
     /// Host pointer to `[gpa, gpa + len)`, which must lie within one contiguous RAM region.
     ///
     /// Contract for callers (e.g. VMBus ring code mapping GPADL pages): the pointer is valid for reads and writes
-    /// of `len` bytes as long as any clone of this `GuestRam` is alive. The memory is concurrently modified by the
-    /// guest and other host threads: never form `&`/`&mut` references to it; use volatile or atomic accesses (or
-    /// `copy_nonoverlapping` into private buffers and validate afterwards), and treat every value as untrusted and
-    /// possibly changing between two reads.
+    /// of `len` bytes as long as any clone of this `GuestRam` (or of its [`memory`](Self::memory)) is alive. The
+    /// memory is concurrently modified by the guest and other host threads: never form `&`/`&mut` references to
+    /// it; use volatile or atomic accesses (or copy into private buffers and validate afterwards), and treat every
+    /// value as untrusted and possibly changing between two reads.
     pub fn host_ptr_range(&self, gpa: u64, len: u64) -> Result<*mut u8> {
-        self.locate(gpa, len)
+        Ok(self.slice(gpa, len)?.ptr_guard_mut().as_ptr())
     }
 
-    /// Copies guest memory at `gpa` into `buf`.
+    /// Copies guest memory at `gpa` into `buf` (volatile copy).
     pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<()> {
-        let src = self.locate(gpa, buf.len() as u64)?;
-        // SAFETY: `locate` checked that `buf.len()` bytes from `src` are inside one live mapping; `buf` is a
-        // distinct host buffer (guest RAM is never handed out as a Rust slice), so the ranges cannot overlap.
-        unsafe { std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
+        self.slice(gpa, buf.len() as u64)?.copy_to(buf);
         Ok(())
     }
 
-    /// Copies `data` into guest memory at `gpa`.
+    /// Copies `data` into guest memory at `gpa` (volatile copy).
     pub fn write(&self, gpa: u64, data: &[u8]) -> Result<()> {
-        let dst = self.locate(gpa, data.len() as u64)?;
-        // SAFETY: `locate` checked that `data.len()` bytes from `dst` are inside one live writable mapping;
-        // `data` is a host buffer that cannot overlap guest RAM (never exposed as a Rust slice).
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
+        self.slice(gpa, data.len() as u64)?.copy_from(data);
         Ok(())
     }
 
     /// Fills `[gpa, gpa + len)` with zero bytes.
     pub fn zero(&self, gpa: u64, len: u64) -> Result<()> {
-        let dst = self.locate(gpa, len)?;
-        // SAFETY: `locate` checked the range lies in one live writable mapping; `len` fits in usize because
-        // it is at most the mapping length.
-        unsafe { std::ptr::write_bytes(dst, 0, len as usize) };
+        const ZEROS: [u8; 4096] = [0; 4096];
+        let mut rest = self.slice(gpa, len)?;
+        while !rest.is_empty() {
+            let n = rest.len().min(ZEROS.len());
+            let (head, tail) = rest
+                .split_at(n)
+                .map_err(|_| MemoryError::OutOfRange { gpa, len })?;
+            head.copy_from(&ZEROS[..n]);
+            rest = tail;
+        }
         Ok(())
     }
 
@@ -283,11 +251,10 @@ impl GuestRam {
     }
 
     /// Reads a plain-old-data object (no alignment requirement on `gpa`).
-    pub fn read_obj<T: FromBytes>(&self, gpa: u64) -> Result<T> {
-        let src = self.locate(gpa, std::mem::size_of::<T>() as u64)?;
-        // SAFETY: the `size_of::<T>()` bytes at `src` are in one live mapping; `read_unaligned` has no alignment
-        // requirement, and `T: FromBytes` makes every byte pattern a valid `T`.
-        Ok(unsafe { std::ptr::read_unaligned(src.cast::<T>()) })
+    pub fn read_obj<T: FromBytes + IntoBytes>(&self, gpa: u64) -> Result<T> {
+        let mut value = T::new_zeroed();
+        self.read(gpa, value.as_mut_bytes())?;
+        Ok(value)
     }
 
     /// Writes a plain-old-data object (no alignment requirement on `gpa`).
@@ -295,57 +262,59 @@ impl GuestRam {
         self.write(gpa, value.as_bytes())
     }
 
-    fn atomic_ptr(&self, gpa: u64, size: u64) -> Result<*mut u8> {
+    /// The naturally aligned `size`-byte guest word at `gpa` (regions start page-aligned in page-aligned
+    /// mappings, so an aligned GPA is an aligned host address).
+    fn atomic_slice(&self, gpa: u64, size: u64) -> Result<VolatileSlice<'_>> {
         if !gpa.is_multiple_of(size) {
             return Err(MemoryError::Misaligned { gpa, len: size });
         }
-        // Mappings are page-aligned and start at page-aligned GPAs, so an aligned GPA gives an aligned host pointer.
-        self.locate(gpa, size)
+        self.slice(gpa, size)
     }
 
-    fn atomic_u32(&self, gpa: u64) -> Result<&AtomicU32> {
-        let p = self.atomic_ptr(gpa, 4)?;
-        // SAFETY: `p` is 4-byte aligned (aligned GPA in a page-aligned mapping), in a live mapping that outlives
-        // the returned reference (tied to `&self`), and all concurrent host accesses to guest words meant to be
-        // atomic go through atomics too; the guest uses locked instructions on such words.
-        Ok(unsafe { AtomicU32::from_ptr(p.cast()) })
+    fn with_u32<R>(&self, gpa: u64, f: impl FnOnce(&AtomicU32) -> R) -> Result<R> {
+        let slice = self.atomic_slice(gpa, 4)?;
+        let word = slice
+            .get_atomic_ref::<AtomicU32>(0)
+            .map_err(|_| MemoryError::Misaligned { gpa, len: 4 })?;
+        Ok(f(word))
     }
 
-    fn atomic_u64(&self, gpa: u64) -> Result<&AtomicU64> {
-        let p = self.atomic_ptr(gpa, 8)?;
-        // SAFETY: as in `atomic_u32`, with 8-byte alignment checked by `atomic_ptr`.
-        Ok(unsafe { AtomicU64::from_ptr(p.cast()) })
+    fn with_u64<R>(&self, gpa: u64, f: impl FnOnce(&AtomicU64) -> R) -> Result<R> {
+        let slice = self.atomic_slice(gpa, 8)?;
+        let word = slice
+            .get_atomic_ref::<AtomicU64>(0)
+            .map_err(|_| MemoryError::Misaligned { gpa, len: 8 })?;
+        Ok(f(word))
     }
 
     /// Atomically loads an aligned guest u32.
     pub fn load_u32(&self, gpa: u64, order: Ordering) -> Result<u32> {
-        Ok(self.atomic_u32(gpa)?.load(order))
+        self.with_u32(gpa, |w| w.load(order))
     }
 
     /// Atomically stores an aligned guest u32.
     pub fn store_u32(&self, gpa: u64, value: u32, order: Ordering) -> Result<()> {
-        self.atomic_u32(gpa)?.store(value, order);
-        Ok(())
+        self.with_u32(gpa, |w| w.store(value, order))
     }
 
     /// Atomically loads an aligned guest u64.
     pub fn load_u64(&self, gpa: u64, order: Ordering) -> Result<u64> {
-        Ok(self.atomic_u64(gpa)?.load(order))
+        self.with_u64(gpa, |w| w.load(order))
     }
 
     /// Atomically ORs `bits` into an 8-aligned guest u64 (SeqCst); returns the previous value.
     pub fn fetch_or_u64(&self, gpa: u64, bits: u64) -> Result<u64> {
-        Ok(self.atomic_u64(gpa)?.fetch_or(bits, Ordering::SeqCst))
+        self.with_u64(gpa, |w| w.fetch_or(bits, Ordering::SeqCst))
     }
 
     /// Atomically ANDs `mask` into an 8-aligned guest u64 (SeqCst); returns the previous value.
     pub fn fetch_and_u64(&self, gpa: u64, mask: u64) -> Result<u64> {
-        Ok(self.atomic_u64(gpa)?.fetch_and(mask, Ordering::SeqCst))
+        self.with_u64(gpa, |w| w.fetch_and(mask, Ordering::SeqCst))
     }
 
     /// Atomically ORs `bits` into a 4-aligned guest u32 (SeqCst); returns the previous value.
     pub fn fetch_or_u32(&self, gpa: u64, bits: u32) -> Result<u32> {
-        Ok(self.atomic_u32(gpa)?.fetch_or(bits, Ordering::SeqCst))
+        self.with_u32(gpa, |w| w.fetch_or(bits, Ordering::SeqCst))
     }
 
     /// Atomic compare-exchange on a 4-aligned guest u32 (SeqCst). `Ok(Ok(previous))` on success,
@@ -356,9 +325,9 @@ impl GuestRam {
         current: u32,
         new: u32,
     ) -> Result<std::result::Result<u32, u32>> {
-        Ok(self
-            .atomic_u32(gpa)?
-            .compare_exchange(current, new, Ordering::SeqCst, Ordering::SeqCst))
+        self.with_u32(gpa, |w| {
+            w.compare_exchange(current, new, Ordering::SeqCst, Ordering::SeqCst)
+        })
     }
 }
 
@@ -534,5 +503,40 @@ mod tests {
         assert!(ram.host_ptr_range(LOW_RAM_END - 0x1000, 0x2000).is_err());
         let hp = ram.host_ptr_range(HIGH_RAM_START, 0x1000).unwrap();
         assert_eq!(hp as u64, ram.regions()[1].host_addr);
+    }
+
+    #[test]
+    fn memory_is_the_same_ram_and_outlives_the_handle() {
+        use vm_memory::Bytes;
+        let ram = GuestRam::new(4 * GIB).unwrap();
+        let mem = ram.memory().clone();
+        assert_eq!(mem.num_regions(), 2);
+        ram.write_u64(HIGH_RAM_START + 8, 0xfeed).unwrap();
+        let v: u64 = mem
+            .read_obj(GuestAddress(HIGH_RAM_START + 8))
+            .expect("visible through vm-memory");
+        assert_eq!(v, 0xfeed);
+        drop(ram);
+        // The clone keeps the mapping alive.
+        mem.write_obj(7u32, GuestAddress(0x10)).unwrap();
+        assert_eq!(mem.read_obj::<u32>(GuestAddress(0x10)).unwrap(), 7);
+    }
+
+    #[test]
+    fn failed_accesses_have_no_partial_effect() {
+        let ram = GuestRam::new(4 * GIB).unwrap();
+        ram.write(LOW_RAM_END - 4, &[1, 2, 3, 4]).unwrap();
+        // Straddles the end of low RAM into the hole: nothing is written, not even the first 4 bytes.
+        assert!(ram.write(LOW_RAM_END - 4, &[9; 8]).is_err());
+        assert!(ram.zero(LOW_RAM_END - 4, 8).is_err());
+        let mut b = [0u8; 4];
+        ram.read(LOW_RAM_END - 4, &mut b).unwrap();
+        assert_eq!(b, [1, 2, 3, 4]);
+        let mut big = [0xEEu8; 8];
+        assert!(ram.read(LOW_RAM_END - 4, &mut big).is_err());
+        assert_eq!(big, [0xEE; 8], "a failed read leaves the buffer alone");
+        ram.zero(LOW_RAM_END - 4, 4).unwrap();
+        ram.read(LOW_RAM_END - 4, &mut b).unwrap();
+        assert_eq!(b, [0; 4]);
     }
 }

@@ -83,10 +83,10 @@ pub struct CompletedRun {
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// The backend failed.
-    #[error("disk backend: {0}")]
+    #[error("disk backend failed")]
     Disk(#[from] DiskError),
     /// A workload does not fit the disk.
-    #[error("{0}")]
+    #[error(transparent)]
     Plan(#[from] PlanError),
     /// A sector holds the wrong contents.
     #[error("sector {sector} does not hold the data of generation {expected}")]

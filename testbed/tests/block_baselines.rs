@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use host_kvm::ide::KvmIde;
+use host_kvm::virtio_blk::{KvmVirtioBlk, VirtioBlkPlacement};
 use host_vsp::backend::{BlockBackend, FileDisk, RamDisk};
 use host_vsp::emulated::ide::IdeController;
 use host_vsp::virtio::blk::{VirtioBlkConfig, VirtioBlkDevice};
@@ -81,9 +83,9 @@ fn temp_image(name: &str) -> PathBuf {
 fn run_ide(disk: Arc<dyn BlockBackend>, cmdline: &str) -> (GuestRun, Arc<IdeController>) {
     let ide = Arc::new(IdeController::new(disk));
     let mut cfg = GuestVmConfig::new(cmdline);
-    let dev = ide.clone();
+    let kvm = KvmIde::new(ide.clone());
     cfg.configure(move |pc| {
-        dev.register(pc);
+        kvm.register(pc);
         Ok(())
     });
     let run = GuestVm::new(cfg).unwrap().run(TIMEOUT).unwrap();
@@ -94,7 +96,8 @@ fn run_ide(disk: Arc<dyn BlockBackend>, cmdline: &str) -> (GuestRun, Arc<IdeCont
 fn run_virtio(disk: Arc<dyn BlockBackend>, cmdline: &str) -> (GuestRun, Arc<VirtioBlkDevice>) {
     let dev = Arc::new(VirtioBlkDevice::new(disk, VirtioBlkConfig::default()).unwrap());
     let mut cfg = GuestVmConfig::new(cmdline);
-    let (d1, d2) = (dev.clone(), dev.clone());
+    let kvm = KvmVirtioBlk::new(dev.clone(), VirtioBlkPlacement::default());
+    let (d1, d2) = (kvm.clone(), kvm);
     cfg.configure(move |pc| {
         d1.register(pc);
         Ok(())

@@ -10,10 +10,11 @@
 use std::sync::Arc;
 
 use host_vsp::backend::RamDisk;
-use host_vsp::guest_memory::HeapGuestMemory;
+use host_vsp::guest_memory::GuestMemoryMmap;
 use host_vsp::synthetic::storvsp::{LunMap, StorvspConfig, StorvspWorker};
 use libfuzzer_sys::fuzz_target;
 use storvsp_protocol::{Operation, ProtocolVersion, VstorPacket};
+use vm_memory::GuestAddress;
 use vmbus::mem::AlignedRingBuffer;
 use vmbus::packet::{PacketFlags, PacketType};
 use vmbus::ring::{initialize_control_page, RingConsumer, RingProducer, FEATURE_PENDING_SEND_SIZE};
@@ -29,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
     let mut worker = StorvspWorker::new(
         RingConsumer::new(a.clone()).unwrap(),
         RingProducer::new(b.clone()).unwrap(),
-        Arc::new(HeapGuestMemory::new(8)),
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 8 * 4096)]).unwrap(),
         LunMap::new()
             .with_backend(0, Arc::new(RamDisk::new(64 * 1024)))
             .with_backend(1, Arc::new(RamDisk::read_only_from(vec![7; 8192]))),

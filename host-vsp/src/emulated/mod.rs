@@ -3,4 +3,6 @@
 //!
 //! - [`ide`]: the primary IDE channel with one ATA disk (PIO).
 
+#![forbid(unsafe_code)]
+
 pub mod ide;

@@ -2,4 +2,6 @@
 //!
 //! - [`blk`]: virtio-blk, the block device.
 
+#![forbid(unsafe_code)]
+
 pub mod blk;

@@ -1,5 +1,5 @@
 //! Shared harness of the storvsp ring tests: the guest's storvsc logic and a StorvspWorker joined by
-//! two in-process rings, with guest memory in a heap buffer.
+//! two in-process rings, with guest memory in a `GuestMemoryMmap` at GPA 0.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use guest_drivers::storvsc::{Completion, Event, HandshakeStep, Request, Storvsc};
 use host_vsp::backend::BlockBackend;
-use host_vsp::guest_memory::{GuestMemory, HeapGuestMemory};
+use host_vsp::guest_memory::{self, GuestMemoryMmap};
 use host_vsp::synthetic::storvsp::{LunMap, StorvspConfig, StorvspWorker};
 use storvsp_protocol::ProtocolVersion;
+use vm_memory::GuestAddress;
 use vmbus::mem::AlignedRingBuffer;
 use vmbus::ring::{initialize_control_page, RingConsumer, RingProducer, FEATURE_PENDING_SEND_SIZE};
 
@@ -21,7 +22,7 @@ pub struct Rig {
     pub to_host: RingProducer<Ring>,
     pub from_host: RingConsumer<Ring>,
     pub worker: StorvspWorker<Ring>,
-    pub mem: Arc<HeapGuestMemory>,
+    pub mem: GuestMemoryMmap,
     buf: Vec<u8>,
 }
 
@@ -34,7 +35,7 @@ pub fn ring(data: usize) -> Ring {
 impl Rig {
     pub fn new(backend: Arc<dyn BlockBackend>, guest_pages: usize, config: StorvspConfig) -> Self {
         let (a, b) = (ring(256 * 1024), ring(64 * 1024));
-        let mem = Arc::new(HeapGuestMemory::new(guest_pages));
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), guest_pages * 4096)]).unwrap();
         let worker = StorvspWorker::new(
             RingConsumer::new(a.clone()).unwrap(),
             RingProducer::new(b.clone()).unwrap(),
@@ -71,6 +72,23 @@ impl Rig {
             .iter()
             .map(|p| self.drv.handle_packet(p).unwrap())
             .collect()
+    }
+
+    /// Feeds every completion in the host→guest ring to the driver, checking each moved `bytes`;
+    /// returns how many there were.
+    pub fn drain_completions(&mut self, bytes: u32) -> u64 {
+        let mut packets = Vec::new();
+        let drained = self.from_host.drain(&mut self.buf, usize::MAX, |info, b| {
+            packets.push(b[..info.len].to_vec());
+        });
+        let _ = drained.unwrap();
+        for p in &packets {
+            match self.drv.handle_packet(p).unwrap() {
+                Event::Completed(c) => assert_eq!(c.result, Ok(bytes), "{c:?}"),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        packets.len() as u64
     }
 
     pub fn send(&mut self, r: &Request) {
@@ -125,16 +143,12 @@ impl Rig {
     /// Reads guest memory at `pfn`'s page + `offset`.
     pub fn peek(&self, pfn: u64, offset: u32, len: usize) -> Vec<u8> {
         let mut v = vec![0; len];
-        self.mem
-            .read(pfn * 4096 + u64::from(offset), &mut v)
-            .unwrap();
+        guest_memory::read(&self.mem, pfn * 4096 + u64::from(offset), &mut v).unwrap();
         v
     }
 
     pub fn poke(&self, pfn: u64, offset: u32, data: &[u8]) {
-        self.mem
-            .write(pfn * 4096 + u64::from(offset), data)
-            .unwrap();
+        guest_memory::write(&self.mem, pfn * 4096 + u64::from(offset), data).unwrap();
     }
 }
 

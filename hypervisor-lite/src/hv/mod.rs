@@ -81,7 +81,7 @@ pub enum HvError {
     #[error("the enlightenments are not attached to a partition (or were attached twice)")]
     NotAttached,
     /// A platform call failed.
-    #[error("platform operation failed: {0}")]
+    #[error("platform operation failed")]
     Io(#[from] std::io::Error),
 }
 

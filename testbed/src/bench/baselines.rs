@@ -7,6 +7,8 @@
 use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
+use host_kvm::ide::KvmIde;
+use host_kvm::virtio_blk::{KvmVirtioBlk, VirtioBlkPlacement};
 use host_vsp::emulated::ide::IdeController;
 use host_vsp::virtio::blk::{VirtioBlkConfig, VirtioBlkDevice};
 
@@ -27,7 +29,7 @@ impl DeviceKit for IdeKit {
     }
 
     fn configure(&self, config: &mut GuestVmConfig, backend: Backend) -> Result<()> {
-        let ide = Arc::new(IdeController::new(backend));
+        let ide = KvmIde::new(Arc::new(IdeController::new(backend)));
         config.configure(move |pc| {
             ide.register(pc);
             Ok(())
@@ -55,9 +57,10 @@ impl DeviceKit for VirtioKit {
     fn configure(&self, config: &mut GuestVmConfig, backend: Backend) -> Result<()> {
         let device = Arc::new(VirtioBlkDevice::new(backend, VirtioBlkConfig::default())?);
         *self.device.lock().unwrap_or_else(|e| e.into_inner()) = Some(device.clone());
-        let for_attach = device.clone();
+        let kvm = KvmVirtioBlk::new(device, VirtioBlkPlacement::default());
+        let for_attach = kvm.clone();
         config.configure(move |pc| {
-            device.register(pc);
+            kvm.register(pc);
             Ok(())
         });
         config.attach(move |partition, _| {

@@ -6,12 +6,14 @@
 //! READ/WRITE SECTORS (LBA28 or CHS), READ/WRITE SECTORS EXT (LBA48), FLUSH CACHE (EXT), SET FEATURES,
 //! EXECUTE DEVICE DIAGNOSTIC. Every command completes synchronously in the access that issues it, so BSY is
 //! never observed. Data moves through the 16-bit data register, 2 or 4 bytes per access or any even length
-//! for string I/O; the backend is read and written in chunks of up to [`CHUNK_SECTORS`] sectors.
+//! for string I/O; the backend is read and written in chunks of up to [`CHUNK_SECTORS`] sectors through
+//! the channel's own sector buffer (PIO moves data through registers, so it has to be staged), allocated
+//! once, with the same vectored backend calls as every other device model.
 
 use std::sync::Arc;
 
 use super::identify::{identify_block, DriveIdentity};
-use crate::backend::{BlockBackend, DiskError, SECTOR_SIZE};
+use crate::backend::{BlockBackend, DiskError, IovecStorage, SECTOR_SIZE};
 
 /// Register offsets from the command block base (0x1F0 on the primary channel).
 pub mod reg {
@@ -134,17 +136,18 @@ impl Fifo {
 enum Transfer {
     #[default]
     Idle,
-    /// Device to guest: `buf[pos..]` is still to be read; `left` sectors after it come from `lba`.
+    /// Device to guest: `buffer[pos..len]` is still to be read; `left` sectors after it come from
+    /// `lba`.
     In {
-        buf: Vec<u8>,
+        len: usize,
         pos: usize,
         lba: u64,
         left: u64,
     },
-    /// Guest to device: `buf[pos..]` is still to be filled and then written at `chunk_lba`; `left`
-    /// sectors follow it.
+    /// Guest to device: `buffer[pos..len]` is still to be filled and then written at `chunk_lba`;
+    /// `left` sectors follow it.
     Out {
-        buf: Vec<u8>,
+        len: usize,
         pos: usize,
         chunk_lba: u64,
         left: u64,
@@ -164,6 +167,9 @@ pub struct AtaChannel {
     control: u8,
     irq_pending: bool,
     transfer: Transfer,
+    /// The data of the current chunk ([`CHUNK_SECTORS`] sectors).
+    buffer: Vec<u8>,
+    iovecs: IovecStorage,
     stats: IdeStats,
 }
 
@@ -193,6 +199,8 @@ impl AtaChannel {
             control: 0,
             irq_pending: false,
             transfer: Transfer::Idle,
+            buffer: vec![0; CHUNK_SECTORS as usize * SECTOR],
+            iovecs: IovecStorage::new(1),
             stats: IdeStats::default(),
         };
         c.load_signature();
@@ -328,7 +336,8 @@ impl AtaChannel {
         match code {
             cmd::IDENTIFY => {
                 let block = identify_block(self.disk.sectors(), &self.identity);
-                self.start_in(block.to_vec(), 0, 0);
+                self.buffer[..block.len()].copy_from_slice(&block);
+                self.start_in(block.len(), 0, 0);
             }
             cmd::READ_SECTORS | cmd::READ_SECTORS_EXT => {
                 match self.address(code == cmd::READ_SECTORS_EXT) {
@@ -344,7 +353,7 @@ impl AtaChannel {
                     Ok((lba, n)) => {
                         let first = n.min(CHUNK_SECTORS);
                         self.transfer = Transfer::Out {
-                            buf: vec![0; first as usize * SECTOR],
+                            len: first as usize * SECTOR,
                             pos: 0,
                             chunk_lba: lba,
                             left: n - first,
@@ -420,9 +429,9 @@ impl AtaChannel {
         }
     }
 
-    fn start_in(&mut self, buf: Vec<u8>, lba: u64, left: u64) {
+    fn start_in(&mut self, len: usize, lba: u64, left: u64) {
         self.transfer = Transfer::In {
-            buf,
+            len,
             pos: 0,
             lba,
             left,
@@ -432,17 +441,27 @@ impl AtaChannel {
         self.raise_irq();
     }
 
-    fn load_chunk(&mut self, lba: u64, sectors: u64) -> Result<Vec<u8>, DiskError> {
-        let mut buf = vec![0u8; sectors as usize * SECTOR];
-        self.disk.read_at(lba * SECTOR_SIZE, &mut buf)?;
+    /// Reads `sectors` (at most [`CHUNK_SECTORS`]) at `lba` into the buffer; returns their bytes.
+    fn load_chunk(&mut self, lba: u64, sectors: u64) -> Result<usize, DiskError> {
+        let len = sectors as usize * SECTOR;
+        let mut bufs = self.iovecs.buffers();
+        bufs.push((&mut self.buffer[..len]).into());
+        self.disk.read_vectored(lba * SECTOR_SIZE, &bufs)?;
         self.stats.sectors_read += sectors;
-        Ok(buf)
+        Ok(len)
+    }
+
+    /// Writes the buffer's first `len` bytes at `lba`.
+    fn store_chunk(&mut self, lba: u64, len: usize) -> Result<(), DiskError> {
+        let mut bufs = self.iovecs.buffers();
+        bufs.push((&mut self.buffer[..len]).into());
+        self.disk.write_vectored(lba * SECTOR_SIZE, &bufs, false)
     }
 
     fn begin_read(&mut self, lba: u64, n: u64) {
         let first = n.min(CHUNK_SECTORS);
         match self.load_chunk(lba, first) {
-            Ok(buf) => self.start_in(buf, lba + first, n - first),
+            Ok(len) => self.start_in(len, lba + first, n - first),
             Err(_) => self.fail(error::UNC),
         }
     }
@@ -451,7 +470,7 @@ impl AtaChannel {
         let mut done = 0;
         while done < data.len() {
             let Transfer::In {
-                buf,
+                len,
                 pos,
                 lba,
                 left,
@@ -459,12 +478,12 @@ impl AtaChannel {
             else {
                 break;
             };
-            let n = (data.len() - done).min(buf.len() - *pos);
-            data[done..done + n].copy_from_slice(&buf[*pos..*pos + n]);
+            let n = (data.len() - done).min(*len - *pos);
+            data[done..done + n].copy_from_slice(&self.buffer[*pos..*pos + n]);
             let sector_before = *pos / SECTOR;
             *pos += n;
             done += n;
-            if *pos < buf.len() {
+            if *pos < *len {
                 if *pos / SECTOR != sector_before {
                     // The next sector's DRQ block starts.
                     self.raise_irq();
@@ -482,7 +501,7 @@ impl AtaChannel {
             match self.load_chunk(next, chunk) {
                 Ok(fresh) => {
                     self.transfer = Transfer::In {
-                        buf: fresh,
+                        len: fresh,
                         pos: 0,
                         lba: next + chunk,
                         left: left_now - chunk,
@@ -502,7 +521,7 @@ impl AtaChannel {
         let mut done = 0;
         while done < data.len() {
             let Transfer::Out {
-                buf,
+                len,
                 pos,
                 chunk_lba,
                 left,
@@ -510,26 +529,21 @@ impl AtaChannel {
             else {
                 return;
             };
-            let n = (data.len() - done).min(buf.len() - *pos);
-            buf[*pos..*pos + n].copy_from_slice(&data[done..done + n]);
+            let n = (data.len() - done).min(*len - *pos);
+            self.buffer[*pos..*pos + n].copy_from_slice(&data[done..done + n]);
             let sector_before = *pos / SECTOR;
             *pos += n;
             done += n;
-            if *pos < buf.len() {
+            if *pos < *len {
                 if *pos / SECTOR != sector_before {
                     // A whole sector arrived; the device asks for the next one.
                     self.raise_irq();
                 }
                 continue;
             }
-            let (lba, left_now) = (*chunk_lba, *left);
-            let chunk = std::mem::take(buf);
-            let sectors = (chunk.len() / SECTOR) as u64;
-            if self
-                .disk
-                .write_at(lba * SECTOR_SIZE, &chunk, false)
-                .is_err()
-            {
+            let (lba, left_now, chunk) = (*chunk_lba, *left, *len);
+            let sectors = (chunk / SECTOR) as u64;
+            if self.store_chunk(lba, chunk).is_err() {
                 return self.fail(error::ABRT);
             }
             self.stats.sectors_written += sectors;
@@ -538,7 +552,7 @@ impl AtaChannel {
             }
             let next = left_now.min(CHUNK_SECTORS);
             self.transfer = Transfer::Out {
-                buf: vec![0; next as usize * SECTOR],
+                len: next as usize * SECTOR,
                 pos: 0,
                 chunk_lba: lba + sectors,
                 left: left_now - next,

@@ -1,22 +1,22 @@
 //! The emulated IDE/ATA disk — the first baseline the synthetic devices are measured against. One primary
 //! channel at the legacy ports (command block 0x1F0–0x1F7, control 0x3F6) with a single master disk over any
-//! [`BlockBackend`], emulated register by register: every guest port access is one exit to this process, so a
+//! [`BlockBackend`], emulated register by register: every guest port access is one exit to the VMM, so a
 //! 4 KiB PIO transfer costs tens to thousands of exits depending on the guest's access width.
 //!
 //! - [`channel`]: the sans-I/O register model ([`AtaChannel`]), testable without KVM;
 //! - [`identify`]: the IDENTIFY DEVICE data block;
-//! - this module: [`IdeController`], the thin [`PortHandler`] around a channel, and its optional legacy
-//!   interrupt (IRQ 14 through the in-kernel irqchip, masked by nIEN).
+//! - this module: [`IdeController`], the port-level face of a channel ([`IdeController::io_read`],
+//!   [`IdeController::io_write`] with absolute port numbers) and its optional legacy interrupt (IRQ 14,
+//!   masked by nIEN), raised through any [`Interrupt`]. `host-kvm` registers the ports with a partition
+//!   and binds the interrupt to the in-kernel irqchip.
 //!
-//! ```no_run
+//! ```
 //! use std::sync::Arc;
 //! use host_vsp::{backend::RamDisk, emulated::ide::IdeController};
-//! let ide = Arc::new(IdeController::new(Arc::new(RamDisk::new(1 << 20))));
-//! let mut pc = hypervisor_lite::PartitionConfig::new(64 << 20, 1);
-//! ide.register(&mut pc);
-//! let partition = pc.build()?;
-//! ide.connect_irq(&partition)?; // optional: IRQ 14 (the guest must program the IOAPIC to see it)
-//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! let ide = IdeController::new(Arc::new(RamDisk::new(1 << 20)));
+//! let mut status = [0u8];
+//! ide.io_read(0x1F7, &mut status); // what a guest `inb 0x1F7` sees
+//! assert_eq!(status[0] & 0x40, 0x40, "DRDY");
 //! ```
 
 pub mod channel;
@@ -27,13 +27,11 @@ mod tests;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use hypervisor_lite::{Partition, PartitionConfig, PortHandler, VcpuCtx};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-
 pub use channel::{AtaChannel, IdeStats};
 pub use identify::DriveIdentity;
 
 use crate::backend::BlockBackend;
+use crate::interrupt::Interrupt;
 
 /// The primary channel's command block ports.
 pub const PRIMARY_COMMAND_PORTS: Range<u16> = 0x1F0..0x1F8;
@@ -42,26 +40,18 @@ pub const PRIMARY_CONTROL_PORT: u16 = 0x3F6;
 /// The primary channel's legacy interrupt line (irqchip GSI).
 pub const PRIMARY_IRQ: u32 = 14;
 
-/// Errors wiring the controller to a partition.
+/// Errors connecting the controller.
 #[derive(Debug, thiserror::Error)]
 pub enum IdeError {
-    /// Creating the interrupt eventfd or binding it to the irqchip failed.
-    #[error("connecting IDE IRQ {gsi}: {source}")]
-    Irq {
-        /// The GSI.
-        gsi: u32,
-        /// What failed.
-        source: hypervisor_lite::Error,
-    },
     /// The interrupt was already connected.
     #[error("the IDE interrupt is already connected")]
     AlreadyConnected,
 }
 
-/// The primary IDE channel as a port-I/O device. Register it with [`IdeController::register`].
+/// The primary IDE channel as a port-I/O device.
 pub struct IdeController {
     channel: Mutex<AtaChannel>,
-    irq: OnceLock<EventFd>,
+    irq: OnceLock<Arc<dyn Interrupt>>,
 }
 
 impl std::fmt::Debug for IdeController {
@@ -87,29 +77,14 @@ impl IdeController {
         }
     }
 
-    /// Claims the primary channel's ports in `pc`.
-    pub fn register(self: &Arc<Self>, pc: &mut PartitionConfig) {
-        pc.add_port_handler(PRIMARY_COMMAND_PORTS, self.clone());
-        pc.add_port_handler(PRIMARY_CONTROL_PORT..PRIMARY_CONTROL_PORT + 1, self.clone());
+    /// Delivers the channel's interrupt (IRQ 14: one trigger per assertion) through `irq`.
+    pub fn connect_interrupt(&self, irq: Arc<dyn Interrupt>) -> Result<(), IdeError> {
+        self.irq.set(irq).map_err(|_| IdeError::AlreadyConnected)
     }
 
-    /// Delivers the channel's interrupt on IRQ 14 of the partition's irqchip (edge per assertion).
-    pub fn connect_irq(&self, partition: &Partition) -> Result<(), IdeError> {
-        let irq_err = |source| IdeError::Irq {
-            gsi: PRIMARY_IRQ,
-            source,
-        };
-        let efd = EventFd::new(EFD_NONBLOCK).map_err(|source| {
-            irq_err(hypervisor_lite::Error::Os {
-                op: "eventfd",
-                source,
-            })
-        })?;
-        partition
-            .interrupts()
-            .irqfd_gsi(&efd, PRIMARY_IRQ)
-            .map_err(irq_err)?;
-        self.irq.set(efd).map_err(|_| IdeError::AlreadyConnected)
+    /// Whether an interrupt is connected.
+    pub fn interrupt_connected(&self) -> bool {
+        self.irq.get().is_some()
     }
 
     /// Counters so far.
@@ -132,7 +107,7 @@ impl IdeController {
         }
     }
 
-    /// A guest `in` on `port` (what the [`PortHandler`] does, without a vCPU).
+    /// A guest `in` on `port`: fills `data` (its length is the access size; unclaimed ports read 0xFF).
     pub fn io_read(&self, port: u16, data: &mut [u8]) {
         match Self::offset(port) {
             Some(offset) => self.access(|ch| ch.read(offset, data)),
@@ -140,7 +115,7 @@ impl IdeController {
         }
     }
 
-    /// A guest `out` on `port` (what the [`PortHandler`] does, without a vCPU).
+    /// A guest `out` of `data` on `port`.
     pub fn io_write(&self, port: u16, data: &[u8]) {
         if let Some(offset) = Self::offset(port) {
             self.access(|ch| ch.write(offset, data));
@@ -161,20 +136,10 @@ impl IdeController {
     }
 
     fn pulse_irq(&self) {
-        if let Some(efd) = self.irq.get() {
-            if let Err(e) = efd.write(1) {
-                tracing::warn!("IDE IRQ eventfd: {e}");
+        if let Some(irq) = self.irq.get() {
+            if let Err(error) = irq.trigger() {
+                tracing::warn!(%error, "IDE interrupt");
             }
         }
-    }
-}
-
-impl PortHandler for IdeController {
-    fn read(&self, _vcpu: &mut VcpuCtx, port: u16, data: &mut [u8]) {
-        self.io_read(port, data);
-    }
-
-    fn write(&self, _vcpu: &mut VcpuCtx, port: u16, data: &[u8]) {
-        self.io_write(port, data);
     }
 }

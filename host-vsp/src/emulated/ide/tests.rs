@@ -5,10 +5,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use proptest::prelude::*;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::channel::{cmd, control, error, status};
 use super::*;
-use crate::backend::{BlockBackend, DiskError, RamDisk, SECTOR_SIZE};
+use crate::backend::{BlockBackend, DiskError, IoBuffers, RamDisk, SECTOR_SIZE};
 
 const DATA: u16 = 0x1F0;
 const ERR: u16 = 0x1F1;
@@ -196,27 +197,32 @@ impl BlockBackend for SparseDisk {
     fn read_only(&self) -> bool {
         false
     }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+    fn read_vectored(&self, offset: u64, bufs: &IoBuffers<'_>) -> Result<(), DiskError> {
         if self.fail {
             return Err(DiskError::Io(std::io::Error::other("injected")));
         }
         let map = self.sectors.lock().unwrap();
-        for (i, chunk) in buf.chunks_mut(512).enumerate() {
-            let s = offset / SECTOR_SIZE + i as u64;
-            match map.get(&s) {
-                Some(d) => chunk.copy_from_slice(d),
-                None => chunk.fill(0),
-            }
+        for i in 0..bufs.len() / SECTOR_SIZE {
+            let s = offset / SECTOR_SIZE + i;
+            let data = map.get(&s).map_or(&[0u8; 512][..], |d| &d[..]);
+            bufs.copy_from_host(i * SECTOR_SIZE, data)?;
         }
         Ok(())
     }
-    fn write_at(&self, offset: u64, buf: &[u8], _fua: bool) -> Result<(), DiskError> {
+    fn write_vectored(
+        &self,
+        offset: u64,
+        bufs: &IoBuffers<'_>,
+        _fua: bool,
+    ) -> Result<(), DiskError> {
         if self.fail {
             return Err(DiskError::Io(std::io::Error::other("injected")));
         }
         let mut map = self.sectors.lock().unwrap();
-        for (i, chunk) in buf.chunks(512).enumerate() {
-            map.insert(offset / SECTOR_SIZE + i as u64, chunk.to_vec());
+        for i in 0..bufs.len() / SECTOR_SIZE {
+            let mut sector = vec![0u8; 512];
+            bufs.copy_to_host(i * SECTOR_SIZE, &mut sector)?;
+            map.insert(offset / SECTOR_SIZE + i, sector);
         }
         Ok(())
     }
@@ -356,9 +362,16 @@ fn chs_addressing_translates_with_the_default_geometry() {
 #[test]
 fn interrupts_follow_nien_and_status_reads() {
     let ide = IdeController::new(Arc::new(RamDisk::new(1 << 20)));
+    let line = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+    ide.connect_interrupt(line.clone()).unwrap();
+    assert!(matches!(
+        ide.connect_interrupt(line.clone()),
+        Err(super::IdeError::AlreadyConnected)
+    ));
     issue_lba28(&ide, cmd::READ_SECTORS, 0, 2);
-    // One interrupt per DRQ block of a PIO read.
+    // One interrupt per DRQ block of a PIO read, each one trigger of the line.
     assert_eq!(ide.stats().interrupts, 1);
+    assert_eq!(line.read().unwrap(), 1);
     assert!(ide.channel.lock().unwrap().irq_pending());
     assert_eq!(
         inb(&ide, CTRL) & status::DRQ,
@@ -371,12 +384,14 @@ fn interrupts_follow_nien_and_status_reads() {
     );
     pio_in(&ide, 2, Width::String);
     assert_eq!(ide.stats().interrupts, 2);
+    assert_eq!(line.read().unwrap(), 1);
     assert!(!ide.channel.lock().unwrap().irq_pending());
     outb(&ide, CTRL, control::NIEN);
     issue_lba28(&ide, cmd::WRITE_SECTORS, 0, 2);
     pio_out(&ide, &[0; 1024], Width::String);
     outb(&ide, STATUS, cmd::FLUSH_CACHE);
     assert_eq!(ide.stats().interrupts, 2, "nIEN masks the line");
+    assert!(line.read().is_err(), "nothing triggered while masked");
     outb(&ide, CTRL, 0);
     issue_lba28(&ide, cmd::WRITE_SECTORS, 0, 2);
     pio_out(&ide, &[0; 1024], Width::String);

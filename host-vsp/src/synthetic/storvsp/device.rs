@@ -72,7 +72,7 @@ impl VmbusDevice for StorvspDevice {
     }
 
     fn serve(&self, channel: HostChannel) {
-        let memory = Arc::new(channel.context.memory().clone());
+        let memory = channel.context.memory().clone();
         let (inbound, outbound, mut signals) = channel.into_parts();
         let mut worker = match StorvspWorker::new(
             inbound,

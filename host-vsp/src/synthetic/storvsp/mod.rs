@@ -4,7 +4,7 @@
 //! - [`handshake`]: the init handshake (BEGIN_INIT, protocol version with fallback, properties,
 //!   END_INIT) and the state it leaves;
 //! - [`request`]: decoding an inbound ring packet into a request: the vstor packet and the guest data
-//!   buffer described by GPA-direct ranges, translated and checked against [`GuestMemory`];
+//!   buffer described by GPA-direct ranges, translated and checked against guest memory ([`crate::guest_memory`]);
 //! - [`scsi`] (with [`scsi_pages`]): the SCSI commands a guest issues, executed against a LUN's backend,
 //!   with fixed-format sense data for every error;
 //! - [`worker`]: [`StorvspWorker`], which owns the channel's two rings, drains requests in batches,
@@ -13,6 +13,8 @@
 //!
 //! Everything the guest controls is validated here: no request can reach host memory outside guest RAM,
 //! bytes outside a disk image, or make the worker panic or stall.
+
+#![forbid(unsafe_code)]
 
 pub mod device;
 pub mod handshake;

@@ -1,5 +1,8 @@
 //! Decoding one inbound ring packet into a storvsc request: the [`VstorPacket`] and, for GPA-direct
-//! packets, the guest data buffer as a list of guest-physical [`Segment`]s.
+//! packets, the guest data buffer as a list of guest-physical [`Segment`]s (in storage the worker
+//! reuses across requests), and [`DataBuffer`], through which commands reach that buffer: small
+//! checked copies for informational data, or the buffer's guest pages pushed into [`IoBuffers`] so
+//! the disk backend moves data straight between the disk and guest memory.
 //!
 //! Every field comes from the guest: ranges are parsed by `vmbus::packet` (offsets inside the first
 //! page, PFN counts matching lengths), the total is bounded by `max_transfer_bytes` before any
@@ -10,7 +13,8 @@ use storvsp_protocol::{ProtocolError, VstorPacket};
 use vmbus::packet::{Packet, PacketDescriptor, PacketError, PacketKind, PacketType};
 use zerocopy::FromBytes;
 
-use crate::guest_memory::{gpa_of_pfn, GuestMemory, GuestMemoryError, PAGE_SIZE};
+use crate::backend::IoBuffers;
+use crate::guest_memory::{self, gpa_of_pfn, GuestMemoryError, GuestMemoryMmap, PAGE_SIZE};
 
 /// A guest-physically contiguous piece of a data buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,10 +29,10 @@ pub struct Segment {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
     /// The VMBus packet's headers are malformed (ranges, offsets, PFN counts).
-    #[error("malformed packet: {0}")]
+    #[error("malformed VMBus packet")]
     Packet(#[from] PacketError),
     /// The vstor packet is too short.
-    #[error("{0}")]
+    #[error("malformed vstor packet")]
     Vstor(#[from] ProtocolError),
     /// The data buffer exceeds the largest transfer.
     #[error("data buffer of {bytes} bytes exceeds the {max}-byte transfer limit")]
@@ -45,7 +49,7 @@ pub enum RequestError {
         pfn: u64,
     },
     /// A buffer page is not guest RAM.
-    #[error("{0}")]
+    #[error("a data buffer page is not guest RAM")]
     NotRam(#[from] GuestMemoryError),
 }
 
@@ -58,9 +62,8 @@ pub struct Request {
     pub packet: VstorPacket,
     /// Bytes of vstor packet the guest sent (payload bytes, including its padding to 8).
     pub packet_len: usize,
-    /// The data buffer, validated against guest memory (empty for in-band packets).
-    pub segments: Vec<Segment>,
-    /// Total bytes of `segments`.
+    /// Total bytes of the data buffer (its segments, validated against guest memory, are in the
+    /// storage [`decode`] was given; none for in-band packets).
     pub data_len: u64,
 }
 
@@ -85,8 +88,15 @@ pub enum Inbound {
     },
 }
 
-/// Decodes a packet the ring consumer copied out (`bytes` = the packet, `len8 * 8` bytes).
-pub fn decode(bytes: &[u8], mem: &dyn GuestMemory, max_transfer: u32) -> Inbound {
+/// Decodes a packet the ring consumer copied out (`bytes` = the packet, `len8 * 8` bytes); the data
+/// buffer's segments go to `segments` (cleared first, so its capacity is reused).
+pub fn decode(
+    bytes: &[u8],
+    mem: &GuestMemoryMmap,
+    max_transfer: u32,
+    segments: &mut Vec<Segment>,
+) -> Inbound {
+    segments.clear();
     let Ok((desc, _)) = PacketDescriptor::read_from_prefix(bytes) else {
         return Inbound::Ignored {
             packet_type: PacketType::INVALID,
@@ -100,7 +110,7 @@ pub fn decode(bytes: &[u8], mem: &dyn GuestMemory, max_transfer: u32) -> Inbound
         };
     }
     let trans_id = desc.trans_id;
-    match decode_request(bytes, mem, max_transfer) {
+    match decode_request(bytes, mem, max_transfer, segments) {
         Ok(request) => Inbound::Request(request),
         Err((packet, error)) => Inbound::Malformed {
             trans_id,
@@ -112,29 +122,29 @@ pub fn decode(bytes: &[u8], mem: &dyn GuestMemory, max_transfer: u32) -> Inbound
 
 fn decode_request(
     bytes: &[u8],
-    mem: &dyn GuestMemory,
+    mem: &GuestMemoryMmap,
     max_transfer: u32,
+    segments: &mut Vec<Segment>,
 ) -> Result<Request, (Option<VstorPacket>, RequestError)> {
     let packet = Packet::parse(bytes).map_err(|e| (None, e.into()))?;
     let vstor = VstorPacket::parse(packet.payload).map_err(|e| (None, e.into()))?;
-    let (segments, data_len) =
-        data_segments(&packet, mem, max_transfer).map_err(|e| (Some(vstor), e))?;
+    let data_len =
+        data_segments(&packet, mem, max_transfer, segments).map_err(|e| (Some(vstor), e))?;
     Ok(Request {
         trans_id: packet.desc.trans_id,
         packet: vstor,
         packet_len: packet.payload.len(),
-        segments,
         data_len,
     })
 }
 
-/// The guest buffer of a GPA-direct packet as validated segments, and its length.
+/// The guest buffer of a GPA-direct packet as validated segments (into `segments`); its length.
 fn data_segments(
     packet: &Packet<'_>,
-    mem: &dyn GuestMemory,
+    mem: &GuestMemoryMmap,
     max_transfer: u32,
-) -> Result<(Vec<Segment>, u64), RequestError> {
-    let mut segments = Vec::new();
+    segments: &mut Vec<Segment>,
+) -> Result<u64, RequestError> {
     let mut data_len = 0u64;
     if let PacketKind::GpaDirect(ranges) = packet.kind {
         let total = ranges.total_bytes();
@@ -153,23 +163,17 @@ fn data_segments(
                 }
                 let gpa = gpa_of_pfn(pfn, offset).ok_or(RequestError::BadPfn { pfn })?;
                 let len = left.min(PAGE_SIZE - offset);
-                push_segment(&mut segments, gpa, len);
+                push_segment(segments, gpa, len);
                 left -= len;
                 offset = 0;
             }
         }
-        for s in &segments {
-            if !mem.contains(s.gpa, u64::from(s.len)) {
-                return Err(GuestMemoryError {
-                    gpa: s.gpa,
-                    len: u64::from(s.len),
-                }
-                .into());
-            }
+        for s in segments.iter() {
+            guest_memory::check(mem, s.gpa, u64::from(s.len))?;
         }
         data_len = total;
     }
-    Ok((segments, data_len))
+    Ok(data_len)
 }
 
 /// Appends `[gpa, gpa + len)`, merging with the previous segment when contiguous (`len <= 4096`,
@@ -190,7 +194,7 @@ fn push_segment(segments: &mut Vec<Segment>, gpa: u64, len: u64) {
 /// A request's data buffer in guest memory, limited to its first `len` bytes.
 #[derive(Clone, Copy)]
 pub struct DataBuffer<'a> {
-    mem: &'a dyn GuestMemory,
+    mem: &'a GuestMemoryMmap,
     segments: &'a [Segment],
     len: u64,
 }
@@ -206,7 +210,7 @@ impl std::fmt::Debug for DataBuffer<'_> {
 
 impl<'a> DataBuffer<'a> {
     /// The first `len` bytes (at most the segments' total) of `segments` in `mem`.
-    pub fn new(mem: &'a dyn GuestMemory, segments: &'a [Segment], len: u64) -> Self {
+    pub fn new(mem: &'a GuestMemoryMmap, segments: &'a [Segment], len: u64) -> Self {
         let total: u64 = segments.iter().map(|s| u64::from(s.len)).sum();
         Self {
             mem,
@@ -216,7 +220,7 @@ impl<'a> DataBuffer<'a> {
     }
 
     /// An empty buffer (no data phase).
-    pub fn empty(mem: &'a dyn GuestMemory) -> Self {
+    pub fn empty(mem: &'a GuestMemoryMmap) -> Self {
         Self {
             mem,
             segments: &[],
@@ -244,10 +248,35 @@ impl<'a> DataBuffer<'a> {
                 break;
             }
             let k = (s.len as usize).min(n - done);
-            self.mem.write(s.gpa, &src[done..done + k])?;
+            guest_memory::write(self.mem, s.gpa, &src[done..done + k])?;
             done += k;
         }
         Ok(done)
+    }
+
+    /// Pushes the guest pages of the buffer's first `len` bytes into `bufs`, for a backend to move
+    /// data straight between the disk and guest memory. Fails (pushing nothing of the failing
+    /// segment) if `len` exceeds the buffer or a segment is not guest RAM.
+    pub fn push_to<'b>(&self, bufs: &mut IoBuffers<'b>, len: u64) -> Result<(), GuestMemoryError>
+    where
+        'a: 'b,
+    {
+        if len > self.len {
+            return Err(GuestMemoryError {
+                gpa: self.segments.first().map_or(0, |s| s.gpa),
+                len,
+            });
+        }
+        let mut left = len;
+        for s in self.segments {
+            if left == 0 {
+                break;
+            }
+            let k = u64::from(s.len).min(left);
+            bufs.push_guest(self.mem, s.gpa, k)?;
+            left -= k;
+        }
+        Ok(())
     }
 
     /// Fills `dst` (guest → device) from the start of the buffer; `dst` must not be longer than the
@@ -265,7 +294,7 @@ impl<'a> DataBuffer<'a> {
                 break;
             }
             let k = (s.len as usize).min(dst.len() - done);
-            self.mem.read(s.gpa, &mut dst[done..done + k])?;
+            guest_memory::read(self.mem, s.gpa, &mut dst[done..done + k])?;
             done += k;
         }
         Ok(())
@@ -275,8 +304,8 @@ impl<'a> DataBuffer<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guest_memory::HeapGuestMemory;
     use storvsp_protocol::{Operation, REQUEST_COMPLETION_FLAG};
+    use vm_memory::GuestAddress;
     use vmbus::packet::{build_packet, write_gpa_direct_header, GpaRangeSpec, PacketFlags};
 
     fn packet(ranges: &[GpaRangeSpec<'_>], payload: &[u8]) -> Vec<u8> {
@@ -296,13 +325,17 @@ mod tests {
         buf
     }
 
+    fn ram(pages: usize) -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), pages * PAGE_SIZE as usize)]).unwrap()
+    }
+
     fn srb() -> VstorPacket {
         VstorPacket::new(Operation::EXECUTE_SRB, REQUEST_COMPLETION_FLAG)
     }
 
     #[test]
     fn multi_page_unaligned_buffer_becomes_merged_segments() {
-        let mem = HeapGuestMemory::new(16);
+        let mem = ram(16);
         // 3 pages: 5, 6 (contiguous) and 9; offset 100, 9000 bytes.
         let pfns = [5, 6, 9];
         let bytes = packet(
@@ -313,14 +346,15 @@ mod tests {
             }],
             srb().as_wire(),
         );
-        let Inbound::Request(r) = decode(&bytes, &mem, 1 << 20) else {
+        let mut segments = Vec::new();
+        let Inbound::Request(r) = decode(&bytes, &mem, 1 << 20, &mut segments) else {
             panic!("not a request")
         };
         assert_eq!(r.trans_id, 77);
         assert_eq!(r.packet.operation(), Operation::EXECUTE_SRB);
         assert_eq!(r.data_len, 9000);
         assert_eq!(
-            r.segments,
+            segments,
             vec![
                 Segment {
                     gpa: 5 * 4096 + 100,
@@ -333,21 +367,21 @@ mod tests {
             ]
         );
         // Scatter and gather through the buffer.
-        let buf = DataBuffer::new(&mem, &r.segments, r.data_len);
+        let buf = DataBuffer::new(&mem, &segments, r.data_len);
         let src: Vec<u8> = (0..9000u32).map(|i| (i % 251) as u8).collect();
         assert_eq!(buf.write_from(&src).unwrap(), 9000);
         let mut back = vec![0u8; 9000];
         buf.read_into(&mut back).unwrap();
         assert_eq!(back, src);
         let mut page9 = [0u8; 4];
-        mem.read(9 * 4096, &mut page9).unwrap();
+        guest_memory::read(&mem, 9 * 4096, &mut page9).unwrap();
         assert_eq!(page9, src[8092..8096]);
         assert!(buf.read_into(&mut vec![0u8; 9001]).is_err());
     }
 
     #[test]
     fn pages_outside_ram_are_refused() {
-        let mem = HeapGuestMemory::new(4);
+        let mem = ram(4);
         let bytes = packet(
             &[GpaRangeSpec {
                 byte_count: 4096,
@@ -357,7 +391,7 @@ mod tests {
             srb().as_wire(),
         );
         assert!(matches!(
-            decode(&bytes, &mem, 1 << 20),
+            decode(&bytes, &mem, 1 << 20, &mut Vec::new()),
             Inbound::Malformed {
                 trans_id: 77,
                 error: RequestError::NotRam(_),
@@ -373,7 +407,7 @@ mod tests {
             srb().as_wire(),
         );
         assert!(matches!(
-            decode(&bytes, &mem, 1 << 20),
+            decode(&bytes, &mem, 1 << 20, &mut Vec::new()),
             Inbound::Malformed {
                 error: RequestError::BadPfn { .. },
                 ..
@@ -383,7 +417,7 @@ mod tests {
 
     #[test]
     fn oversized_and_truncated_requests() {
-        let mem = HeapGuestMemory::new(4);
+        let mem = ram(4);
         let pfns = [0, 1, 2];
         let bytes = packet(
             &[GpaRangeSpec {
@@ -394,7 +428,7 @@ mod tests {
             srb().as_wire(),
         );
         assert!(matches!(
-            decode(&bytes, &mem, 8192),
+            decode(&bytes, &mem, 8192, &mut Vec::new()),
             Inbound::Malformed {
                 error: RequestError::TooLarge {
                     bytes: 12288,
@@ -414,7 +448,7 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(
-            decode(&buf[..len], &mem, 8192),
+            decode(&buf[..len], &mem, 8192, &mut Vec::new()),
             Inbound::Malformed {
                 trans_id: 3,
                 error: RequestError::Vstor(_),
@@ -431,7 +465,7 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(
-            decode(&buf[..len], &mem, 8192),
+            decode(&buf[..len], &mem, 8192, &mut Vec::new()),
             Inbound::Ignored {
                 packet_type: PacketType::COMPLETION
             }
@@ -440,7 +474,7 @@ mod tests {
 
     #[test]
     fn pfn_count_disagreeing_with_length_is_malformed() {
-        let mem = HeapGuestMemory::new(4);
+        let mem = ram(4);
         // Claims 8192 bytes but carries one PFN: forge the header by hand.
         let mut header = Vec::new();
         header.extend_from_slice(&0u32.to_le_bytes());
@@ -460,7 +494,7 @@ mod tests {
         .unwrap();
         // The vstor packet's bytes are misread as the missing PFN's place: the range must not
         // swallow them — either the parser refuses, or RAM validation does.
-        match decode(&buf[..len], &mem, 1 << 20) {
+        match decode(&buf[..len], &mem, 1 << 20, &mut Vec::new()) {
             Inbound::Malformed { trans_id: 9, .. } => {}
             other => panic!("accepted: {other:?}"),
         }

@@ -16,12 +16,33 @@ use storvsp_protocol::{SrbStatus, VmscsiRequest};
 
 use super::request::DataBuffer;
 use super::{LunMap, ScsiDisk};
-use crate::backend::{DiskError, SECTOR_SIZE};
+use crate::backend::{DiskError, IovecStorage, SECTOR_SIZE};
 
 /// Most block descriptors one UNMAP may carry.
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
 /// Most blocks one UNMAP descriptor (and one UNMAP) may discard.
 pub const MAX_UNMAP_BLOCKS: u32 = 1 << 22;
+
+/// What one executor (the worker itself or a pool thread) reuses from request to request, so the
+/// data path allocates nothing: the iovecs of a transfer (READ/WRITE data moves straight between the
+/// backend and the guest's pages) and the host copy of an UNMAP parameter list (which must be copied
+/// out of guest memory before it is validated and used).
+#[derive(Debug)]
+pub struct ExecStorage {
+    iovecs: IovecStorage,
+    parameters: Vec<u8>,
+}
+
+impl ExecStorage {
+    /// Storage for transfers of up to `max_transfer` bytes without growing.
+    pub fn new(max_transfer: u32) -> Self {
+        Self {
+            // A transfer at an unaligned offset touches one page more than its length.
+            iovecs: IovecStorage::new(max_transfer as usize / 4096 + 2),
+            parameters: Vec::new(),
+        }
+    }
+}
 
 /// How an SRB ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,13 +149,12 @@ impl ScsiController {
         self.max_transfer
     }
 
-    /// Executes the SRB's CDB with `buf` as its data buffer; `scratch` is reused across calls as the
-    /// bounce buffer between guest memory and the backend.
+    /// Executes the SRB's CDB with `buf` as its data buffer, using the executor's `storage`.
     pub fn execute(
         &self,
         srb: &VmscsiRequest,
         buf: &DataBuffer<'_>,
-        scratch: &mut Vec<u8>,
+        storage: &mut ExecStorage,
     ) -> ScsiOutcome {
         let Some(cdb) = srb.cdb() else {
             tracing::debug!(len = srb.cdb_length, "storvsp: bad CDB length");
@@ -150,7 +170,7 @@ impl ScsiController {
         let Some(disk) = self.luns.get(srb.lun) else {
             return ScsiOutcome::srb(SrbStatus::INVALID_LUN);
         };
-        self.dispatch(disk, cdb, buf, scratch)
+        self.dispatch(disk, cdb, buf, storage)
     }
 
     fn dispatch(
@@ -158,7 +178,7 @@ impl ScsiController {
         disk: &ScsiDisk,
         cdb: &[u8],
         buf: &DataBuffer<'_>,
-        scratch: &mut Vec<u8>,
+        storage: &mut ExecStorage,
     ) -> ScsiOutcome {
         match cdb[0] {
             opcode::TEST_UNIT_READY
@@ -179,16 +199,16 @@ impl ScsiController {
             opcode::MODE_SENSE_6 => self.mode_sense(disk, cdb, buf, false),
             opcode::MODE_SENSE_10 => self.mode_sense(disk, cdb, buf, true),
             opcode::READ_6 | opcode::READ_10 | opcode::READ_12 | opcode::READ_16 => {
-                self.read_write(disk, cdb, buf, scratch, false)
+                self.read_write(disk, cdb, buf, &mut storage.iovecs, false)
             }
             opcode::WRITE_6 | opcode::WRITE_10 | opcode::WRITE_12 | opcode::WRITE_16 => {
-                self.read_write(disk, cdb, buf, scratch, true)
+                self.read_write(disk, cdb, buf, &mut storage.iovecs, true)
             }
             opcode::SYNCHRONIZE_CACHE_10 | opcode::SYNCHRONIZE_CACHE_16 => {
                 self.synchronize_cache(disk, cdb)
             }
             opcode::VERIFY_10 | opcode::VERIFY_16 => self.verify(disk, cdb),
-            opcode::UNMAP => self.unmap(disk, cdb, buf, scratch),
+            opcode::UNMAP => self.unmap(disk, cdb, buf, &mut storage.parameters),
             other => {
                 tracing::debug!(opcode = other, "storvsp: unsupported SCSI operation");
                 ScsiOutcome::illegal(AdditionalSense::INVALID_COMMAND_OPERATION_CODE)
@@ -241,7 +261,7 @@ impl ScsiController {
         disk: &ScsiDisk,
         cdb: &[u8],
         buf: &DataBuffer<'_>,
-        scratch: &mut Vec<u8>,
+        iovecs: &mut IovecStorage,
         write: bool,
     ) -> ScsiOutcome {
         let Some((lba, blocks, fua)) = Self::lba_and_blocks(cdb) else {
@@ -269,28 +289,20 @@ impl ScsiController {
             );
             return ScsiOutcome::srb(SrbStatus::INVALID_REQUEST);
         }
-        let bytes = bytes as usize;
-        if scratch.len() < bytes {
-            scratch.resize(bytes, 0);
+        let mut bufs = iovecs.buffers();
+        if let Err(error) = buf.push_to(&mut bufs, bytes) {
+            tracing::debug!(%error, "storvsp: data buffer is not guest RAM");
+            return ScsiOutcome::srb(SrbStatus::INVALID_REQUEST);
         }
-        let data = &mut scratch[..bytes];
         let offset = lba * SECTOR_SIZE;
-        if write {
-            if buf.read_into(data).is_err() {
-                return ScsiOutcome::srb(SrbStatus::INVALID_REQUEST);
-            }
-            if let Err(e) = disk.backend.write_at(offset, data, fua) {
-                return disk_error(e, true);
-            }
-            ScsiOutcome::good(bytes)
+        let done = if write {
+            disk.backend.write_vectored(offset, &bufs, fua)
         } else {
-            if let Err(e) = disk.backend.read_at(offset, data) {
-                return disk_error(e, false);
-            }
-            match buf.write_from(data) {
-                Ok(n) => ScsiOutcome::good(n),
-                Err(_) => ScsiOutcome::srb(SrbStatus::INVALID_REQUEST),
-            }
+            disk.backend.read_vectored(offset, &bufs)
+        };
+        match done {
+            Ok(()) => ScsiOutcome::good(bytes as usize),
+            Err(e) => disk_error(e, write),
         }
     }
 
@@ -335,7 +347,7 @@ impl ScsiController {
         disk: &ScsiDisk,
         cdb: &[u8],
         buf: &DataBuffer<'_>,
-        scratch: &mut Vec<u8>,
+        list: &mut Vec<u8>,
     ) -> ScsiOutcome {
         if cdb.len() < 10 {
             return ScsiOutcome::illegal(AdditionalSense::INVALID_FIELD_IN_CDB);
@@ -353,10 +365,10 @@ impl ScsiController {
         if param_len as u64 > buf.len() {
             return ScsiOutcome::srb(SrbStatus::INVALID_REQUEST);
         }
-        if scratch.len() < param_len {
-            scratch.resize(param_len, 0);
+        if list.len() < param_len {
+            list.resize(param_len, 0);
         }
-        let list = &mut scratch[..param_len];
+        let list = &mut list[..param_len];
         if buf.read_into(list).is_err() {
             return ScsiOutcome::srb(SrbStatus::INVALID_REQUEST);
         }
@@ -398,22 +410,25 @@ impl ScsiController {
 
 /// Sense data for a backend failure.
 fn disk_error(error: DiskError, write: bool) -> ScsiOutcome {
-    tracing::warn!(%error, write, "storvsp: disk backend error");
+    let source = std::error::Error::source(&error).map(ToString::to_string);
+    tracing::warn!(%error, ?source, write, "storvsp: disk backend error");
     match error {
         DiskError::OutOfRange { .. } => ScsiOutcome::illegal(AdditionalSense::LBA_OUT_OF_RANGE),
         DiskError::ReadOnly => {
             ScsiOutcome::check(SenseKey::DATA_PROTECT, AdditionalSense::WRITE_PROTECTED)
         }
-        DiskError::Io(_) if write => {
+        DiskError::Io(_) | DiskError::EarlierFlushFailed if write => {
             ScsiOutcome::check(SenseKey::MEDIUM_ERROR, AdditionalSense::WRITE_ERROR)
         }
-        DiskError::Io(_) => ScsiOutcome::check(
+        DiskError::Io(_) | DiskError::EarlierFlushFailed => ScsiOutcome::check(
             SenseKey::MEDIUM_ERROR,
             AdditionalSense::UNRECOVERED_READ_ERROR,
         ),
-        DiskError::Invalid(_) => ScsiOutcome::check(
-            SenseKey::HARDWARE_ERROR,
-            AdditionalSense::INTERNAL_TARGET_FAILURE,
-        ),
+        DiskError::Invalid(_) | DiskError::ReadOnlyBuffers | DiskError::BufferRange { .. } => {
+            ScsiOutcome::check(
+                SenseKey::HARDWARE_ERROR,
+                AdditionalSense::INTERNAL_TARGET_FAILURE,
+            )
+        }
     }
 }

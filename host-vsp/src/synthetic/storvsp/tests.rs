@@ -1,5 +1,5 @@
 //! SCSI command tests: every command a guest issues, run through [`ScsiController`] with a guest
-//! buffer in [`HeapGuestMemory`], checking data, status and sense bytes.
+//! buffer in a `GuestMemoryMmap`, checking data, status and sense bytes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,10 +9,11 @@ use storvsp_protocol::{SrbStatus, VmscsiRequest};
 use zerocopy::FromZeros;
 
 use super::request::{DataBuffer, Segment};
-use super::scsi::{ScsiController, ScsiOutcome};
+use super::scsi::{ExecStorage, ScsiController, ScsiOutcome};
 use super::LunMap;
-use crate::backend::{BlockBackend, DiskError, RamDisk};
-use crate::guest_memory::{GuestMemory, HeapGuestMemory};
+use crate::backend::{BlockBackend, DiskError, IoBuffers, RamDisk};
+use crate::guest_memory::{self, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 
 /// A RAM disk that counts flushes and FUA writes.
 #[derive(Debug)]
@@ -39,12 +40,17 @@ impl BlockBackend for CountingDisk {
     fn read_only(&self) -> bool {
         false
     }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
-        self.inner.read_at(offset, buf)
+    fn read_vectored(&self, offset: u64, bufs: &IoBuffers<'_>) -> Result<(), DiskError> {
+        self.inner.read_vectored(offset, bufs)
     }
-    fn write_at(&self, offset: u64, buf: &[u8], fua: bool) -> Result<(), DiskError> {
+    fn write_vectored(
+        &self,
+        offset: u64,
+        bufs: &IoBuffers<'_>,
+        fua: bool,
+    ) -> Result<(), DiskError> {
         self.fua_writes.fetch_add(u64::from(fua), Ordering::Relaxed);
-        self.inner.write_at(offset, buf, fua)
+        self.inner.write_vectored(offset, bufs, fua)
     }
     fn flush(&self) -> Result<(), DiskError> {
         self.flushes.fetch_add(1, Ordering::Relaxed);
@@ -59,7 +65,7 @@ const DISK_BYTES: u64 = 1 << 20;
 const BUF_GPA: u64 = 0x1000;
 
 struct Rig {
-    mem: HeapGuestMemory,
+    mem: GuestMemoryMmap,
     ctl: ScsiController,
     disk: Arc<CountingDisk>,
     ro: Arc<RamDisk>,
@@ -75,7 +81,7 @@ impl Rig {
             .with_backend(1, ro.clone())
             .with_backend(7, Arc::new(RamDisk::new(4096)));
         Self {
-            mem: HeapGuestMemory::new(256),
+            mem: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 256 * 4096)]).unwrap(),
             ctl: ScsiController::new(luns, 64 * 1024),
             disk,
             ro,
@@ -84,7 +90,7 @@ impl Rig {
 
     /// Runs `cdb` on `lun` with a `len`-byte buffer at [`BUF_GPA`] (filled with `data` first).
     fn run_with(&self, lun: u8, cdb: &[u8], len: u32, data: &[u8]) -> (ScsiOutcome, Vec<u8>) {
-        self.mem.write(BUF_GPA, data).unwrap();
+        guest_memory::write(&self.mem, BUF_GPA, data).unwrap();
         let mut srb = VmscsiRequest::new_zeroed();
         srb.lun = lun;
         srb.cdb_length = cdb.len() as u8;
@@ -95,9 +101,11 @@ impl Rig {
             if len == 0 { &[] } else { &segs },
             u64::from(len),
         );
-        let outcome = self.ctl.execute(&srb, &buf, &mut Vec::new());
+        let outcome = self
+            .ctl
+            .execute(&srb, &buf, &mut ExecStorage::new(64 * 1024));
         let mut out = vec![0u8; outcome.transferred as usize];
-        self.mem.read(BUF_GPA, &mut out).unwrap();
+        guest_memory::read(&self.mem, BUF_GPA, &mut out).unwrap();
         (outcome, out)
     }
 
@@ -520,22 +528,125 @@ fn unsupported_opcodes_and_addressing() {
     srb.target_id = 1;
     let buf = DataBuffer::empty(&rig.mem);
     assert_eq!(
-        rig.ctl.execute(&srb, &buf, &mut Vec::new()),
+        rig.ctl
+            .execute(&srb, &buf, &mut ExecStorage::new(64 * 1024)),
         ScsiOutcome::srb(SrbStatus::INVALID_LUN)
     );
     srb.target_id = 0;
     srb.cdb_length = 17;
     assert_eq!(
-        rig.ctl.execute(&srb, &buf, &mut Vec::new()),
+        rig.ctl
+            .execute(&srb, &buf, &mut ExecStorage::new(64 * 1024)),
         ScsiOutcome::srb(SrbStatus::INVALID_REQUEST)
     );
     srb.cdb_length = 0;
     assert_eq!(
-        rig.ctl.execute(&srb, &buf, &mut Vec::new()),
+        rig.ctl
+            .execute(&srb, &buf, &mut ExecStorage::new(64 * 1024)),
         ScsiOutcome::srb(SrbStatus::INVALID_REQUEST)
     );
     // REQUEST SENSE reports no pending sense.
     let (o, d) = rig.run(0, &[opcode::REQUEST_SENSE, 0, 0, 0, 18, 0], 18);
     assert!(o.is_good());
     assert_eq!(FixedSense::parse(&d).unwrap().key, SenseKey::NO_SENSE);
+}
+
+/// Guest memory in two regions that touch (pages 0–7), a hole, and a third region (pages 16–19).
+fn fragmented_memory() -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&[
+        (GuestAddress(0), 4 * 4096),
+        (GuestAddress(4 * 4096), 4 * 4096),
+        (GuestAddress(16 * 4096), 4 * 4096),
+    ])
+    .unwrap()
+}
+
+fn srb_for(cdb: &[u8]) -> VmscsiRequest {
+    let mut srb = VmscsiRequest::new_zeroed();
+    srb.cdb_length = cdb.len() as u8;
+    srb.cdb_or_sense[..cdb.len()].copy_from_slice(cdb);
+    srb
+}
+
+/// WRITE then READ of 16 KiB whose buffer starts mid-page, crosses a region boundary and continues in
+/// another region after a hole: the data lands on the disk and back in guest memory in order.
+#[test]
+fn transfers_span_guest_pages_and_regions() {
+    let rig = Rig::new();
+    let mem = fragmented_memory();
+    let segs = [
+        Segment {
+            gpa: 3 * 4096 + 100,
+            len: 8192,
+        },
+        Segment {
+            gpa: 16 * 4096,
+            len: 8192,
+        },
+    ];
+    let pattern: Vec<u8> = (0..16384u32).map(|i| (i * 13 % 251) as u8).collect();
+    guest_memory::write(&mem, segs[0].gpa, &pattern[..8192]).unwrap();
+    guest_memory::write(&mem, segs[1].gpa, &pattern[8192..]).unwrap();
+    let buf = DataBuffer::new(&mem, &segs, 16384);
+    let mut storage = ExecStorage::new(64 * 1024);
+    let o = rig.ctl.execute(
+        &srb_for(&cdb16(opcode::WRITE_16, 40, 32)),
+        &buf,
+        &mut storage,
+    );
+    assert!(o.is_good() && o.transferred == 16384, "{o:?}");
+    let mut on_disk = vec![0u8; 16384];
+    rig.disk.inner.read_at(40 * 512, &mut on_disk).unwrap();
+    assert_eq!(on_disk, pattern);
+    for s in &segs {
+        guest_memory::write(&mem, s.gpa, &vec![0; s.len as usize]).unwrap();
+    }
+    let o = rig.ctl.execute(
+        &srb_for(&cdb16(opcode::READ_16, 40, 32)),
+        &buf,
+        &mut storage,
+    );
+    assert!(o.is_good() && o.transferred == 16384, "{o:?}");
+    let mut back = vec![0u8; 16384];
+    guest_memory::read(&mem, segs[0].gpa, &mut back[..8192]).unwrap();
+    guest_memory::read(&mem, segs[1].gpa, &mut back[8192..]).unwrap();
+    assert_eq!(back, pattern);
+}
+
+/// A buffer whose second segment runs from RAM into the hole fails as a whole: a READ writes no guest
+/// byte (not even the first, valid segment), a WRITE leaves the disk untouched.
+#[test]
+fn a_buffer_partly_outside_ram_fails_without_partial_effect() {
+    let rig = Rig::new();
+    let mem = fragmented_memory();
+    let segs = [
+        Segment {
+            gpa: 4096,
+            len: 4096,
+        },
+        Segment {
+            gpa: 7 * 4096,
+            len: 8192,
+        },
+    ];
+    guest_memory::write(&mem, 4096, &[0xEE; 4096]).unwrap();
+    rig.disk.inner.write_at(0, &[0x11; 12288], false).unwrap();
+    let buf = DataBuffer::new(&mem, &segs, 12288);
+    let mut storage = ExecStorage::new(64 * 1024);
+    let o = rig
+        .ctl
+        .execute(&srb_for(&cdb16(opcode::READ_16, 0, 24)), &buf, &mut storage);
+    assert_eq!(o.srb_status, SrbStatus::INVALID_REQUEST, "{o:?}");
+    let mut first = vec![0u8; 4096];
+    guest_memory::read(&mem, 4096, &mut first).unwrap();
+    assert_eq!(first, vec![0xEE; 4096], "no guest byte written");
+    let o = rig.ctl.execute(
+        &srb_for(&cdb16(opcode::WRITE_16, 0, 24)),
+        &buf,
+        &mut storage,
+    );
+    assert_eq!(o.srb_status, SrbStatus::INVALID_REQUEST, "{o:?}");
+    let mut on_disk = vec![0u8; 12288];
+    rig.disk.inner.read_at(0, &mut on_disk).unwrap();
+    assert_eq!(on_disk, vec![0x11; 12288], "no disk byte written");
 }

@@ -10,9 +10,14 @@
 //! flight is bounded by `queue_depth`, beyond which the worker leaves packets in the ring
 //! (back-pressure) instead of buffering without bound. What the caller must do is returned in
 //! [`PollResult`]: signal the guest, poll again, or wait.
+//!
+//! The data path allocates nothing once warm: segment lists travel with their request and come back
+//! with its completion for reuse, every executor owns its [`ExecStorage`] (iovecs for transfers
+//! straight between the backend and guest pages), and the pool's queues are bounded channels sized
+//! to the queue depth.
 
 use std::collections::VecDeque;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -26,9 +31,9 @@ use vmbus::ring::{RingConsumer, RingError, RingProducer};
 
 use super::handshake::Handshake;
 use super::request::{decode, DataBuffer, Inbound, Segment};
-use super::scsi::{ScsiController, ScsiOutcome};
+use super::scsi::{ExecStorage, ScsiController, ScsiOutcome};
 use super::{LunMap, StorvspConfig};
-use crate::guest_memory::GuestMemory;
+use crate::guest_memory::GuestMemoryMmap;
 
 /// How long poll mode keeps spinning without progress before returning to the caller.
 pub const POLL_MODE_IDLE_BUDGET: Duration = Duration::from_micros(200);
@@ -103,12 +108,14 @@ struct Done {
     packet: VstorPacket,
     bytes: u64,
     good: bool,
+    /// The request's segment list, back for reuse (empty for control requests).
+    segments: Vec<Segment>,
 }
 
 /// What executors share.
 struct Shared {
     controller: ScsiController,
-    memory: Arc<dyn GuestMemory>,
+    memory: GuestMemoryMmap,
     notifier: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
 }
 
@@ -125,7 +132,7 @@ impl Shared {
     }
 
     /// Runs an SRB and builds its completion.
-    fn execute(&self, job: Job, scratch: &mut Vec<u8>) -> Done {
+    fn execute(&self, job: Job, storage: &mut ExecStorage) -> Done {
         let mut srb = job.packet.srb();
         let requested = u64::from(srb.data_transfer_length.get());
         let outcome = if requested > job.data_len {
@@ -136,8 +143,8 @@ impl Shared {
             );
             ScsiOutcome::srb(SrbStatus::INVALID_REQUEST)
         } else {
-            let buf = DataBuffer::new(&*self.memory, &job.segments, requested);
-            self.controller.execute(&srb, &buf, scratch)
+            let buf = DataBuffer::new(&self.memory, &job.segments, requested);
+            self.controller.execute(&srb, &buf, storage)
         };
         srb.srb_status = outcome.srb_status.0;
         srb.scsi_status = outcome.scsi_status.0;
@@ -165,21 +172,23 @@ impl Shared {
             packet,
             bytes: u64::from(outcome.transferred),
             good: outcome.is_good(),
+            segments: job.segments,
         }
     }
 }
 
 /// Executor threads: jobs in through one queue, completions out through another.
 struct Pool {
-    jobs: Option<Sender<Job>>,
+    jobs: Option<SyncSender<Job>>,
     done: Receiver<Done>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl Pool {
-    fn start(shared: &Arc<Shared>, threads: usize) -> std::io::Result<Self> {
-        let (job_tx, job_rx) = mpsc::channel::<Job>();
-        let (done_tx, done_rx) = mpsc::channel::<Done>();
+    /// `threads` executors; at most `depth` requests are ever in flight, so neither queue blocks.
+    fn start(shared: &Arc<Shared>, threads: usize, depth: usize) -> std::io::Result<Self> {
+        let (job_tx, job_rx) = mpsc::sync_channel::<Job>(depth);
+        let (done_tx, done_rx) = mpsc::sync_channel::<Done>(depth);
         let job_rx = Arc::new(Mutex::new(job_rx));
         let mut handles = Vec::with_capacity(threads);
         for i in 0..threads {
@@ -189,11 +198,11 @@ impl Pool {
             let handle = std::thread::Builder::new()
                 .name(format!("storvsp-io-{i}"))
                 .spawn(move || {
-                    let mut scratch = Vec::new();
+                    let mut storage = ExecStorage::new(shared.controller.max_transfer());
                     loop {
                         let job = job_rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
                         let Ok(job) = job else { return };
-                        if done_tx.send(shared.execute(job, &mut scratch)).is_err() {
+                        if done_tx.send(shared.execute(job, &mut storage)).is_err() {
                             return;
                         }
                         shared.notify();
@@ -231,7 +240,11 @@ pub struct StorvspWorker<M: RingMemory> {
     config: StorvspConfig,
     stats: StorvspStats,
     packet_buf: Vec<u8>,
-    scratch: Vec<u8>,
+    /// Segment list the next packet is decoded into.
+    segments: Vec<Segment>,
+    /// Segment lists of completed requests, for reuse.
+    spare_segments: Vec<Vec<Segment>>,
+    storage: ExecStorage,
     failed: bool,
 }
 
@@ -256,7 +269,7 @@ impl<M: RingMemory> StorvspWorker<M> {
     pub fn new(
         inbound: RingConsumer<M>,
         outbound: RingProducer<M>,
-        memory: Arc<dyn GuestMemory>,
+        memory: GuestMemoryMmap,
         luns: LunMap,
         config: StorvspConfig,
     ) -> std::io::Result<Self> {
@@ -266,9 +279,10 @@ impl<M: RingMemory> StorvspWorker<M> {
             memory,
             notifier: Mutex::new(None),
         });
+        let queue_depth = config.queue_depth.max(1);
         let pool = match config.io_threads {
             0 => None,
-            n => Some(Pool::start(&shared, n)?),
+            n => Some(Pool::start(&shared, n, queue_depth)?),
         };
         let packet_buf = vec![0u8; inbound.data_size()];
         Ok(Self {
@@ -277,16 +291,18 @@ impl<M: RingMemory> StorvspWorker<M> {
             handshake: Handshake::new(config.versions.clone(), max_transfer),
             shared,
             pool,
-            pending: VecDeque::new(),
+            pending: VecDeque::with_capacity(queue_depth),
             in_flight: 0,
+            segments: Vec::new(),
+            spare_segments: Vec::with_capacity(queue_depth),
+            storage: ExecStorage::new(max_transfer),
             config: StorvspConfig {
-                queue_depth: config.queue_depth.max(1),
+                queue_depth,
                 batch: config.batch.max(1),
                 ..config
             },
             stats: StorvspStats::default(),
             packet_buf,
-            scratch: Vec::new(),
             failed: false,
         })
     }
@@ -341,8 +357,7 @@ impl<M: RingMemory> StorvspWorker<M> {
         match pool.done.recv_timeout(timeout) {
             Ok(done) => {
                 self.in_flight -= 1;
-                self.account(&done);
-                self.pending.push_back(done);
+                self.complete(done);
                 true
             }
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => false,
@@ -406,19 +421,23 @@ impl<M: RingMemory> StorvspWorker<M> {
         self.failed = true;
     }
 
-    fn account(&mut self, done: &Done) {
+    /// Accounts an executed request, keeps its segment list for reuse and queues its completion.
+    fn complete(&mut self, mut done: Done) {
         self.stats.bytes += done.bytes;
         self.stats.failed_requests += u64::from(!done.good);
+        let mut segments = std::mem::take(&mut done.segments);
+        if segments.capacity() > 0 && self.spare_segments.len() < self.config.queue_depth {
+            segments.clear();
+            self.spare_segments.push(segments);
+        }
+        self.pending.push_back(done);
     }
 
     /// Moves finished pooled requests to the completion queue.
     fn collect(&mut self) {
-        let Some(pool) = &self.pool else { return };
-        let finished: Vec<Done> = pool.done.try_iter().collect();
-        for done in finished {
+        while let Some(done) = self.pool.as_ref().and_then(|p| p.done.try_recv().ok()) {
             self.in_flight -= 1;
-            self.account(&done);
-            self.pending.push_back(done);
+            self.complete(done);
         }
     }
 
@@ -506,7 +525,7 @@ impl<M: RingMemory> StorvspWorker<M> {
     /// Decodes and dispatches one packet.
     fn handle_packet(&mut self, bytes: &[u8]) {
         let max_transfer = self.shared.controller.max_transfer();
-        match decode(bytes, &*self.shared.memory, max_transfer) {
+        match decode(bytes, &self.shared.memory, max_transfer, &mut self.segments) {
             Inbound::Ignored { packet_type } => {
                 tracing::debug!(
                     ?packet_type,
@@ -519,7 +538,7 @@ impl<M: RingMemory> StorvspWorker<M> {
                 packet,
                 error,
             } => {
-                tracing::debug!(trans_id, %error, "storvsp: malformed request");
+                tracing::debug!(trans_id, ?error, "storvsp: malformed request");
                 self.stats.malformed += 1;
                 self.complete_with_error(trans_id, packet, NtStatus::INVALID_PARAMETER);
             }
@@ -532,6 +551,7 @@ impl<M: RingMemory> StorvspWorker<M> {
                         packet: reply,
                         bytes: 0,
                         good: true,
+                        segments: Vec::new(),
                     });
                     return;
                 }
@@ -554,10 +574,12 @@ impl<M: RingMemory> StorvspWorker<M> {
                     );
                 }
                 self.stats.requests += 1;
+                let next = self.spare_segments.pop().unwrap_or_default();
+                let segments = std::mem::replace(&mut self.segments, next);
                 self.dispatch(Job {
                     trans_id: request.trans_id,
                     packet: request.packet,
-                    segments: request.segments,
+                    segments,
                     data_len: request.data_len,
                     sense_len: sense_buffer_size(version),
                 });
@@ -568,15 +590,18 @@ impl<M: RingMemory> StorvspWorker<M> {
     fn dispatch(&mut self, job: Job) {
         if let Some(pool) = &self.pool {
             if let Some(jobs) = &pool.jobs {
-                match jobs.send(job) {
+                // Never full: at most `queue_depth` requests are in flight.
+                match jobs.try_send(job) {
                     Ok(()) => {
                         self.in_flight += 1;
                         self.stats.max_in_flight =
                             self.stats.max_in_flight.max(self.in_flight as u64);
                         return;
                     }
-                    // The pool is gone (a thread panicked): run it here instead.
-                    Err(mpsc::SendError(job)) => return self.run_inline(job),
+                    // The pool is gone (a thread panicked) or unexpectedly full: run it here instead.
+                    Err(TrySendError::Disconnected(job) | TrySendError::Full(job)) => {
+                        return self.run_inline(job)
+                    }
                 }
             }
         }
@@ -584,9 +609,8 @@ impl<M: RingMemory> StorvspWorker<M> {
     }
 
     fn run_inline(&mut self, job: Job) {
-        let done = self.shared.execute(job, &mut self.scratch);
-        self.account(&done);
-        self.pending.push_back(done);
+        let done = self.shared.execute(job, &mut self.storage);
+        self.complete(done);
     }
 
     fn push(&mut self, done: Done) {
@@ -618,6 +642,7 @@ impl<M: RingMemory> StorvspWorker<M> {
             packet: reply,
             bytes: 0,
             good: false,
+            segments: Vec::new(),
         });
     }
 }

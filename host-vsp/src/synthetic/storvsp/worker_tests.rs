@@ -15,7 +15,8 @@ use vmbus::ring::{initialize_control_page, RingConsumer, RingProducer, FEATURE_P
 
 use super::{LunMap, StorvspConfig, StorvspWorker};
 use crate::backend::{BlockBackend, RamDisk};
-use crate::guest_memory::{GuestMemory, HeapGuestMemory};
+use crate::guest_memory::{self, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 
 type Ring = Arc<AlignedRingBuffer>;
 
@@ -23,7 +24,7 @@ struct Pair {
     to_host: RingProducer<Ring>,
     from_host: RingConsumer<Ring>,
     worker: StorvspWorker<Ring>,
-    mem: Arc<HeapGuestMemory>,
+    mem: GuestMemoryMmap,
     disk: Arc<RamDisk>,
 }
 
@@ -35,7 +36,7 @@ fn ring(data: usize) -> Ring {
 
 fn pair(out_ring: usize, config: StorvspConfig) -> Pair {
     let (a, b) = (ring(64 * 1024), ring(out_ring));
-    let mem = Arc::new(HeapGuestMemory::new(64));
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 * 4096)]).unwrap();
     let disk = Arc::new(RamDisk::new(1 << 20));
     let worker = StorvspWorker::new(
         RingConsumer::new(a.clone()).unwrap(),
@@ -186,7 +187,7 @@ fn srb_completions_carry_transaction_ids_and_data() {
         assert_eq!(srb.data_transfer_length.get(), 4096);
         let i = id - 1000;
         let mut page = vec![0u8; 4096];
-        p.mem.read((10 + i) * 4096, &mut page).unwrap();
+        guest_memory::read(&p.mem, (10 + i) * 4096, &mut page).unwrap();
         assert_eq!(
             page,
             &pattern[(i * 4096) as usize..((i + 1) * 4096) as usize]
@@ -338,17 +339,21 @@ impl BlockBackend for SlowDisk {
     fn read_only(&self) -> bool {
         false
     }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), crate::backend::DiskError> {
-        std::thread::sleep(std::time::Duration::from_millis(1));
-        self.0.read_at(offset, buf)
-    }
-    fn write_at(
+    fn read_vectored(
         &self,
         offset: u64,
-        buf: &[u8],
+        bufs: &crate::backend::IoBuffers<'_>,
+    ) -> Result<(), crate::backend::DiskError> {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        self.0.read_vectored(offset, bufs)
+    }
+    fn write_vectored(
+        &self,
+        offset: u64,
+        bufs: &crate::backend::IoBuffers<'_>,
         fua: bool,
     ) -> Result<(), crate::backend::DiskError> {
-        self.0.write_at(offset, buf, fua)
+        self.0.write_vectored(offset, bufs, fua)
     }
     fn flush(&self) -> Result<(), crate::backend::DiskError> {
         Ok(())
@@ -387,7 +392,7 @@ fn poll_mode_spins_while_io_is_outstanding() {
     let worker = StorvspWorker::new(
         RingConsumer::new(a.clone()).unwrap(),
         RingProducer::new(b.clone()).unwrap(),
-        Arc::new(HeapGuestMemory::new(64)),
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 * 4096)]).unwrap(),
         LunMap::new().with_backend(0, Arc::new(SlowDisk(RamDisk::new(1 << 20)))),
         StorvspConfig {
             io_threads: 2,
@@ -400,7 +405,7 @@ fn poll_mode_spins_while_io_is_outstanding() {
         to_host: RingProducer::new(a).unwrap(),
         from_host: RingConsumer::new(b).unwrap(),
         worker,
-        mem: Arc::new(HeapGuestMemory::new(1)),
+        mem: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4096)]).unwrap(),
         disk: Arc::new(RamDisk::new(512)),
     };
     p.init();

@@ -1,27 +1,31 @@
 //! virtio-blk over virtio-mmio — the second baseline, done the way a modern VMM does it: the device side of
-//! the split virtqueue is rust-vmm's `virtio-queue` over a `vm_memory` view of guest RAM; QueueNotify is a
-//! KVM ioeventfd (datamatch = queue 0) that wakes a host worker thread without a user exit; used-buffer
-//! interrupts go through an irqfd bound to an MSI route (vector [`VIRTIO_BLK_VECTOR`] on APIC 0 by default);
-//! VIRTIO_RING_F_EVENT_IDX suppresses both directions. Only transport register accesses (setup) exit to
-//! this process.
+//! the split virtqueue is rust-vmm's `virtio-queue` over the guest's memory (a `GuestMemoryMmap`); a worker
+//! thread sleeps on a notify eventfd (which the KVM glue makes an ioeventfd on QueueNotify, so a guest kick
+//! never leaves the kernel) and raises used-buffer interrupts through an [`Interrupt`] (an irqfd bound to an
+//! MSI route in the KVM glue); VIRTIO_RING_F_EVENT_IDX suppresses both directions. Only transport register
+//! accesses (setup) reach the VMM as exits. Nothing here knows KVM: `host-kvm` places the MMIO window,
+//! registers the ioeventfd and the interrupt route.
 //!
 //! - [`transport`]: the virtio-mmio v2 registers, feature negotiation, queue setup (sans-I/O);
 //! - [`request`]: one request chain → disk I/O → status byte, hostile-guest safe;
-//! - [`memory`]: the `GuestMemoryMmap` view of hypervisor-lite's guest RAM;
-//! - this module: [`VirtioBlkDevice`] (the [`MmioHandler`], its worker thread, wiring to a partition).
+//! - this module: [`VirtioBlkDevice`]: register accesses by window offset ([`VirtioBlkDevice::mmio_read`],
+//!   [`VirtioBlkDevice::mmio_write`]), guest memory, interrupt and the worker thread.
 //!
-//! ```no_run
+//! ```
 //! use std::sync::Arc;
 //! use host_vsp::{backend::RamDisk, virtio::blk::{VirtioBlkConfig, VirtioBlkDevice}};
-//! let dev = Arc::new(VirtioBlkDevice::new(Arc::new(RamDisk::new(1 << 20)), VirtioBlkConfig::default())?);
-//! let mut pc = hypervisor_lite::PartitionConfig::new(64 << 20, 1);
-//! dev.register(&mut pc);
-//! let partition = pc.build()?;
-//! dev.attach(&partition)?; // guest memory view, ioeventfd, irqfd, worker thread
+//! use vm_memory::{GuestAddress, GuestMemoryMmap};
+//! use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+//! let dev = VirtioBlkDevice::new(Arc::new(RamDisk::new(1 << 20)), VirtioBlkConfig::default())?;
+//! dev.attach_memory(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)])?)?;
+//! dev.connect_interrupt(Arc::new(EventFd::new(EFD_NONBLOCK)?))?; // e.g. an irqfd
+//! dev.start(Some(EventFd::new(EFD_NONBLOCK)?))?; // e.g. an ioeventfd on QueueNotify
+//! let mut magic = [0u8; 4];
+//! dev.mmio_read(0, &mut magic);
+//! assert_eq!(&magic, b"virt");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod memory;
 pub mod request;
 #[cfg(test)]
 mod tests;
@@ -32,66 +36,43 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 
-use hypervisor_lite::{
-    GuestRam, InterruptController, IoEventAddress, MmioHandler, Partition, PartitionConfig, VcpuCtx,
-};
 use virtio_queue::{QueueOwnedT, QueueT};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::backend::{BlockBackend, SECTOR_SIZE};
-use memory::GuestView;
+use crate::guest_memory::GuestMemoryMmap;
+use crate::interrupt::Interrupt;
 use request::{req_type, ID_LEN, SEG_MAX};
-use transport::{features, regs, MmioTransport, TransportEvent};
+use transport::{features, MmioTransport, TransportEvent};
 
-/// Default guest-physical base of the MMIO window (in the MMIO hole).
-pub const VIRTIO_BLK_MMIO_BASE: u64 = 0xD000_0000;
 /// Size of the MMIO window.
 pub const VIRTIO_BLK_MMIO_SIZE: u64 = 0x1000;
-/// Default interrupt vector of used-buffer notifications.
-pub const VIRTIO_BLK_VECTOR: u8 = 0x50;
 
-/// Errors wiring the device to a partition.
+/// Errors setting the device up.
 #[derive(Debug, thiserror::Error)]
 pub enum VirtioBlkError {
-    /// The guest RAM view could not be built.
-    #[error("guest memory view: {0}")]
-    Memory(String),
-    /// Registering the ioeventfd or irqfd failed.
-    #[error("{what}: {source}")]
-    FastPath {
-        /// Which fast path.
-        what: &'static str,
-        /// What failed.
-        source: hypervisor_lite::Error,
-    },
-    /// A host resource (eventfd, thread) could not be created.
-    #[error("{what}: {source}")]
+    /// A host resource (eventfd, epoll, thread) could not be created.
+    #[error("cannot create {what}")]
     Os {
         /// What was being created.
         what: &'static str,
         /// The OS error.
         source: std::io::Error,
     },
-    /// `attach` was called twice.
-    #[error("the device is already attached")]
-    AlreadyAttached,
+    /// Memory, interrupt or worker was given twice.
+    #[error("the device already has its {what}")]
+    AlreadyAttached {
+        /// What was given twice.
+        what: &'static str,
+    },
 }
 
-/// How the device is placed and signals.
+/// What the device offers.
 #[derive(Debug, Clone)]
 pub struct VirtioBlkConfig {
-    /// Guest-physical base of the 4 KiB MMIO window.
-    pub base: u64,
-    /// Vector of used-buffer interrupts.
-    pub vector: u8,
-    /// APIC id the interrupts go to.
-    pub apic_id: u32,
     /// The id string GET_ID returns (truncated to 20 bytes).
     pub id: String,
-    /// Catch QueueNotify with a KVM ioeventfd (no user exit); otherwise every notify exits.
-    pub ioeventfd: bool,
-    /// Inject interrupts through an irqfd; otherwise with KVM_SIGNAL_MSI from the worker.
-    pub irqfd: bool,
     /// Offer VIRTIO_RING_F_EVENT_IDX.
     pub event_idx: bool,
 }
@@ -99,12 +80,7 @@ pub struct VirtioBlkConfig {
 impl Default for VirtioBlkConfig {
     fn default() -> Self {
         Self {
-            base: VIRTIO_BLK_MMIO_BASE,
-            vector: VIRTIO_BLK_VECTOR,
-            apic_id: 0,
             id: "viridian-virtio-blk".into(),
-            ioeventfd: true,
-            irqfd: true,
             event_idx: true,
         }
     }
@@ -125,7 +101,7 @@ pub struct VirtioBlkStats {
     pub errors: u64,
     /// Times the worker woke up to look at the queue.
     pub wakeups: u64,
-    /// QueueNotify writes that reached user space (not caught by the ioeventfd).
+    /// QueueNotify writes that reached [`VirtioBlkDevice::mmio_write`] (not caught by an ioeventfd).
     pub register_notifies: u64,
     /// Interrupts injected.
     pub interrupts: u64,
@@ -143,18 +119,15 @@ struct Counters {
     interrupts: AtomicU64,
 }
 
-enum Irq {
-    Irqfd(EventFd),
-    Msi(InterruptController),
-}
-
 struct Shared {
     disk: Arc<dyn BlockBackend>,
     config: VirtioBlkConfig,
     id: [u8; ID_LEN],
     transport: Mutex<MmioTransport>,
-    mem: OnceLock<GuestView>,
-    irq: OnceLock<Irq>,
+    mem: OnceLock<GuestMemoryMmap>,
+    /// Reused by every chain processed (locked with the transport).
+    requests: Mutex<request::RequestStorage>,
+    irq: OnceLock<Arc<dyn Interrupt>>,
     kick: EventFd,
     stop: AtomicBool,
     counters: Counters,
@@ -164,7 +137,6 @@ struct Shared {
 pub struct VirtioBlkDevice {
     shared: Arc<Shared>,
     worker: Mutex<Option<JoinHandle<()>>>,
-    notify: OnceLock<EventFd>,
 }
 
 impl std::fmt::Debug for VirtioBlkDevice {
@@ -218,13 +190,13 @@ impl VirtioBlkDevice {
                 id,
                 transport: Mutex::new(transport),
                 mem: OnceLock::new(),
+                requests: Mutex::default(),
                 irq: OnceLock::new(),
                 kick,
                 stop: AtomicBool::new(false),
                 counters: Counters::default(),
             }),
             worker: Mutex::new(None),
-            notify: OnceLock::new(),
         })
     }
 
@@ -233,78 +205,51 @@ impl VirtioBlkDevice {
         &self.shared.config
     }
 
-    /// Claims the MMIO window in `pc`.
-    pub fn register(self: &Arc<Self>, pc: &mut PartitionConfig) {
-        let base = self.shared.config.base;
-        pc.add_mmio_handler(base..base + VIRTIO_BLK_MMIO_SIZE, self.clone());
-    }
-
-    /// Wires the device to a built partition: guest memory view, the notify ioeventfd, the interrupt
-    /// route, and the worker thread.
-    pub fn attach(&self, partition: &Partition) -> Result<(), VirtioBlkError> {
-        let cfg = &self.shared.config;
-        let irq = partition.interrupts();
-        let delivery = if cfg.irqfd {
-            let efd = irq.irqfd_msi(cfg.apic_id, cfg.vector).map_err(|source| {
-                VirtioBlkError::FastPath {
-                    what: "irqfd MSI route",
-                    source,
-                }
-            })?;
-            Irq::Irqfd(efd)
-        } else {
-            Irq::Msi(irq)
-        };
-        let notify = if cfg.ioeventfd {
-            let efd = partition
-                .register_ioeventfd(
-                    IoEventAddress::Mmio(cfg.base + regs::QUEUE_NOTIFY),
-                    4,
-                    Some(0),
-                )
-                .map_err(|source| VirtioBlkError::FastPath {
-                    what: "QueueNotify ioeventfd",
-                    source,
-                })?;
-            Some(efd)
-        } else {
-            None
-        };
-        self.attach_memory(partition.ram())?;
-        if self.shared.irq.set(delivery).is_err() {
-            return Err(VirtioBlkError::AlreadyAttached);
-        }
-        let notify_fd = match notify {
-            Some(efd) => {
-                let fd = efd.as_raw_fd();
-                let _ = self.notify.set(efd);
-                Some(fd)
-            }
-            None => None,
-        };
-        self.spawn_worker(notify_fd)
-    }
-
-    /// Gives the device its view of guest RAM (done by [`VirtioBlkDevice::attach`]; tests call it directly
-    /// and drive [`VirtioBlkDevice::process_queue`] themselves).
-    pub fn attach_memory(&self, ram: &GuestRam) -> Result<(), VirtioBlkError> {
-        let view = GuestView::new(ram).map_err(VirtioBlkError::Memory)?;
+    /// Gives the device the guest memory its queue and buffers live in.
+    pub fn attach_memory(&self, mem: GuestMemoryMmap) -> Result<(), VirtioBlkError> {
         self.shared
             .mem
-            .set(view)
-            .map_err(|_| VirtioBlkError::AlreadyAttached)
+            .set(mem)
+            .map_err(|_| VirtioBlkError::AlreadyAttached { what: "memory" })
     }
 
-    fn spawn_worker(&self, notify_fd: Option<i32>) -> Result<(), VirtioBlkError> {
+    /// Delivers used-buffer (and configuration/reset) interrupts through `irq`; without one they are
+    /// only counted.
+    pub fn connect_interrupt(&self, irq: Arc<dyn Interrupt>) -> Result<(), VirtioBlkError> {
+        self.shared
+            .irq
+            .set(irq)
+            .map_err(|_| VirtioBlkError::AlreadyAttached { what: "interrupt" })
+    }
+
+    /// Starts the worker thread: it processes the queue whenever `notify` (the guest's QueueNotify
+    /// caught in the kernel, if the glue has such an eventfd) is signalled, and on QueueNotify writes
+    /// that reach [`mmio_write`](Self::mmio_write). Without a worker, those writes process the queue
+    /// inline.
+    pub fn start(&self, notify: Option<EventFd>) -> Result<(), VirtioBlkError> {
+        let mut worker = self.worker.lock().unwrap_or_else(PoisonError::into_inner);
+        if worker.is_some() {
+            return Err(VirtioBlkError::AlreadyAttached { what: "worker" });
+        }
+        let os = |what| move |source| VirtioBlkError::Os { what, source };
+        let epoll = Epoll::new().map_err(os("the virtio-blk worker's epoll"))?;
+        let watch = |fd: i32| {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, fd as u64),
+            )
+        };
+        watch(self.shared.kick.as_raw_fd()).map_err(os("the virtio-blk worker's epoll"))?;
+        if let Some(efd) = &notify {
+            watch(efd.as_raw_fd()).map_err(os("the virtio-blk worker's epoll"))?;
+        }
         let shared = self.shared.clone();
         let handle = std::thread::Builder::new()
             .name("virtio-blk".into())
-            .spawn(move || worker(&shared, notify_fd))
-            .map_err(|source| VirtioBlkError::Os {
-                what: "spawning the virtio-blk worker",
-                source,
-            })?;
-        *self.worker.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle);
+            .spawn(move || run_worker(&shared, &epoll, notify))
+            .map_err(os("the virtio-blk worker thread"))?;
+        *worker = Some(handle);
         Ok(())
     }
 
@@ -334,15 +279,15 @@ impl VirtioBlkDevice {
         self.shared.process_queue()
     }
 
-    /// A guest read of the window at `offset` (what the [`MmioHandler`] does, without a vCPU).
+    /// A guest read of the window at `offset`: fills `data` (its length is the access size).
     pub fn mmio_read(&self, offset: u64, data: &mut [u8]) {
         self.shared.transport().read(offset, data);
     }
 
-    /// A guest write to the window at `offset` (what the [`MmioHandler`] does, without a vCPU).
+    /// A guest write of `data` to the window at `offset`.
     pub fn mmio_write(&self, offset: u64, data: &[u8]) {
         let event = {
-            let mem = self.shared.mem.get().map(|v| &v.mem);
+            let mem = self.shared.mem.get();
             self.shared.transport().write(mem, offset, data)
         };
         if event == Some(TransportEvent::Notify) {
@@ -386,49 +331,24 @@ impl Drop for VirtioBlkDevice {
     }
 }
 
-impl MmioHandler for VirtioBlkDevice {
-    fn read(&self, _vcpu: &mut VcpuCtx, gpa: u64, data: &mut [u8]) {
-        self.mmio_read(gpa - self.shared.config.base, data);
-    }
-
-    fn write(&self, _vcpu: &mut VcpuCtx, gpa: u64, data: &[u8]) {
-        self.mmio_write(gpa - self.shared.config.base, data);
-    }
-}
-
-/// Sleeps on the notify ioeventfd and the kick eventfd; processes the queue on every wakeup.
-fn worker(shared: &Shared, notify_fd: Option<i32>) {
-    let mut fds = vec![libc::pollfd {
-        fd: shared.kick.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    }];
-    if let Some(fd) = notify_fd {
-        fds.push(libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        });
-    }
-    let mut drain = [0u8; 8];
+/// Sleeps on the kick eventfd and the notify eventfd; processes the queue on every wakeup.
+fn run_worker(shared: &Shared, epoll: &Epoll, notify: Option<EventFd>) {
+    let mut events = [EpollEvent::default(); 2];
     while !shared.stop.load(Ordering::Acquire) {
-        // SAFETY: `fds` is a live, correctly sized array of pollfd; the fds stay open for the thread's life
-        // (the kick eventfd lives in `shared`, the notify eventfd in the device, which joins us before drop).
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if rc < 0 {
-            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                continue;
+        let ready = match epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => {
+                tracing::error!(%error, "virtio-blk worker: epoll_wait failed");
+                return;
             }
-            tracing::error!(
-                "virtio-blk worker poll: {}",
-                std::io::Error::last_os_error()
-            );
-            return;
-        }
-        for p in &fds {
-            if p.revents & libc::POLLIN != 0 {
-                // SAFETY: reading 8 bytes from an eventfd into an 8-byte buffer (non-blocking: at worst EAGAIN).
-                unsafe { libc::read(p.fd, drain.as_mut_ptr().cast(), drain.len()) };
+        };
+        // Reset the counters (non-blocking: at worst EAGAIN when another wakeup consumed it).
+        for ev in &events[..ready] {
+            if ev.fd() == shared.kick.as_raw_fd() {
+                let _ = shared.kick.read();
+            } else if let Some(efd) = &notify {
+                let _ = efd.read();
             }
         }
         if shared.stop.load(Ordering::Acquire) {
@@ -463,12 +383,12 @@ impl Shared {
     /// Drains the available ring (re-checking after re-enabling notifications, as EVENT_IDX requires),
     /// then interrupts the driver if the used ring moved past its used_event (or notifications are on).
     fn process_queue(&self) -> usize {
-        let Some(view) = self.mem.get() else { return 0 };
-        let mem = &view.mem;
+        let Some(mem) = self.mem.get() else { return 0 };
         let mut t = self.transport();
         if !t.running() {
             return 0;
         }
+        let mut storage = self.requests.lock().unwrap_or_else(PoisonError::into_inner);
         let mut done = 0;
         let mut broken = false;
         'outer: loop {
@@ -486,7 +406,7 @@ impl Shared {
                 };
                 let Some(chain) = next else { break };
                 let head = chain.head_index();
-                let c = request::process(mem, chain, &*self.disk, &self.id);
+                let c = request::process(mem, chain, &*self.disk, &self.id, &mut storage);
                 self.count(&c);
                 if t.queue.add_used(mem, head, c.used_len).is_err() {
                     broken = true;
@@ -512,6 +432,7 @@ impl Shared {
         } else {
             false
         };
+        drop(storage);
         drop(t);
         if interrupt {
             self.interrupt();
@@ -521,18 +442,10 @@ impl Shared {
 
     fn interrupt(&self) {
         self.counters.interrupts.fetch_add(1, Ordering::Relaxed);
-        match self.irq.get() {
-            Some(Irq::Irqfd(efd)) => {
-                if let Err(e) = efd.write(1) {
-                    tracing::warn!("virtio-blk irqfd: {e}");
-                }
+        if let Some(irq) = self.irq.get() {
+            if let Err(error) = irq.trigger() {
+                tracing::warn!(%error, "virtio-blk interrupt");
             }
-            Some(Irq::Msi(ic)) => {
-                if let Err(e) = ic.signal_msi(self.config.apic_id, self.config.vector) {
-                    tracing::warn!("virtio-blk MSI: {e}");
-                }
-            }
-            None => {}
         }
     }
 }

@@ -1,14 +1,18 @@
 //! One virtio-blk request (virtio 1.x §5.2.6), from a descriptor chain to a status byte, without any
 //! assumption about how the driver framed it: the device-readable descriptors form one byte stream
 //! (16-byte header `{u32 type, u32 reserved, u64 sector}`, then OUT data), the device-writable ones another
-//! (IN data, then the final status byte). Every guest address goes through `vm_memory`'s bounds-checked
-//! copies, every disk range through the backend's checks; a malformed chain gets IOERR when there is a
-//! writable byte to report it in, and is otherwise completed with length 0.
+//! (IN data, then the final status byte). Data moves straight between the disk backend and the guest's
+//! buffers: the data part of the stream becomes [`IoBuffers`] after every piece of it has been checked
+//! to be guest RAM (no I/O happens otherwise); the header and status byte are checked copies. Every
+//! disk range goes through the backend's checks; a malformed chain gets IOERR when there is a writable
+//! byte to report it in, and is otherwise completed with length 0. The segment lists and iovecs live
+//! in [`RequestStorage`], reused from chain to chain.
 
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemory};
+use vm_memory::{Address, GuestAddress};
 
-use crate::backend::{check_range, BlockBackend, SECTOR_SIZE};
+use crate::backend::{check_range, BlockBackend, IoBuffers, IovecStorage, SECTOR_SIZE};
+use crate::guest_memory::{self, GuestMemoryMmap};
 
 /// Request types.
 pub mod req_type {
@@ -67,6 +71,11 @@ struct Stream {
 }
 
 impl Stream {
+    fn clear(&mut self) {
+        self.segs.clear();
+        self.len = 0;
+    }
+
     fn push(&mut self, addr: GuestAddress, len: u32) {
         if len > 0 {
             self.segs.push(Segment {
@@ -106,17 +115,50 @@ impl Stream {
         done == len
     }
 
-    fn read<M: GuestMemory>(&self, mem: &M, offset: usize, buf: &mut [u8]) -> bool {
+    fn read(&self, mem: &GuestMemoryMmap, offset: usize, buf: &mut [u8]) -> bool {
         let len = buf.len();
         self.for_each_piece(offset, len, |addr, r| {
-            mem.read_slice(&mut buf[r], addr).is_ok()
+            guest_memory::read(mem, addr.raw_value(), &mut buf[r]).is_ok()
         })
     }
 
-    fn write<M: GuestMemory>(&self, mem: &M, offset: usize, buf: &[u8]) -> bool {
+    fn write(&self, mem: &GuestMemoryMmap, offset: usize, buf: &[u8]) -> bool {
         self.for_each_piece(offset, buf.len(), |addr, r| {
-            mem.write_slice(&buf[r], addr).is_ok()
+            guest_memory::write(mem, addr.raw_value(), &buf[r]).is_ok()
         })
+    }
+
+    /// Pushes the guest memory of `[offset, offset + len)` of the stream into `bufs`; false if any
+    /// piece is not guest RAM.
+    fn push_to<'m>(
+        &self,
+        mem: &'m GuestMemoryMmap,
+        offset: usize,
+        len: usize,
+        bufs: &mut IoBuffers<'m>,
+    ) -> bool {
+        self.for_each_piece(offset, len, |addr, r| {
+            bufs.push_guest(mem, addr.raw_value(), r.len() as u64)
+                .is_ok()
+        })
+    }
+}
+
+/// What processing a chain reuses: its two byte streams and the iovecs of its data.
+#[derive(Debug)]
+pub struct RequestStorage {
+    readable: Stream,
+    writable: Stream,
+    iovecs: IovecStorage,
+}
+
+impl Default for RequestStorage {
+    fn default() -> Self {
+        Self {
+            readable: Stream::default(),
+            writable: Stream::default(),
+            iovecs: IovecStorage::new(SEG_MAX as usize + 2),
+        }
     }
 }
 
@@ -124,13 +166,20 @@ impl Stream {
 ///
 /// `descriptors` is the chain as the queue yields it; `truncated` says the chain did not end properly
 /// (it still pointed to a next descriptor when the queue stopped walking it: a loop or a bad index).
-pub fn process<M: GuestMemory>(
-    mem: &M,
+pub fn process(
+    mem: &GuestMemoryMmap,
     descriptors: impl IntoIterator<Item = Descriptor>,
     disk: &dyn BlockBackend,
     id: &[u8; ID_LEN],
+    storage: &mut RequestStorage,
 ) -> Completion {
-    let (mut readable, mut writable) = (Stream::default(), Stream::default());
+    let RequestStorage {
+        readable,
+        writable,
+        iovecs,
+    } = storage;
+    readable.clear();
+    writable.clear();
     let mut malformed = false;
     let mut count = 0u32;
     let mut ended = false;
@@ -173,7 +222,9 @@ pub fn process<M: GuestMemory>(
     ]);
     let (status, data_written) = match kind {
         None => (status::IOERR, 0),
-        Some(k) => execute(mem, k, sector, &readable, &writable, status_at, disk, id),
+        Some(k) => execute(
+            mem, k, sector, readable, writable, status_at, disk, id, iovecs,
+        ),
     };
     let used_len = if writable.write(mem, status_at, &[status]) {
         data_written + 1
@@ -188,8 +239,8 @@ pub fn process<M: GuestMemory>(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn execute<M: GuestMemory>(
-    mem: &M,
+fn execute(
+    mem: &GuestMemoryMmap,
     kind: u32,
     sector: u64,
     readable: &Stream,
@@ -197,6 +248,7 @@ fn execute<M: GuestMemory>(
     data_in_len: usize,
     disk: &dyn BlockBackend,
     id: &[u8; ID_LEN],
+    iovecs: &mut IovecStorage,
 ) -> (u8, usize) {
     let range_ok = |len: usize| {
         len.is_multiple_of(SECTOR_SIZE as usize)
@@ -210,11 +262,11 @@ fn execute<M: GuestMemory>(
             if !range_ok(data_in_len) {
                 return (status::IOERR, 0);
             }
-            let mut buf = vec![0u8; data_in_len];
-            if disk.read_at(sector * SECTOR_SIZE, &mut buf).is_err() {
+            let mut bufs = iovecs.buffers();
+            if !writable.push_to(mem, 0, data_in_len, &mut bufs) {
                 return (status::IOERR, 0);
             }
-            if !writable.write(mem, 0, &buf) {
+            if disk.read_vectored(sector * SECTOR_SIZE, &bufs).is_err() {
                 return (status::IOERR, 0);
             }
             (status::OK, data_in_len)
@@ -224,11 +276,11 @@ fn execute<M: GuestMemory>(
             if disk.read_only() || !range_ok(len) {
                 return (status::IOERR, 0);
             }
-            let mut buf = vec![0u8; len];
-            if !readable.read(mem, HEADER_LEN, &mut buf) {
+            let mut bufs = iovecs.buffers();
+            if !readable.push_to(mem, HEADER_LEN, len, &mut bufs) {
                 return (status::IOERR, 0);
             }
-            match disk.write_at(sector * SECTOR_SIZE, &buf, false) {
+            match disk.write_vectored(sector * SECTOR_SIZE, &bufs, false) {
                 Ok(()) => (status::OK, 0),
                 Err(_) => (status::IOERR, 0),
             }
