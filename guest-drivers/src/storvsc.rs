@@ -50,7 +50,7 @@ pub const DEFAULT_MAX_OUTSTANDING: usize = 256;
 pub enum StorvscError {
     /// The host's packet is malformed.
     #[error("malformed packet from the host: {0}")]
-    Packet(#[from] PacketError),
+    Packet(PacketError),
     /// The host's packet is shorter than a vstor packet.
     #[error("vstor packet of {len} bytes from the host is too short")]
     Truncated {
@@ -106,6 +106,13 @@ pub enum StorvscError {
     /// A CDB longer than 16 bytes or empty.
     #[error("CDB of {0} bytes")]
     BadCdb(usize),
+}
+
+// The detail is part of the message, so it is not also a `source` (no error repeats its cause).
+impl From<PacketError> for StorvscError {
+    fn from(e: PacketError) -> Self {
+        Self::Packet(e)
+    }
 }
 
 /// Progress of the handshake after a host answer.

@@ -30,13 +30,13 @@ use crate::vmbus_client::{Channel, VmbusConnection, VmbusError};
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
     #[error("VMBus: {0}")]
-    Vmbus(#[from] VmbusError),
+    Vmbus(VmbusError),
     #[error("storvsc: {0}")]
-    Storvsc(#[from] StorvscError),
+    Storvsc(StorvscError),
     #[error("ring: {0}")]
-    Ring(#[from] RingError),
+    Ring(RingError),
     #[error("hypercall: {0}")]
-    Hypercall(#[from] HypercallError),
+    Hypercall(HypercallError),
     #[error("I/O error: {0:?}")]
     Io(IoError),
     #[error("out of memory")]
@@ -49,6 +49,34 @@ pub enum DiskError {
     Unexpected,
     #[error("buffer {pa:#x}+{len:#x} is not a whole number of blocks")]
     BadBuffer { pa: u64, len: usize },
+}
+
+// The detail is part of the message, so it is not also a `source` (no error repeats its cause).
+impl From<VmbusError> for DiskError {
+    fn from(e: VmbusError) -> Self {
+        Self::Vmbus(e)
+    }
+}
+
+// The detail is part of the message, so it is not also a `source` (no error repeats its cause).
+impl From<StorvscError> for DiskError {
+    fn from(e: StorvscError) -> Self {
+        Self::Storvsc(e)
+    }
+}
+
+// The detail is part of the message, so it is not also a `source` (no error repeats its cause).
+impl From<RingError> for DiskError {
+    fn from(e: RingError) -> Self {
+        Self::Ring(e)
+    }
+}
+
+// The detail is part of the message, so it is not also a `source` (no error repeats its cause).
+impl From<HypercallError> for DiskError {
+    fn from(e: HypercallError) -> Self {
+        Self::Hypercall(e)
+    }
 }
 
 /// Packet bytes a GPA-direct SRB of `pages` pages occupies (descriptor, GPA header, range, PFNs, vstor).

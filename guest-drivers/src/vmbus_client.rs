@@ -33,15 +33,15 @@ const FEATURE_PENDING_SEND_SIZE: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum VmbusError {
     #[error("enlightenments unavailable: {0}")]
-    Detect(#[from] DetectError),
+    Detect(DetectError),
     #[error("hypercall: {0}")]
-    Hypercall(#[from] HypercallError),
+    Hypercall(HypercallError),
     #[error("SynIC: {0}")]
-    Synic(#[from] SynicError),
+    Synic(SynicError),
     #[error("VMBus protocol: {0}")]
-    Protocol(#[from] ClientError),
+    Protocol(ClientError),
     #[error("ring: {0}")]
-    Ring(#[from] RingError),
+    Ring(RingError),
     #[error("the host refused every VMBus version")]
     ConnectFailed,
     #[error("the host answered {what} with status {status:#x}")]
@@ -52,6 +52,41 @@ pub enum VmbusError {
     NoMemory,
     #[error("channel {0} was rescinded")]
     Rescinded(u32),
+}
+
+// The detail is part of the message, so it is not also a `source` (no error repeats its cause).
+impl From<DetectError> for VmbusError {
+    fn from(e: DetectError) -> Self {
+        Self::Detect(e)
+    }
+}
+
+// The detail is part of the message, so it is not also a `source` (no error repeats its cause).
+impl From<HypercallError> for VmbusError {
+    fn from(e: HypercallError) -> Self {
+        Self::Hypercall(e)
+    }
+}
+
+// The detail is part of the message, so it is not also a `source` (no error repeats its cause).
+impl From<SynicError> for VmbusError {
+    fn from(e: SynicError) -> Self {
+        Self::Synic(e)
+    }
+}
+
+// The detail is part of the message, so it is not also a `source` (no error repeats its cause).
+impl From<ClientError> for VmbusError {
+    fn from(e: ClientError) -> Self {
+        Self::Protocol(e)
+    }
+}
+
+// The detail is part of the message, so it is not also a `source` (no error repeats its cause).
+impl From<RingError> for VmbusError {
+    fn from(e: RingError) -> Self {
+        Self::Ring(e)
+    }
 }
 
 /// Counters of the connection (every one a mode transition or a message).

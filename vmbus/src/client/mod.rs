@@ -85,9 +85,9 @@ pub enum ClientAction {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
     #[error("malformed host message: {0}")]
-    Protocol(#[from] ProtocolError),
+    Protocol(ProtocolError),
     #[error("GPADL: {0}")]
-    Gpadl(#[from] GpadlError),
+    Gpadl(GpadlError),
     #[error("{msgtype} is not expected {context}")]
     Unexpected {
         msgtype: MessageType,
@@ -130,6 +130,20 @@ pub enum ClientError {
     },
     #[error("posting {msgtype} failed with hypercall status {status:#x}")]
     PostFailed { msgtype: MessageType, status: u16 },
+}
+
+// The detail is part of the message, so it is not also a `source` (no error repeats its cause).
+impl From<ProtocolError> for ClientError {
+    fn from(e: ProtocolError) -> Self {
+        Self::Protocol(e)
+    }
+}
+
+// The detail is part of the message, so it is not also a `source` (no error repeats its cause).
+impl From<GpadlError> for ClientError {
+    fn from(e: GpadlError) -> Self {
+        Self::Gpadl(e)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

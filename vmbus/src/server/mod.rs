@@ -166,7 +166,7 @@ pub enum ServerAction {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ServerError {
     #[error("malformed message: {0}")]
-    Protocol(#[from] ProtocolError),
+    Protocol(ProtocolError),
     #[error("GPADL {gpadl:#x}: {error}")]
     Gpadl { gpadl: u32, error: GpadlError },
     #[error("{0} is not a message a guest sends")]
@@ -220,6 +220,13 @@ pub enum ServerError {
     GpadlOutsideRam { gpadl: u32, pfn: u64 },
     #[error("connection id {0:#x} is out of range")]
     BadConnectionId(u32),
+}
+
+// The detail is part of the message, so it is not also a `source` (no error repeats its cause).
+impl From<ProtocolError> for ServerError {
+    fn from(e: ProtocolError) -> Self {
+        Self::Protocol(e)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

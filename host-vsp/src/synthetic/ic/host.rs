@@ -23,7 +23,7 @@ pub const MAX_OUTSTANDING: usize = 4096;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IcHostError {
     #[error("malformed IC response: {0}")]
-    Malformed(#[from] IcError),
+    Malformed(IcError),
     #[error("IC response is not flagged as a response (flags {0:#x})")]
     NotAResponse(u8),
     #[error("guest answered with failure status {0:#x}")]
@@ -34,6 +34,13 @@ pub enum IcHostError {
     WrongSequence { got: u64, expected: Option<u64> },
     #[error("request refused: {0}")]
     NotReady(&'static str),
+}
+
+// The detail is part of the message, so it is not also a `source` (no error repeats its cause).
+impl From<IcError> for IcHostError {
+    fn from(e: IcError) -> Self {
+        Self::Malformed(e)
+    }
 }
 
 /// Which IC this host endpoint serves.
