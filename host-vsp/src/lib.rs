@@ -20,3 +20,7 @@ pub mod interrupt;
 pub mod synthetic;
 pub mod virtio;
 pub mod vmbus_service;
+
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
