@@ -4,14 +4,14 @@
 //! rules ask for it.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vmbus::protocol::{interface, Guid};
 use vmbus::server::OfferConfig;
 
-use crate::synthetic::storvsp::worker::{StorvspStats, StorvspWorker};
+use crate::synthetic::storvsp::worker::{StorvspStats, StorvspWorker, POLL_MODE_IDLE_BUDGET};
 use crate::synthetic::storvsp::{LunMap, StorvspConfig};
-use crate::vmbus_service::{HostChannel, HostChannelStats, VmbusDevice, Wake};
+use crate::vmbus_service::{ChannelSignals, HostChannel, HostChannelStats, VmbusDevice, Wake};
 
 /// What a storvsp channel has done so far (updated as it runs).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +22,8 @@ pub struct StorvspDeviceStats {
     pub channel: HostChannelStats,
     /// The channel is being served.
     pub serving: bool,
+    /// Poll-mode passes that found nothing to do (the price of polling).
+    pub poll_spins: u64,
 }
 
 /// A synthetic SCSI controller on VMBus.
@@ -89,16 +91,26 @@ impl VmbusDevice for StorvspDevice {
             }
         };
         self.publish(|s| s.serving = true);
+        let mut idle_since = Instant::now();
+        let mut spins = 0u64;
         loop {
             let result = worker.poll();
             if result.signal_guest {
                 signals.notify_guest();
             }
-            let (worker_stats, channel_stats) = (worker.stats(), signals.stats);
-            self.publish(|s| {
-                s.worker = worker_stats;
-                s.channel = channel_stats;
-            });
+            let progressed = result.received > 0 || result.completed > 0;
+            let polling = worker.poll_mode();
+            let publish = |worker: &StorvspWorker<_>, signals: &ChannelSignals, spins| {
+                let (worker_stats, channel_stats) = (worker.stats(), signals.stats);
+                self.publish(|s| {
+                    s.worker = worker_stats;
+                    s.channel = channel_stats;
+                    s.poll_spins = spins;
+                });
+            };
+            if progressed || !polling {
+                publish(&worker, &signals, spins);
+            }
             if result.failed {
                 tracing::warn!("storvsp channel failed: the guest broke the ring protocol");
                 signals.idle_until_stopped();
@@ -107,8 +119,8 @@ impl VmbusDevice for StorvspDevice {
             if signals.is_stopped() {
                 break;
             }
-            let progressed = result.received > 0 || result.completed > 0;
-            if result.more && progressed {
+            if progressed {
+                idle_since = Instant::now();
                 continue;
             }
             if result.more {
@@ -121,18 +133,28 @@ impl VmbusDevice for StorvspDevice {
                 }
                 continue;
             }
-            if worker.in_flight() > 0 {
+            if polling {
+                // Poll mode: keep looking at the ring, the guest's signals suppressed, while I/O is
+                // outstanding and for a bounded idle spin; then re-arm, re-check and sleep.
+                if worker.in_flight() > 0 || idle_since.elapsed() < POLL_MODE_IDLE_BUDGET {
+                    spins += 1;
+                    std::hint::spin_loop();
+                    continue;
+                }
+                if worker.rearm() {
+                    continue;
+                }
+                publish(&worker, &signals, spins);
+            } else if worker.in_flight() > 0 {
                 // Pooled requests still running: collect them as they finish (the guest may also
                 // signal meanwhile; the next poll reads its ring regardless).
                 worker.wait_for_completion(Duration::from_millis(1));
-                if signals.is_stopped() {
-                    break;
-                }
                 continue;
             }
             if signals.wait(Duration::from_millis(100)) == Wake::Stopped {
                 break;
             }
+            idle_since = Instant::now();
         }
         self.publish(|s| s.serving = false);
     }

@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use storvsp_protocol::{
     sense_buffer_size, srb_flags, vstor_packet_size, NtStatus, Operation, ProtocolVersion,
@@ -35,7 +35,8 @@ use super::scsi::{ExecStorage, ScsiController, ScsiOutcome};
 use super::{LunMap, StorvspConfig};
 use crate::guest_memory::GuestMemoryMmap;
 
-/// How long poll mode keeps spinning without progress before returning to the caller.
+/// How long a device in poll mode keeps polling without progress before it re-arms the guest's
+/// signals and sleeps.
 pub const POLL_MODE_IDLE_BUDGET: Duration = Duration::from_micros(200);
 /// Batches one [`StorvspWorker::poll`] takes at most before returning (fairness towards the caller).
 const MAX_BATCHES_PER_POLL: usize = 16;
@@ -236,6 +237,8 @@ pub struct StorvspWorker<M: RingMemory> {
     handshake: Handshake,
     pool: Option<Pool>,
     pending: VecDeque<Done>,
+    /// Poll mode left the guest's signals suppressed.
+    masked_for_polling: bool,
     in_flight: usize,
     config: StorvspConfig,
     stats: StorvspStats,
@@ -304,6 +307,7 @@ impl<M: RingMemory> StorvspWorker<M> {
             stats: StorvspStats::default(),
             packet_buf,
             failed: false,
+            masked_for_polling: false,
         })
     }
 
@@ -332,9 +336,34 @@ impl<M: RingMemory> StorvspWorker<M> {
         self.failed
     }
 
-    /// Switches poll mode: keep polling the rings while I/O is outstanding.
+    /// Switches poll mode: while on, [`poll`](Self::poll) leaves the guest's signals suppressed (the
+    /// inbound ring's interrupt_mask set), so a caller that keeps polling gets no signals at all;
+    /// switching it off re-arms them.
     pub fn set_poll_mode(&mut self, on: bool) {
         self.config.poll_mode = on;
+        if !on {
+            let _ = self.rearm();
+        }
+    }
+
+    /// Whether poll mode is on.
+    pub fn poll_mode(&self) -> bool {
+        self.config.poll_mode
+    }
+
+    /// Let the guest signal again (clear interrupt_mask) after polling; returns whether packets
+    /// arrived meanwhile (poll again before sleeping).
+    pub fn rearm(&mut self) -> bool {
+        if !std::mem::take(&mut self.masked_for_polling) {
+            return false;
+        }
+        match self.inbound.unmask_interrupts() {
+            Ok(more) => more,
+            Err(e) => {
+                self.fail("inbound", e);
+                false
+            }
+        }
     }
 
     /// Called (from an executor thread) whenever a pooled request completes, e.g. to wake the thread
@@ -373,31 +402,19 @@ impl<M: RingMemory> StorvspWorker<M> {
     /// requests (in poll mode, keeps at it while I/O is outstanding) and says what the caller must do.
     pub fn poll(&mut self) -> PollResult {
         let mut r = PollResult::default();
-        let mut idle_since = Instant::now();
         let mut batches = 0;
         while !self.failed {
-            let before = (r.received, r.completed);
             self.collect();
             self.flush(&mut r);
             let took = self.drain(&mut r);
             self.collect();
             self.flush(&mut r);
             batches += 1;
-            if (r.received, r.completed) != before {
-                idle_since = Instant::now();
-            }
             if batches >= MAX_BATCHES_PER_POLL {
                 r.more |= took > 0;
                 break;
             }
             if r.more && self.has_capacity() {
-                continue;
-            }
-            let polling = self.config.poll_mode && self.in_flight > 0;
-            if polling && idle_since.elapsed() < POLL_MODE_IDLE_BUDGET {
-                self.stats.poll_spins += 1;
-                // Yield rather than spin hard: the executors may share the core.
-                std::thread::yield_now();
                 continue;
             }
             break;
@@ -509,10 +526,11 @@ impl<M: RingMemory> StorvspWorker<M> {
                 return took;
             }
         }
-        // Poll mode with I/O outstanding keeps interrupts masked; the guest's packets are seen by
-        // the next pass. Otherwise unmask and re-check for packets that raced in.
-        if self.config.poll_mode && self.in_flight > 0 && took == room {
-            r.more = true;
+        // Poll mode keeps the guest's signals suppressed (interrupt_mask stays set) until the caller
+        // re-arms ([`StorvspWorker::rearm`]); the guest's packets are seen by the next pass.
+        if self.config.poll_mode {
+            self.masked_for_polling = true;
+            r.more = took == room;
             return took;
         }
         match self.inbound.unmask_interrupts() {

@@ -328,74 +328,40 @@ fn corrupted_ring_fails_the_channel_without_panicking() {
     assert!(p.worker.poll().failed);
 }
 
-/// A RAM disk whose reads take a millisecond, so I/O is reliably outstanding.
-#[derive(Debug)]
-struct SlowDisk(RamDisk);
-
-impl BlockBackend for SlowDisk {
-    fn capacity(&self) -> u64 {
-        self.0.capacity()
-    }
-    fn read_only(&self) -> bool {
-        false
-    }
-    fn read_vectored(
-        &self,
-        offset: u64,
-        bufs: &crate::backend::IoBuffers<'_>,
-    ) -> Result<(), crate::backend::DiskError> {
-        std::thread::sleep(std::time::Duration::from_millis(1));
-        self.0.read_vectored(offset, bufs)
-    }
-    fn write_vectored(
-        &self,
-        offset: u64,
-        bufs: &crate::backend::IoBuffers<'_>,
-        fua: bool,
-    ) -> Result<(), crate::backend::DiskError> {
-        self.0.write_vectored(offset, bufs, fua)
-    }
-    fn flush(&self) -> Result<(), crate::backend::DiskError> {
-        Ok(())
-    }
-    fn discard(&self, offset: u64, len: u64) -> Result<(), crate::backend::DiskError> {
-        self.0.discard(offset, len)
-    }
-}
-
-/// Sends 8 reads and polls until all completed; returns the poll-mode spins it took.
-fn eight_reads(p: &mut Pair, first_id: u64) -> u64 {
-    let spins = p.worker.stats().poll_spins;
-    for i in 0..8u64 {
-        p.send_read(first_id + i, i, 1);
-    }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let mut n = 0;
-    while n < 8 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "only {n} of 8 completed"
-        );
-        let r = p.worker.poll();
-        n += p.completions().len();
-        if n < 8 && r.in_flight > 0 && !r.more {
-            p.worker
-                .wait_for_completion(std::time::Duration::from_millis(10));
-        }
-    }
-    p.worker.stats().poll_spins - spins
+/// Sends a read; returns whether the guest's write asked for a signal.
+fn read_signals(p: &mut Pair, trans_id: u64) -> bool {
+    let mut vstor = VstorPacket::new(Operation::EXECUTE_SRB, REQUEST_COMPLETION_FLAG);
+    let mut srb = vstor.srb();
+    srb.cdb_length = 10;
+    srb.cdb_or_sense[0] = opcode::READ_10;
+    srb.cdb_or_sense[7..9].copy_from_slice(&8u16.to_be_bytes());
+    srb.data_transfer_length.set(4096);
+    vstor.set_srb(&srb);
+    let range = GpaRangeSpec {
+        byte_count: 4096,
+        byte_offset: 0,
+        pfns: &[1],
+    };
+    p.to_host
+        .write_gpa_direct(
+            trans_id,
+            PacketFlags::COMPLETION_REQUESTED,
+            &[range],
+            &[vstor.as_wire()],
+        )
+        .unwrap()
+        .signal
 }
 
 #[test]
-fn poll_mode_spins_while_io_is_outstanding() {
+fn poll_mode_suppresses_guest_signals_until_rearmed() {
     let (a, b) = (ring(64 * 1024), ring(64 * 1024));
     let worker = StorvspWorker::new(
         RingConsumer::new(a.clone()).unwrap(),
         RingProducer::new(b.clone()).unwrap(),
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 * 4096)]).unwrap(),
-        LunMap::new().with_backend(0, Arc::new(SlowDisk(RamDisk::new(1 << 20)))),
+        LunMap::new().with_backend(0, Arc::new(RamDisk::new(1 << 20))),
         StorvspConfig {
-            io_threads: 2,
             poll_mode: true,
             ..StorvspConfig::default()
         },
@@ -409,11 +375,26 @@ fn poll_mode_spins_while_io_is_outstanding() {
         disk: Arc::new(RamDisk::new(512)),
     };
     p.init();
+    // A pass in poll mode leaves the guest's signals suppressed: its next request needs none.
+    let _ = p.worker.poll();
     assert!(
-        eight_reads(&mut p, 100) > 0,
-        "poll mode polled while reads were outstanding"
+        !read_signals(&mut p, 100),
+        "signal asked for while the host polls"
     );
+    let r = p.worker.poll();
+    assert_eq!((r.received, r.completed), (1, 1));
+    assert_eq!(p.completions().len(), 1);
+    // Re-armed with nothing waiting: the guest signals again.
+    assert!(!p.worker.rearm());
+    assert!(read_signals(&mut p, 101), "no signal after re-arming");
+    // A request that races in while the host still polls is reported by the re-arm.
+    let _ = p.worker.poll();
+    let _ = p.completions();
+    assert!(!read_signals(&mut p, 102));
+    assert!(p.worker.rearm(), "the raced-in request was not reported");
+    // Off: every pass re-arms, like the interrupt-driven mode.
     p.worker.set_poll_mode(false);
-    assert_eq!(eight_reads(&mut p, 200), 0, "no polling when switched off");
-    assert_eq!(p.worker.in_flight(), 0);
+    let _ = p.worker.poll();
+    let _ = p.completions();
+    assert!(read_signals(&mut p, 103));
 }
