@@ -11,8 +11,8 @@
 //!   last decision, after a full barrier, with [`vring_need_event`] against the device's `avail_event`
 //!   (EVENT_IDX) or else the used ring's NO_NOTIFY flag;
 //! - used-buffer notifications are suppressed while the driver drains ([`SplitQueue::disable_cb`]:
-//!   `used_event` moved half the index space away, or the NO_INTERRUPT flag) and re-enabled before it
-//!   sleeps, with a full barrier and a re-check of the used index, so a completion that lands in between
+//!   `used_event` moved half the index space away, or the NO_INTERRUPT flag) and re-enabled when it is
+//!   done, with a full barrier and a re-check of the used index, so a completion that lands in between
 //!   is seen instead of slept through.
 //!
 //! Every shared field is accessed through atomics of its own width; the x86 guest makes release/acquire
@@ -246,7 +246,8 @@ pub fn write_indirect_table(mem: &DmaRegion, offset: usize, bufs: &[Buffer]) {
 
 impl SplitQueue {
     /// A queue of `size` entries in `mem` (at least [`RingLayout::bytes`], page-aligned), which it zeroes.
-    /// `event_idx`: VIRTIO_RING_F_EVENT_IDX was negotiated. Used-buffer notifications start suppressed.
+    /// `event_idx`: VIRTIO_RING_F_EVENT_IDX was negotiated. Used-buffer notifications start enabled (at
+    /// the first completion), as zeroed rings and Linux have them.
     pub fn new(mem: DmaRegion, size: u16, event_idx: bool) -> Result<Self, QueueError> {
         let layout = RingLayout::new(size)?;
         if mem.len < layout.bytes {
@@ -257,7 +258,7 @@ impl SplitQueue {
         }
         mem.write(0, &alloc::vec![0u8; layout.bytes]);
         let n = usize::from(size);
-        let mut queue = Self {
+        Ok(Self {
             mem,
             layout,
             event_idx,
@@ -270,9 +271,7 @@ impl SplitQueue {
             num_added: 0,
             last_used: 0,
             callbacks: true,
-        };
-        queue.disable_cb();
-        Ok(queue)
+        })
     }
 
     /// Entries in the queue.
@@ -288,6 +287,12 @@ impl SplitQueue {
     /// Chains added and not yet popped.
     pub fn in_flight(&self) -> u16 {
         self.in_flight
+    }
+
+    /// Whether used-buffer notifications are enabled (the last call was an `enable_cb*`, not
+    /// [`SplitQueue::disable_cb`]).
+    pub fn callbacks_enabled(&self) -> bool {
+        self.callbacks
     }
 
     /// Whether EVENT_IDX is in use.

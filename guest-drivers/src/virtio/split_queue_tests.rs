@@ -409,7 +409,9 @@ fn suppressed_completions_do_not_interrupt_and_reenabling_rechecks() {
         q.add(&[data(0x1000 * (i + 1), 512, true)]).unwrap();
     }
     q.kick_prepare();
-    // Starts suppressed.
+    assert!(q.callbacks_enabled(), "starts enabled");
+    q.disable_cb();
+    assert!(!q.callbacks_enabled());
     dev.take_all();
     for _ in 0..5 {
         dev.complete(0);
@@ -438,6 +440,7 @@ fn delayed_reenable_interrupts_after_three_quarters() {
         q.add(&[data(0x1000 * (i + 1), 512, true)]).unwrap();
     }
     q.kick_prepare();
+    q.disable_cb();
     dev.take_all();
     // 20 done before the driver re-enables: still below the threshold of 24, so it may sleep.
     for _ in 0..20 {
@@ -472,7 +475,9 @@ fn without_event_idx_the_flags_suppress() {
     let mut q = queue(&mem, 16, false);
     let mut dev = FakeDevice::new(&q);
     let flags = |dev: &FakeDevice| dev.u16_at(dev.layout.avail_flags());
-    assert_eq!(flags(&dev), AVAIL_F_NO_INTERRUPT, "starts suppressed");
+    assert_eq!(flags(&dev), 0, "starts enabled");
+    q.disable_cb();
+    assert_eq!(flags(&dev), AVAIL_F_NO_INTERRUPT);
     dev.ring
         .atomic_u16(dev.layout.used_flags())
         .store(USED_F_NO_NOTIFY, Ordering::Relaxed);
