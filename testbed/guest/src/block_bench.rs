@@ -94,8 +94,8 @@ impl BlockQueue for IdeBench {
 
 /// virtio-blk over virtio-mmio, driven as Linux drives it: up to 256 requests in flight (indirect
 /// descriptors), one doorbell per batch where `vring_need_event` asks for it (caught by the device's
-/// ioeventfd), completions drained with interrupts suppressed and re-enabled (¾ of what is in flight,
-/// then a re-check) only before sleeping. Its `signals` are the doorbells the driver rang.
+/// ioeventfd), completions taken after the device's interrupt, drained with notifications suppressed
+/// and re-enabled with a re-check (`virtblk_done`). Its `signals` are the doorbells the driver rang.
 pub struct VirtioBench {
     blk: Lease<VirtioBlk<Kernel>>,
     done: Vec<(u32, Result<(), VirtioBlkError>)>,
