@@ -3,7 +3,9 @@
 //!
 //! - [`hv`]: Hyper-V enlightenment detection (CPUID leaves), the hypercall page, SynIC setup and message
 //!   receive/EOM;
-//! - the VMBus client and the VSC drivers build on it.
+//! - the VMBus client and the VSC drivers build on it;
+//! - [`virtio`] and [`virtio_blk`]: virtio 1.x (split virtqueue, virtio-mmio) and the virtio-blk baseline,
+//!   written from the specification with Linux's notification discipline.
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;
@@ -14,5 +16,6 @@ pub mod ic;
 pub mod platform;
 pub mod storvsc;
 pub mod storvsc_disk;
+pub mod virtio;
 pub mod virtio_blk;
 pub mod vmbus_client;

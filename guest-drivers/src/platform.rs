@@ -22,6 +22,16 @@ pub struct DmaRegion {
 }
 
 impl DmaRegion {
+    /// A region of no bytes: what an owner holds after giving its memory back (every access is out of
+    /// bounds; never pass it to [`Platform::free_dma`]).
+    pub const fn empty() -> Self {
+        Self {
+            va: NonNull::dangling(),
+            pa: 0,
+            len: 0,
+        }
+    }
+
     /// Number of pages in the region.
     pub fn pages(&self) -> usize {
         self.len / PAGE_SIZE
@@ -80,6 +90,14 @@ impl DmaRegion {
             // SAFETY: bounds checked above; the region is live memory owned by this `DmaRegion`.
             unsafe { core::ptr::write_volatile(self.va.as_ptr().add(offset + i), *b) };
         }
+    }
+
+    /// The atomic u16 at a 2-aligned offset (shared with the host).
+    pub fn atomic_u16(&self, offset: usize) -> &core::sync::atomic::AtomicU16 {
+        self.check(offset, 2, 2);
+        // SAFETY: in bounds and 2-aligned (checked); the memory lives as long as `self`, and every access
+        // to shared words goes through atomics.
+        unsafe { core::sync::atomic::AtomicU16::from_ptr(self.va.as_ptr().add(offset).cast()) }
     }
 
     /// The atomic u32 at a 4-aligned offset (shared with the host).

@@ -1,25 +1,87 @@
-//! The guest side of virtio-blk over virtio-mmio, through the `virtio-drivers` crate: its [`Hal`] implemented
-//! over [`Platform`] (DMA = the platform's identity-mapped `alloc_dma` pages, buffers shared by address), an
-//! `MmioTransport` over the device's 4 KiB window, and batched I/O that keeps up to a queue's worth of
-//! requests in flight (`read_blocks_nb`/`write_blocks_nb`) and reaps completions as they land in the used
-//! ring — sleeping in [`Platform::wait_for_interrupt`] between them, or spinning ([`Completion::Poll`]).
-//! EVENT_IDX is negotiated when the device offers it (the crate then keeps `used_event` at its last
-//! consumed index and honours `avail_event` before notifying).
+//! virtio-blk over virtio-mmio (virtio 1.x §5.2), on [`crate::virtio`]'s split virtqueue and MMIO
+//! transport, held to the discipline of Linux's virtio-blk driver:
+//!
+//! - **Depth.** With VIRTIO_RING_F_INDIRECT_DESC every request is one ring descriptor pointing at its own
+//!   three-entry indirect table (header, data, status), so a 256-entry queue holds 256 requests
+//!   ([`VirtioBlk::max_in_flight`]); without it a request takes three ring descriptors.
+//! - **Doorbells.** [`VirtioBlk::submit`] only adds and publishes a request; [`VirtioBlk::kick`] decides
+//!   one doorbell for the whole batch with `vring_need_event` against the device's `avail_event`
+//!   (VIRTIO_RING_F_EVENT_IDX) and counts the doorbells it rings ([`VirtioBlk::doorbells`]).
+//! - **Interrupts.** Completions are taken as Linux's interrupt handler takes them: [`VirtioBlk::poll`]
+//!   drains once an interrupt arrived, with used-buffer notifications suppressed while draining, then
+//!   re-enables them for when three quarters of what is in flight has completed
+//!   (`virtqueue_enable_cb_delayed`) with a barrier and a re-check of the used ring that drains again
+//!   if more arrived — a completion racing the re-enable is seen, never slept through. Between polls
+//!   notifications stay enabled and [`VirtioBlk::wait`] halts until the next interrupt. The device
+//!   interrupts once per pass over the queue, after the pass, so a drain sees whole passes: one
+//!   interrupt per batch however the host's worker and the vCPU are scheduled.
+//!
+//! Requests carry guest-physical addresses; the slice APIs ([`VirtioBlk::read`], the batches) rely on
+//! [`IdentityMapped`]. The header, status byte and indirect table of each request live in a DMA slot of
+//! the driver's own.
 
-use alloc::vec;
 use alloc::vec::Vec;
 use core::marker::PhantomData;
 use core::ptr::NonNull;
-
-use virtio_drivers::device::blk::{BlkReq, BlkResp, RespStatus, VirtIOBlk, SECTOR_SIZE};
-use virtio_drivers::transport::mmio::{MmioError, MmioTransport, VirtIOHeader};
-use virtio_drivers::{BufferDirection, Hal, PhysAddr};
-use zerocopy::FromZeros;
+use core::sync::atomic::Ordering;
 
 use crate::platform::{DmaRegion, Platform, PAGE_SIZE};
+use crate::virtio::features;
+use crate::virtio::mmio::{MmioTransport, TransportError};
+use crate::virtio::split_queue::{
+    write_indirect_table, Buffer, QueueError, RingLayout, SplitQueue,
+};
 
-/// A [`Platform`] whose memory is identity mapped, reachable without an instance (virtio-drivers' [`Hal`]
-/// is a set of static functions).
+/// Bytes per sector (virtio-blk addresses the disk in 512-byte sectors whatever its block size).
+pub const SECTOR_SIZE: usize = 512;
+/// virtio device type of a block device.
+pub const DEVICE_ID_BLOCK: u32 = 2;
+/// Largest queue the driver sets up.
+pub const MAX_QUEUE_SIZE: u16 = 256;
+/// Features the driver can use.
+pub const WANTED_FEATURES: u64 = features::VERSION_1
+    | features::RING_EVENT_IDX
+    | features::RING_INDIRECT_DESC
+    | features::BLK_FLUSH
+    | features::BLK_RO;
+/// The request queue.
+const QUEUE: u16 = 0;
+/// Per-request DMA slot: indirect table (3 × 16 bytes) at 0, header at 64, status byte at 80.
+const SLOT_BYTES: usize = 128;
+const TABLE_AT: usize = 0;
+const HEADER_AT: usize = 64;
+const STATUS_AT: usize = 80;
+// The three parts of a slot do not overlap, and slots tile pages.
+const _: () = assert!(
+    TABLE_AT + 3 * crate::virtio::split_queue::DESC_SIZE <= HEADER_AT
+        && HEADER_AT + 16 <= STATUS_AT
+        && STATUS_AT < SLOT_BYTES
+        && PAGE_SIZE.is_multiple_of(SLOT_BYTES)
+);
+/// What the status byte holds until the device writes it.
+const STATUS_UNSET: u8 = 0xff;
+/// Longest device id string (GET_ID).
+const ID_BYTES: usize = 20;
+
+/// Request types (§5.2.6).
+mod req_type {
+    pub const IN: u32 = 0;
+    pub const OUT: u32 = 1;
+    pub const FLUSH: u32 = 4;
+    pub const GET_ID: u32 = 8;
+}
+
+/// Request status values (§5.2.6).
+pub mod status {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// The device failed the request.
+    pub const IOERR: u8 = 1;
+    /// The device does not support the request.
+    pub const UNSUPP: u8 = 2;
+}
+
+/// A [`Platform`] whose memory is identity mapped, reachable without an instance.
 ///
 /// # Safety
 /// Implementors guarantee that every address the driver hands to the device — heap, stack, DMA pages —
@@ -30,72 +92,59 @@ pub unsafe trait IdentityMapped: Platform + 'static {
     fn platform() -> Self;
 }
 
-/// virtio-drivers' [`Hal`] over a [`Platform`].
-#[derive(Debug)]
-pub struct PlatformHal<P>(PhantomData<P>);
-
-// SAFETY: `dma_alloc` returns zeroed, page-aligned, exclusively owned pages from `alloc_dma` (or a null
-// physical address, which virtio-drivers reports as a DMA error); `share` returns the buffer's own address,
-// which `IdentityMapped` guarantees is its physical address; nothing is copied, so `unshare` has nothing to do.
-unsafe impl<P: IdentityMapped> Hal for PlatformHal<P> {
-    fn dma_alloc(pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
-        match P::platform().alloc_dma(pages) {
-            Some(region) => (region.pa, region.va),
-            None => (0, NonNull::dangling()),
-        }
-    }
-
-    unsafe fn dma_dealloc(paddr: PhysAddr, vaddr: NonNull<u8>, pages: usize) -> i32 {
-        P::platform().free_dma(DmaRegion {
-            va: vaddr,
-            pa: paddr,
-            len: pages * PAGE_SIZE,
-        });
-        0
-    }
-
-    unsafe fn mmio_phys_to_virt(paddr: PhysAddr, _size: usize) -> NonNull<u8> {
-        NonNull::new(paddr as *mut u8).unwrap_or(NonNull::dangling())
-    }
-
-    unsafe fn share(buffer: NonNull<[u8]>, _direction: BufferDirection) -> PhysAddr {
-        buffer.as_ptr().cast::<u8>() as u64
-    }
-
-    unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
-}
-
 /// Driver errors.
 #[derive(Debug, thiserror::Error)]
 pub enum VirtioBlkError {
-    /// The MMIO window does not hold a usable virtio-mmio device.
-    #[error("virtio-mmio transport: {0}")]
-    Transport(MmioError),
+    /// The window does not hold a usable virtio-mmio device.
+    #[error("virtio-mmio transport")]
+    Transport(#[source] TransportError),
     /// The device is not a block device.
     #[error("virtio device type {0} is not a block device")]
     NotBlock(u32),
-    /// The device or queue reported an error.
-    #[error("virtio-blk: {0}")]
-    Device(virtio_drivers::Error),
+    /// The platform had no DMA memory.
+    #[error("no DMA memory for {0}")]
+    NoMemory(&'static str),
+    /// The virtqueue could not be set up.
+    #[error("virtqueue setup")]
+    Queue(#[source] QueueError),
+    /// No room for another request; retry after completions were polled.
+    #[error("the queue is full")]
+    QueueFull,
     /// A request completed with a status other than OK.
-    #[error("request {index} failed: {status:?}")]
+    #[error("the device completed the request with status {0}")]
+    Status(u8),
+    /// A request of a batch failed.
+    #[error("request {index} of the batch failed with status {status}")]
     Request {
         /// Index of the buffer in the batch.
         index: usize,
-        /// The status.
-        status: RespStatus,
+        /// The status byte.
+        status: u8,
     },
     /// A buffer is not a non-empty multiple of the sector size.
     #[error("buffer of {0} bytes is not whole sectors")]
     BadLength(usize),
+    /// The batch API needs the queue API idle.
+    #[error("{0} requests of the queue API are outstanding")]
+    Outstanding(usize),
+    /// The device broke the queue protocol; the driver reset it and failed everything in flight.
+    #[error("the device broke the virtqueue protocol and was reset")]
+    Broken(#[source] QueueError),
+}
+
+impl VirtioBlkError {
+    /// The queue had no room for the request (retry after completions were polled).
+    pub fn is_queue_full(&self) -> bool {
+        matches!(self, Self::QueueFull)
+    }
 }
 
 /// How a batch waits for completions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Completion {
-    /// Sleep until the device's interrupt (the platform's halt) when nothing has completed.
+    /// Sleep until the device's interrupt when nothing has completed.
     Interrupt,
-    /// Spin on the used ring.
+    /// Spin on the used ring (interrupts stay suppressed).
     Poll,
 }
 
@@ -110,177 +159,467 @@ pub struct BatchStats {
     pub max_in_flight: usize,
 }
 
-/// A request in flight through the queue API: its header and status live in a box so their addresses
-/// stay put while the device owns them.
-struct InFlight {
-    tag: u32,
-    write: bool,
-    req: BlkReq,
-    resp: BlkResp,
-    buf: NonNull<u8>,
-    len: usize,
+/// Who waits for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    /// The queue API, with the caller's tag.
+    Caller(u32),
+    /// A synchronous call of the driver's own, spinning on it.
+    Sync,
 }
 
-/// A virtio-blk disk.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    owner: Owner,
+    slot: u16,
+}
+
+/// A virtio-blk disk. See the module documentation.
 pub struct VirtioBlk<P: IdentityMapped> {
-    dev: VirtIOBlk<PlatformHal<P>, MmioTransport<'static>>,
-    in_flight: alloc::collections::BTreeMap<u16, alloc::boxed::Box<InFlight>>,
+    transport: MmioTransport,
+    queue: SplitQueue,
+    slots: DmaRegion,
+    free_slots: Vec<u16>,
+    /// By head descriptor.
+    heads: Vec<Option<InFlight>>,
+    /// Requests the slots allow in flight.
+    depth: usize,
+    features: u64,
+    capacity: u64,
+    doorbells: u64,
+    /// Queue-API completions reaped by a synchronous call, returned by the next `poll`.
+    early: Vec<(u32, Result<(), VirtioBlkError>)>,
+    /// The platform's interrupt total when the last interrupt-driven drain began.
+    interrupts_seen: u64,
+    /// Completions may be waiting that no interrupt will announce (they came while notifications were
+    /// off): the next `poll` drains without waiting for one.
+    drain_pending: bool,
+    broken: Option<QueueError>,
+    _platform: PhantomData<P>,
 }
 
 impl<P: IdentityMapped> core::fmt::Debug for VirtioBlk<P> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("VirtioBlk")
-            .field("capacity", &self.dev.capacity())
+            .field("capacity", &self.capacity)
+            .field("features", &format_args!("{:#x}", self.features))
+            .field("queue_size", &self.queue.size())
+            .field("in_flight", &self.queue.in_flight())
+            .field("doorbells", &self.doorbells)
             .finish_non_exhaustive()
     }
 }
 
+fn check_len(len: usize) -> Result<u32, VirtioBlkError> {
+    if len == 0 || !len.is_multiple_of(SECTOR_SIZE) {
+        return Err(VirtioBlkError::BadLength(len));
+    }
+    u32::try_from(len).map_err(|_| VirtioBlkError::BadLength(len))
+}
+
+/// The largest power of two ≤ `max`, capped at [`MAX_QUEUE_SIZE`].
+fn queue_size(max: u32) -> u16 {
+    let capped = max.min(u32::from(MAX_QUEUE_SIZE));
+    if capped == 0 {
+        0
+    } else {
+        1 << (31 - capped.leading_zeros())
+    }
+}
+
 impl<P: IdentityMapped> VirtioBlk<P> {
-    /// Initialises the virtio-mmio block device whose window (at least 0x100 + config bytes) is at `gpa`.
+    /// Initialises the virtio-mmio block device whose window (at least 0x108 bytes) is at `gpa`:
+    /// negotiates [`WANTED_FEATURES`], sets up a queue of up to [`MAX_QUEUE_SIZE`] entries and the request
+    /// slots, and sets DRIVER_OK. Used-buffer notifications start suppressed.
     ///
     /// # Safety
     /// `gpa..gpa + size` must be a virtio-mmio device window, identity mapped and used by nothing else
     /// for as long as the returned driver lives.
     pub unsafe fn probe(gpa: u64, size: usize) -> Result<Self, VirtioBlkError> {
-        let header = NonNull::new(gpa as *mut VirtIOHeader)
-            .ok_or(VirtioBlkError::Transport(MmioError::MmioRegionTooSmall))?;
-        // SAFETY: the caller guarantees the window is a virtio-mmio device mapped for the driver's lifetime.
+        let base = NonNull::new(gpa as *mut u8)
+            .ok_or(VirtioBlkError::Transport(TransportError::Window(size)))?;
+        // SAFETY: the caller guarantees the window is a virtio-mmio device mapped for our lifetime.
         let transport =
-            unsafe { MmioTransport::new(header, size) }.map_err(VirtioBlkError::Transport)?;
-        let kind = virtio_drivers::transport::Transport::device_type(&transport);
-        if kind != virtio_drivers::transport::DeviceType::Block {
-            return Err(VirtioBlkError::NotBlock(kind as u32));
+            unsafe { MmioTransport::new(base, size) }.map_err(VirtioBlkError::Transport)?;
+        let kind = transport.device_id();
+        if kind != DEVICE_ID_BLOCK {
+            return Err(VirtioBlkError::NotBlock(kind));
         }
-        let dev = VirtIOBlk::new(transport).map_err(VirtioBlkError::Device)?;
-        Ok(Self {
-            dev,
-            in_flight: alloc::collections::BTreeMap::new(),
-        })
+        let features = transport
+            .negotiate(WANTED_FEATURES)
+            .map_err(VirtioBlkError::Transport)?;
+        let max = transport.queue_max(QUEUE);
+        let entries = queue_size(max);
+        if entries == 0 {
+            transport.fail();
+            return Err(VirtioBlkError::Transport(TransportError::QueueSize {
+                index: QUEUE,
+                max,
+                wanted: 1,
+            }));
+        }
+        let layout = RingLayout::new(entries).map_err(VirtioBlkError::Queue)?;
+        let indirect = features & features::RING_INDIRECT_DESC != 0;
+        let depth = if indirect {
+            entries
+        } else {
+            (entries / 3).max(1)
+        };
+        let platform = P::platform();
+        let ring = platform
+            .alloc_dma(layout.pages())
+            .ok_or(VirtioBlkError::NoMemory("the virtqueue"))?;
+        let Some(slots) = platform.alloc_dma((usize::from(depth) * SLOT_BYTES).div_ceil(PAGE_SIZE))
+        else {
+            platform.free_dma(ring);
+            return Err(VirtioBlkError::NoMemory("request slots"));
+        };
+        let queue = match SplitQueue::new(ring, entries, features & features::RING_EVENT_IDX != 0) {
+            Ok(q) => q,
+            Err(e) => {
+                platform.free_dma(slots);
+                return Err(VirtioBlkError::Queue(e));
+            }
+        };
+        // From here on, dropping `disk` resets the device and frees the memory.
+        let mut disk = Self {
+            transport,
+            queue,
+            slots,
+            free_slots: (0..depth).rev().collect(),
+            heads: alloc::vec![None; usize::from(entries)],
+            depth: usize::from(depth),
+            features,
+            capacity: 0,
+            doorbells: 0,
+            early: Vec::new(),
+            interrupts_seen: platform.interrupt_total(),
+            drain_pending: false,
+            broken: None,
+            _platform: PhantomData,
+        };
+        disk.transport
+            .setup_queue(
+                QUEUE,
+                entries,
+                disk.queue.desc_pa(),
+                disk.queue.avail_pa(),
+                disk.queue.used_pa(),
+            )
+            .map_err(VirtioBlkError::Transport)?;
+        disk.transport.driver_ok();
+        disk.capacity = disk
+            .transport
+            .config_u64(0)
+            .ok_or(VirtioBlkError::Transport(TransportError::Window(size)))?;
+        Ok(disk)
     }
 
     /// Capacity in 512-byte sectors.
     pub fn capacity(&self) -> u64 {
-        self.dev.capacity()
+        self.capacity
     }
 
     /// Whether the device is read-only.
     pub fn read_only(&self) -> bool {
-        self.dev.readonly()
+        self.features & features::BLK_RO != 0
     }
 
-    /// Requests the queue can hold at once.
+    /// The negotiated feature bits.
+    pub fn features(&self) -> u64 {
+        self.features
+    }
+
+    /// Entries of the virtqueue.
     pub fn queue_size(&self) -> usize {
-        usize::from(self.dev.virt_queue_size())
+        usize::from(self.queue.size())
     }
 
-    /// The device id string (GET_ID).
-    pub fn device_id(&mut self) -> Result<Vec<u8>, VirtioBlkError> {
-        let mut id = [0u8; 20];
-        let n = self
-            .dev
-            .device_id(&mut id)
-            .map_err(VirtioBlkError::Device)?;
-        Ok(id[..n].to_vec())
+    /// Requests the driver can have in flight at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.depth
     }
 
-    /// Reads `buf` from sector `lba`, one request, waiting by spinning.
-    pub fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), VirtioBlkError> {
-        check_len(buf.len())?;
-        self.dev
-            .read_blocks(lba as usize, buf)
-            .map_err(VirtioBlkError::Device)
-    }
-
-    /// Writes `buf` at sector `lba`, one request, waiting by spinning.
-    pub fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), VirtioBlkError> {
-        check_len(buf.len())?;
-        self.dev
-            .write_blocks(lba as usize, buf)
-            .map_err(VirtioBlkError::Device)
-    }
-
-    /// FLUSH.
-    pub fn flush(&mut self) -> Result<(), VirtioBlkError> {
-        self.dev.flush().map_err(VirtioBlkError::Device)
+    /// Doorbells (QueueNotify writes) rung so far.
+    pub fn doorbells(&self) -> u64 {
+        self.doorbells
     }
 
     /// Requests submitted through [`VirtioBlk::submit`] and not yet returned by [`VirtioBlk::poll`].
     pub fn outstanding(&self) -> usize {
-        self.in_flight.len()
+        usize::from(self.queue.in_flight()) + self.early.len()
     }
 
-    /// Queue one request (the queue API: many in flight, completions by [`VirtioBlk::poll`]).
-    /// `Err(Device(QueueFull))` when the queue has no room.
+    fn slot_base(slot: u16) -> usize {
+        usize::from(slot) * SLOT_BYTES
+    }
+
+    /// Frames a request in a free slot and adds it to the queue (published, not yet kicked).
+    fn start(
+        &mut self,
+        owner: Owner,
+        kind: u32,
+        sector: u64,
+        data: Option<Buffer>,
+    ) -> Result<(), VirtioBlkError> {
+        if let Some(e) = self.broken {
+            return Err(VirtioBlkError::Broken(e));
+        }
+        let slot = self.free_slots.pop().ok_or(VirtioBlkError::QueueFull)?;
+        let base = Self::slot_base(slot);
+        let s = &self.slots;
+        s.atomic_u32(base + HEADER_AT)
+            .store(kind.to_le(), Ordering::Relaxed);
+        s.atomic_u32(base + HEADER_AT + 4)
+            .store(0, Ordering::Relaxed);
+        s.atomic_u64(base + HEADER_AT + 8)
+            .store(sector.to_le(), Ordering::Relaxed);
+        s.write(base + STATUS_AT, &[STATUS_UNSET]);
+        let pa = s.pa + base as u64;
+        let header = Buffer {
+            pa: pa + HEADER_AT as u64,
+            len: 16,
+            device_writes: false,
+        };
+        let status = Buffer {
+            pa: pa + STATUS_AT as u64,
+            len: 1,
+            device_writes: true,
+        };
+        let chain = match data {
+            Some(d) => [header, d, status],
+            None => [header, status, status],
+        };
+        let chain = &chain[..if data.is_some() { 3 } else { 2 }];
+        let added = if self.features & features::RING_INDIRECT_DESC != 0 {
+            write_indirect_table(s, base + TABLE_AT, chain);
+            self.queue.add_indirect(pa + TABLE_AT as u64, chain.len())
+        } else {
+            self.queue.add(chain)
+        };
+        match added {
+            Ok(head) => {
+                self.heads[usize::from(head)] = Some(InFlight { owner, slot });
+                Ok(())
+            }
+            Err(e) => {
+                self.free_slots.push(slot);
+                Err(match e {
+                    QueueError::Full { .. } => VirtioBlkError::QueueFull,
+                    e => VirtioBlkError::Queue(e),
+                })
+            }
+        }
+    }
+
+    /// The next finished request, if any.
+    fn reap_one(&mut self) -> Option<(Owner, Result<(), VirtioBlkError>)> {
+        let used = match self.queue.pop_used() {
+            Ok(Some(used)) => used,
+            Ok(None) => return None,
+            Err(e) => {
+                self.break_device(e);
+                return None;
+            }
+        };
+        let Some(r) = self.heads[usize::from(used.head)].take() else {
+            self.break_device(QueueError::BadUsedHead(u32::from(used.head)));
+            return None;
+        };
+        let mut st = [STATUS_UNSET];
+        self.slots
+            .read(Self::slot_base(r.slot) + STATUS_AT, &mut st);
+        self.free_slots.push(r.slot);
+        let result = match st[0] {
+            status::OK => Ok(()),
+            other => Err(VirtioBlkError::Status(other)),
+        };
+        Some((r.owner, result))
+    }
+
+    /// The device broke the protocol: reset it (it stops touching memory) and fail everything in flight.
+    fn break_device(&mut self, e: QueueError) {
+        self.transport.reset();
+        self.broken = Some(e);
+        for r in self.heads.iter_mut().filter_map(Option::take) {
+            self.free_slots.push(r.slot);
+            if let Owner::Caller(tag) = r.owner {
+                self.early.push((tag, Err(VirtioBlkError::Broken(e))));
+            }
+        }
+    }
+
+    /// Queues one request (the queue API: many in flight, one [`VirtioBlk::kick`] per batch, completions
+    /// by [`VirtioBlk::poll`]). [`VirtioBlkError::QueueFull`] when [`VirtioBlk::max_in_flight`] are in
+    /// flight.
     ///
     /// # Safety
-    /// `buf..buf + len` must be valid, identity-mapped memory that nothing touches until `poll` returns
-    /// this request's `tag`.
+    /// `pa..pa + len` must be memory the caller owns at that guest-physical address, left allocated and
+    /// untouched until [`VirtioBlk::poll`] returns `tag` (dropping the driver resets the device first).
     pub unsafe fn submit(
         &mut self,
         tag: u32,
         write: bool,
         lba: u64,
-        buf: NonNull<u8>,
+        pa: u64,
         len: usize,
     ) -> Result<(), VirtioBlkError> {
-        check_len(len)?;
-        let mut entry = alloc::boxed::Box::new(InFlight {
-            tag,
-            write,
-            req: BlkReq::default(),
-            resp: BlkResp::new_zeroed(),
-            buf,
+        let len = check_len(len)?;
+        let kind = if write { req_type::OUT } else { req_type::IN };
+        let data = Buffer {
+            pa,
             len,
-        });
-        let e = &mut *entry;
-        // SAFETY: the caller keeps `buf` valid and untouched until completion; `req`/`resp` live in a box
-        // kept in `in_flight` until the token is completed in `poll`, so their addresses are stable.
-        let token = unsafe {
-            let data = core::slice::from_raw_parts_mut(e.buf.as_ptr(), e.len);
-            if write {
-                self.dev
-                    .write_blocks_nb(lba as usize, &mut e.req, data, &mut e.resp)
-            } else {
-                self.dev
-                    .read_blocks_nb(lba as usize, &mut e.req, data, &mut e.resp)
-            }
-        }
-        .map_err(VirtioBlkError::Device)?;
-        self.in_flight.insert(token, entry);
-        Ok(())
+            device_writes: !write,
+        };
+        self.start(Owner::Caller(tag), kind, lba, Some(data))
     }
 
-    /// Collect finished requests (non-blocking): `(tag, result)` appended to `out`.
+    /// Notifies the device of the requests submitted since the last kick, if the device asked for it
+    /// (`vring_need_event` over the batch). Returns whether the doorbell rang.
+    pub fn kick(&mut self) -> bool {
+        if self.broken.is_some() || !self.queue.kick_prepare() {
+            return false;
+        }
+        self.transport.notify(QUEUE);
+        self.doorbells += 1;
+        true
+    }
+
+    /// Appends finished queue-API requests as `(tag, result)` to `out` without blocking; returns how
+    /// many. Completions are taken the way Linux's interrupt handler takes them (`virtblk_done`): only
+    /// once an interrupt arrived since the last drain (or while notifications are off, when nothing else
+    /// would say so), with used-buffer notifications suppressed while draining and then re-enabled
+    /// (`enable_cb_delayed`) with a re-check that drains again if more completed meanwhile. Between polls
+    /// notifications stay enabled, so every completion is followed by an interrupt or seen by a drain.
     pub fn poll(&mut self, out: &mut Vec<(u32, Result<(), VirtioBlkError>)>) -> usize {
         let before = out.len();
-        while let Some(token) = self.dev.peek_used() {
-            let Some(mut e) = self.in_flight.remove(&token) else {
-                // A token we never handed out: the device is broken; stop reaping.
-                break;
-            };
-            // SAFETY: request `token` was submitted with exactly these buffers, still valid (caller
-            // contract of `submit`), and it is the next used entry.
-            let done = unsafe {
-                let data = core::slice::from_raw_parts_mut(e.buf.as_ptr(), e.len);
-                if e.write {
-                    self.dev
-                        .complete_write_blocks(token, &e.req, data, &mut e.resp)
-                } else {
-                    self.dev
-                        .complete_read_blocks(token, &e.req, data, &mut e.resp)
-                }
-            };
-            let result = done.map_err(|_| VirtioBlkError::Request {
-                index: 0,
-                status: e.resp.status(),
-            });
-            out.push((e.tag, result));
+        out.append(&mut self.early);
+        // Read before draining: an interrupt during the drain makes the next poll drain again.
+        let interrupts = P::platform().interrupt_total();
+        if interrupts != self.interrupts_seen
+            || self.drain_pending
+            || !self.queue.callbacks_enabled()
+        {
+            self.interrupts_seen = interrupts;
+            self.drain_pending = false;
+            self.drain(out, true);
         }
         out.len() - before
     }
 
-    /// Reads consecutive extents into `bufs` (buffer `i` at `lba` + the sectors of the buffers before it),
-    /// as many requests in flight as the queue holds.
+    /// Reaps everything used into `out`; `rearm`: then re-enable notifications with the re-check
+    /// (otherwise they stay suppressed, for spinning callers).
+    fn drain(&mut self, out: &mut Vec<(u32, Result<(), VirtioBlkError>)>, rearm: bool) -> usize {
+        let before = out.len();
+        loop {
+            if self.broken.is_some() {
+                break;
+            }
+            self.queue.disable_cb();
+            while let Some((owner, result)) = self.reap_one() {
+                if let Owner::Caller(tag) = owner {
+                    out.push((tag, result));
+                }
+            }
+            if !rearm || self.broken.is_some() || self.queue.enable_cb_delayed() {
+                break;
+            }
+        }
+        out.append(&mut self.early);
+        out.len() - before
+    }
+
+    /// Sleeps until an interrupt arrives, unless one already did since the last drain (the next
+    /// [`VirtioBlk::poll`] takes its completions). Returns whether it halted.
+    pub fn wait(&mut self) -> bool {
+        if self.queue.in_flight() == 0 || self.broken.is_some() {
+            return false;
+        }
+        if self.drain_pending
+            || (!self.queue.callbacks_enabled() && !self.queue.enable_cb_delayed())
+        {
+            // Completions arrived while notifications were off: `poll` drains them.
+            self.drain_pending = true;
+            return false;
+        }
+        P::platform().wait_for_interrupt(self.interrupts_seen);
+        true
+    }
+
+    /// Runs one request of the driver's own to completion, spinning with used-buffer notifications
+    /// suppressed (it costs a doorbell and no interrupt); queue-API completions it meets wait in `early`.
+    fn run_sync(
+        &mut self,
+        kind: u32,
+        sector: u64,
+        data: Option<Buffer>,
+    ) -> Result<(), VirtioBlkError> {
+        let rearm = self.queue.callbacks_enabled();
+        self.queue.disable_cb();
+        let result = self.start(Owner::Sync, kind, sector, data).and_then(|()| {
+            self.kick();
+            loop {
+                match self.reap_one() {
+                    Some((Owner::Sync, result)) => break result,
+                    Some((Owner::Caller(tag), result)) => self.early.push((tag, result)),
+                    None => match self.broken {
+                        Some(e) => break Err(VirtioBlkError::Broken(e)),
+                        None => core::hint::spin_loop(),
+                    },
+                }
+            }
+        });
+        if rearm && self.broken.is_none() && !self.queue.enable_cb_delayed() {
+            self.drain_pending = true;
+        }
+        result
+    }
+
+    /// The device id string (GET_ID), up to 20 bytes.
+    pub fn device_id(&mut self) -> Result<Vec<u8>, VirtioBlkError> {
+        let mut id = [0u8; ID_BYTES];
+        let buf = Buffer {
+            pa: id.as_mut_ptr() as u64,
+            len: ID_BYTES as u32,
+            device_writes: true,
+        };
+        self.run_sync(req_type::GET_ID, 0, Some(buf))?;
+        let n = id.iter().position(|&b| b == 0).unwrap_or(ID_BYTES);
+        Ok(id[..n].to_vec())
+    }
+
+    /// Reads `buf` from sector `lba`, one request, spinning until it completes.
+    pub fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), VirtioBlkError> {
+        let len = check_len(buf.len())?;
+        let data = Buffer {
+            pa: buf.as_mut_ptr() as u64,
+            len,
+            device_writes: true,
+        };
+        self.run_sync(req_type::IN, lba, Some(data))
+    }
+
+    /// Writes `buf` at sector `lba`, one request, spinning until it completes.
+    pub fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), VirtioBlkError> {
+        let len = check_len(buf.len())?;
+        let data = Buffer {
+            pa: buf.as_ptr() as u64,
+            len,
+            device_writes: false,
+        };
+        self.run_sync(req_type::OUT, lba, Some(data))
+    }
+
+    /// FLUSH (nothing to do if the device did not offer VIRTIO_BLK_F_FLUSH).
+    pub fn flush(&mut self) -> Result<(), VirtioBlkError> {
+        if self.features & features::BLK_FLUSH == 0 {
+            return Ok(());
+        }
+        self.run_sync(req_type::FLUSH, 0, None)
+    }
+
+    /// Reads consecutive extents into `bufs` (buffer `i` at `lba` + the sectors of the buffers before it)
+    /// with as many requests in flight as the driver holds.
     pub fn read_batch(
         &mut self,
         lba: u64,
@@ -307,95 +646,76 @@ impl<P: IdentityMapped> VirtioBlk<P> {
         bufs: &mut [Vec<u8>],
         wait: Completion,
     ) -> Result<BatchStats, VirtioBlkError> {
-        let n = bufs.len();
-        let mut starts = Vec::with_capacity(n);
+        if self.outstanding() > 0 {
+            return Err(VirtioBlkError::Outstanding(self.outstanding()));
+        }
+        let mut starts = Vec::with_capacity(bufs.len());
         let mut at = lba;
         for b in bufs.iter() {
             check_len(b.len())?;
             starts.push(at);
             at += (b.len() / SECTOR_SIZE) as u64;
         }
-        let mut reqs: Vec<BlkReq> = (0..n).map(|_| BlkReq::default()).collect();
-        let mut resps: Vec<BlkResp> = (0..n).map(|_| BlkResp::new_zeroed()).collect();
-        let mut tokens: Vec<Option<u16>> = vec![None; n];
-        let platform = P::platform();
         let mut stats = BatchStats::default();
-        let (mut next, mut in_flight) = (0, 0);
+        let (mut next, mut in_flight) = (0usize, 0usize);
         let mut failed = None;
+        let mut done = Vec::new();
         // On a failed request, stop submitting but reap everything in flight: the device may still be
         // writing into those buffers.
-        while in_flight > 0 || (failed.is_none() && stats.requests < n) {
-            while next < n && failed.is_none() {
-                let sector = starts[next] as usize;
-                // SAFETY: `reqs[next]`, `bufs[next]` and `resps[next]` are not touched again until this
-                // request's token shows up in the used ring and is completed below with the same buffers;
-                // none of the vectors is resized while requests are in flight.
-                let submitted = unsafe {
-                    if write {
-                        self.dev.write_blocks_nb(
-                            sector,
-                            &mut reqs[next],
-                            &bufs[next],
-                            &mut resps[next],
-                        )
-                    } else {
-                        self.dev.read_blocks_nb(
-                            sector,
-                            &mut reqs[next],
-                            &mut bufs[next],
-                            &mut resps[next],
-                        )
-                    }
+        while in_flight > 0 || (failed.is_none() && next < bufs.len()) {
+            let mut submitted = false;
+            while next < bufs.len() && failed.is_none() {
+                let b = &mut bufs[next];
+                // SAFETY: `bufs` is borrowed mutably for the whole call and never resized; this loop
+                // only ends once nothing is in flight (or the device was reset), and the kernel is
+                // identity mapped (`IdentityMapped`), so `b`'s address is its guest-physical address.
+                let r = unsafe {
+                    self.submit(
+                        next as u32,
+                        write,
+                        starts[next],
+                        b.as_mut_ptr() as u64,
+                        b.len(),
+                    )
                 };
-                match submitted {
-                    Ok(token) => {
-                        tokens[next] = Some(token);
+                match r {
+                    Ok(()) => {
                         next += 1;
                         in_flight += 1;
+                        submitted = true;
                         stats.max_in_flight = stats.max_in_flight.max(in_flight);
                     }
-                    Err(virtio_drivers::Error::QueueFull) if in_flight > 0 => break,
+                    Err(VirtioBlkError::QueueFull) if in_flight > 0 => break,
                     Err(e) => {
-                        failed = Some(VirtioBlkError::Device(e));
+                        failed = Some(e);
                         break;
                     }
                 }
             }
-            let seen = platform.interrupt_total();
-            let mut reaped = false;
-            while let Some(token) = self.dev.peek_used() {
-                let i = tokens
-                    .iter()
-                    .position(|t| *t == Some(token))
-                    .ok_or(VirtioBlkError::Device(virtio_drivers::Error::WrongToken))?;
-                // SAFETY: request `i` was submitted with exactly these buffers and its token is the next
-                // used entry.
-                let done = unsafe {
-                    if write {
-                        self.dev
-                            .complete_write_blocks(token, &reqs[i], &bufs[i], &mut resps[i])
-                    } else {
-                        self.dev
-                            .complete_read_blocks(token, &reqs[i], &mut bufs[i], &mut resps[i])
-                    }
-                };
-                tokens[i] = None;
+            if submitted {
+                self.kick();
+            }
+            done.clear();
+            let reaped = match wait {
+                Completion::Interrupt => self.poll(&mut done),
+                Completion::Poll => self.drain(&mut done, false),
+            };
+            for (tag, result) in done.drain(..) {
                 in_flight -= 1;
                 stats.requests += 1;
-                reaped = true;
-                if done.is_err() && failed.is_none() {
-                    failed = Some(VirtioBlkError::Request {
-                        index: i,
-                        status: resps[i].status(),
+                if let Err(e) = result {
+                    failed.get_or_insert(match e {
+                        VirtioBlkError::Status(status) => VirtioBlkError::Request {
+                            index: tag as usize,
+                            status,
+                        },
+                        e => e,
                     });
                 }
             }
-            if !reaped && in_flight > 0 {
+            if reaped == 0 && in_flight > 0 {
                 match wait {
-                    Completion::Interrupt => {
-                        platform.wait_for_interrupt(seen);
-                        stats.sleeps += 1;
-                    }
+                    Completion::Interrupt => stats.sleeps += u64::from(self.wait()),
                     Completion::Poll => core::hint::spin_loop(),
                 }
             }
@@ -407,16 +727,34 @@ impl<P: IdentityMapped> VirtioBlk<P> {
     }
 }
 
-impl VirtioBlkError {
-    /// The queue had no room for the request (retry after completions were polled).
-    pub fn is_queue_full(&self) -> bool {
-        matches!(self, Self::Device(virtio_drivers::Error::QueueFull))
+impl<P: IdentityMapped> Drop for VirtioBlk<P> {
+    fn drop(&mut self) {
+        // The device must stop using the rings and every buffer before the memory goes back.
+        self.transport.reset();
+        let platform = P::platform();
+        platform.free_dma(self.queue.release_memory());
+        platform.free_dma(core::mem::replace(&mut self.slots, DmaRegion::empty()));
     }
 }
 
-fn check_len(len: usize) -> Result<(), VirtioBlkError> {
-    if len == 0 || !len.is_multiple_of(SECTOR_SIZE) {
-        return Err(VirtioBlkError::BadLength(len));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_size_is_the_largest_power_of_two_allowed() {
+        assert_eq!(queue_size(0), 0);
+        assert_eq!(queue_size(1), 1);
+        assert_eq!(queue_size(100), 64);
+        assert_eq!(queue_size(256), 256);
+        assert_eq!(queue_size(1024), MAX_QUEUE_SIZE);
     }
-    Ok(())
+
+    #[test]
+    fn lengths_are_whole_sectors() {
+        assert_eq!(check_len(4096).unwrap(), 4096);
+        for bad in [0, 1, 511, 4097] {
+            assert!(matches!(check_len(bad), Err(VirtioBlkError::BadLength(l)) if l == bad));
+        }
+    }
 }

@@ -3,7 +3,8 @@
 //! table ([`table`]), JSON ([`json`]) and an SVG chart ([`svg::chart`]).
 //!
 //! Per DESIGN.md, a count "per I/O" is its delta over the measured window divided by the I/Os completed
-//! in it. A row whose device failed (wrong data, I/O errors, no window) carries only its reason: wrong
+//! in it. Each row also carries the queue depth the guest actually sustained (`achieved_qd`, column
+//! `QD`): a device whose driver cannot keep the spec's depth in flight shows it. A row whose device failed (wrong data, I/O errors, no window) carries only its reason: wrong
 //! data never produces numbers.
 
 pub mod svg;
@@ -39,6 +40,8 @@ pub struct Measurement {
     pub guest_signals: u64,
     /// Interrupts the guest kernel counted taking.
     pub guest_interrupts: u64,
+    /// Most requests the guest had in flight at once (the queue depth the device sustained).
+    pub achieved_qd: u64,
 }
 
 impl Measurement {
@@ -57,6 +60,7 @@ impl Measurement {
             interrupts: window.vcpu_sum("irq_injections"),
             guest_signals: result.signals,
             guest_interrupts: result.interrupts,
+            achieved_qd: result.achieved_qd,
         }
     }
 
@@ -145,6 +149,7 @@ pub fn table(rows: &[Row]) -> String {
         "device",
         "workload",
         "I/Os",
+        "QD",
         "MiB",
         "s",
         "IOPS",
@@ -168,6 +173,7 @@ pub fn table(rows: &[Row]) -> String {
             Ok(m) => {
                 line.extend([
                     m.ios.to_string(),
+                    m.achieved_qd.to_string(),
                     format!("{:.1}", m.bytes as f64 / (1 << 20) as f64),
                     format!("{:.3}", m.seconds),
                     format!("{:.0}", m.iops()),
@@ -262,6 +268,7 @@ pub fn json(rows: &[Row]) -> Value {
                         "interrupts": m.interrupts,
                         "guest_signals": m.guest_signals,
                         "guest_interrupts": m.guest_interrupts,
+                        "achieved_qd": m.achieved_qd,
                         "user_exits_per_io": m.per_io(m.user_exits),
                         "vm_exits_per_io": m.per_io(m.vm_exits),
                         "interrupts_per_io": m.per_io(m.interrupts),
@@ -283,6 +290,7 @@ pub fn json(rows: &[Row]) -> Value {
                             "interrupts",
                             "guest_signals",
                             "guest_interrupts",
+                            "achieved_qd",
                             "user_exits_per_io",
                             "vm_exits_per_io",
                             "interrupts_per_io",
@@ -319,6 +327,7 @@ pub(crate) mod tests {
             interrupts: irq,
             guest_signals: sig,
             guest_interrupts: irq,
+            achieved_qd: 7,
         }
     }
 
@@ -358,6 +367,7 @@ pub(crate) mod tests {
             p99: 30_000,
             signals: 50,
             interrupts: 7,
+            achieved_qd: 31,
             ..Default::default()
         };
         let probe = StatsSnapshot {
@@ -375,6 +385,7 @@ pub(crate) mod tests {
             (m.user_exits, m.vm_exits, m.interrupts, m.guest_interrupts),
             (0, 0, 0, 7)
         );
+        assert_eq!(m.achieved_qd, 31);
         assert_eq!(measurement(0, 5, 5, 5, 5).per_io(5), 0.0);
     }
 
@@ -403,6 +414,11 @@ pub(crate) mod tests {
             ["ide", "rw4k-qd32"]
         );
         assert!(t.contains("* in-guest baseline"));
+        // The achieved depth is the column after the I/Os.
+        let header: Vec<&str> = lines[0].split_whitespace().collect();
+        assert_eq!(&header[2..4], ["I/Os", "QD"], "{t}");
+        let row: Vec<&str> = lines[3].split_whitespace().collect();
+        assert_eq!(&row[2..4], ["1000", "7"], "{t}");
     }
 
     #[test]
@@ -414,6 +430,7 @@ pub(crate) mod tests {
             "device",
             "workload",
             "ios",
+            "achieved_qd",
             "iops",
             "lat_p50_us",
             "lat_p99_us",
@@ -428,6 +445,8 @@ pub(crate) mod tests {
         assert_eq!(a[1]["vm_exits_per_io"], 2.5);
         assert_eq!(a[1]["interrupts_per_io"], 1.0);
         assert_eq!(a[1]["iops"], 2000.0);
+        assert_eq!(a[1]["achieved_qd"], 7);
+        assert!(a[2]["achieved_qd"].is_null());
         assert_eq!(a[0]["baseline"], true);
         assert_eq!(a[2]["status"], "failed");
         assert!(a[2]["ios"].is_null() && a[2]["iops"].is_null());

@@ -4,10 +4,8 @@
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::ptr::NonNull;
 
 use guest_drivers::ata::{AtaDisk, PioWidth, X86PortIo};
-use guest_drivers::platform::Platform;
 use guest_drivers::virtio_blk::{VirtioBlk, VirtioBlkError};
 use workload::queue::{BlockQueue, Completion, DeviceError, DmaBuffer, IoStatus, Op, SubmitError};
 
@@ -94,7 +92,10 @@ impl BlockQueue for IdeBench {
     }
 }
 
-/// virtio-blk over virtio-mmio: notifications through the device's ioeventfd, completions by MSI.
+/// virtio-blk over virtio-mmio, driven as Linux drives it: up to 256 requests in flight (indirect
+/// descriptors), one doorbell per batch where `vring_need_event` asks for it (caught by the device's
+/// ioeventfd), completions taken after the device's interrupt, drained with notifications suppressed
+/// and re-enabled with a re-check (`virtblk_done`). Its `signals` are the doorbells the driver rang.
 pub struct VirtioBench {
     blk: Lease<VirtioBlk<Kernel>>,
     done: Vec<(u32, Result<(), VirtioBlkError>)>,
@@ -126,9 +127,7 @@ impl BlockQueue for VirtioBench {
     }
 
     fn max_outstanding(&self) -> usize {
-        // Each request takes three descriptors (header, data, status) unless indirect: stay within the
-        // queue either way.
-        (self.blk.queue_size() / 3).max(1)
+        self.blk.max_in_flight()
     }
 
     fn submit(
@@ -138,16 +137,11 @@ impl BlockQueue for VirtioBench {
         lba: u64,
         buffer: &mut DmaBuffer<'_>,
     ) -> Result<(), SubmitError> {
-        let ptr =
-            NonNull::new(buffer.bytes().as_mut_ptr()).ok_or(SubmitError::Error(DeviceError {
-                code: 1,
-                reason: "null buffer",
-            }))?;
         // SAFETY: the engine keeps the buffer allocated and untouched until this tag's completion has
-        // been polled (the BlockQueue contract), and the kernel identity-maps it.
+        // been polled (the BlockQueue contract), and `pa` is its guest-physical address.
         match unsafe {
             self.blk
-                .submit(tag, op == Op::Write, lba, ptr, buffer.len())
+                .submit(tag, op == Op::Write, lba, buffer.pa(), buffer.len())
         } {
             Ok(()) => Ok(()),
             Err(e) if e.is_queue_full() => Err(SubmitError::Busy),
@@ -158,7 +152,9 @@ impl BlockQueue for VirtioBench {
         }
     }
 
-    fn kick(&mut self) {}
+    fn kick(&mut self) {
+        self.blk.kick();
+    }
 
     fn poll(&mut self, completions: &mut Vec<Completion>) -> usize {
         self.blk.poll(&mut self.done);
@@ -166,9 +162,13 @@ impl BlockQueue for VirtioBench {
         for (tag, result) in self.done.drain(..) {
             let status = match result {
                 Ok(()) => IoStatus::Ok,
-                Err(_) => IoStatus::Error(DeviceError {
-                    code: 2,
+                Err(VirtioBlkError::Status(s)) => IoStatus::Error(DeviceError {
+                    code: u32::from(s),
                     reason: "virtio request failed",
+                }),
+                Err(_) => IoStatus::Error(DeviceError {
+                    code: 0x100,
+                    reason: "virtio device broke the queue protocol",
                 }),
             };
             completions.push(Completion { tag, status });
@@ -177,15 +177,7 @@ impl BlockQueue for VirtioBench {
     }
 
     fn wait(&mut self) {
-        let seen = Kernel.interrupt_total();
-        if self.blk.outstanding() == 0 {
-            return;
-        }
-        // Anything already done? Then do not sleep.
-        self.blk.poll(&mut self.done);
-        if self.done.is_empty() {
-            Kernel.wait_for_interrupt(seen);
-        }
+        self.blk.wait();
     }
 
     fn flush(&mut self) -> Result<(), DeviceError> {
@@ -193,5 +185,9 @@ impl BlockQueue for VirtioBench {
             code: 3,
             reason: "virtio flush failed",
         })
+    }
+
+    fn signals(&self) -> u64 {
+        self.blk.doorbells()
     }
 }

@@ -45,6 +45,16 @@ pub struct VirtioKit {
     device: Arc<Mutex<Option<Arc<VirtioBlkDevice>>>>,
 }
 
+impl VirtioKit {
+    /// The device of the last guest configured with this kit (its counters cover that whole boot).
+    pub fn device(&self) -> Option<Arc<VirtioBlkDevice>> {
+        self.device
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
 impl DeviceKit for VirtioKit {
     fn name(&self) -> &str {
         "virtio"

@@ -1,5 +1,6 @@
 //! The measuring engine: [`run`] drives one [`WorkloadSpec`] through a [`BlockQueue`], keeping
-//! `queue_depth` requests in flight, timing each from submit to observed completion (TSC cycles), checking
+//! `queue_depth` requests in flight (and recording the most it achieved, `achieved_qd`), timing each from
+//! submit to observed completion (TSC cycles), checking
 //! every read against the [`DiskModel`], and delimiting the measured window with two marks (the first right
 //! before the first submit, the second right after the last completion).
 //!
@@ -78,6 +79,9 @@ pub struct WorkloadResult {
     pub signals: u64,
     /// Interrupts the guest took during the run.
     pub interrupts: u64,
+    /// Most requests in flight at once during the measured window (the queue depth the device
+    /// actually sustained; at most the spec's `queue_depth`).
+    pub achieved_qd: u64,
     /// [`Plan::checksum`] of the submitted sequence.
     pub checksum: u64,
 }
@@ -278,6 +282,7 @@ pub fn run(
                     next += 1;
                     outstanding += 1;
                     submitted += 1;
+                    result.achieved_qd = result.achieved_qd.max(outstanding as u64);
                 }
                 Err(SubmitError::Busy) => break,
                 Err(SubmitError::Error(error)) => {

@@ -203,6 +203,7 @@ fn random_reads_complete_out_of_order_and_verify() {
     let plan = Plan::new(&s, 4096).unwrap();
     assert_eq!(r.checksum, plan.checksum(300));
     assert!(fake.max_in_flight > 1 && fake.max_in_flight <= 32);
+    assert_eq!(r.achieved_qd, fake.max_in_flight as u64);
     assert!(r.p50 >= 1 && r.p50 <= r.p99 && r.p99 <= r.max);
     assert_eq!(r.signals, fake.kicks);
     assert!(fake.kicks < 300, "one doorbell per batch, not per request");
@@ -222,6 +223,10 @@ fn queue_full_backpressure_is_respected() {
     let r = r.unwrap();
     assert_eq!(r.ios, 500);
     assert_eq!(fake.max_in_flight, 3);
+    assert_eq!(
+        r.achieved_qd, 3,
+        "the device's back-pressure, not the spec's depth"
+    );
     assert!(fake.busy > 0);
 }
 
@@ -231,9 +236,73 @@ fn depth_is_capped_by_the_device() {
     fake.max_out = 4;
     let s = spec(Kind::SeqRead, 512, 64, 200);
     let (r, _) = run_fake(&mut fake, &s, &mut DiskModel::new(), 0, 1, 0);
-    assert_eq!(r.unwrap().ios, 200);
+    let r = r.unwrap();
+    assert_eq!(r.ios, 200);
     assert!(fake.max_in_flight <= 4);
+    assert_eq!(r.achieved_qd, fake.max_in_flight as u64);
     assert_eq!(fake.busy, 0);
+}
+
+#[test]
+fn achieved_depth_is_the_most_in_flight() {
+    // Completes at most one request per poll: the engine refills to the full depth after every one.
+    struct OneAtATime(Fake);
+    impl BlockQueue for OneAtATime {
+        fn block_size(&self) -> u32 {
+            self.0.block_size()
+        }
+        fn capacity_blocks(&self) -> u64 {
+            self.0.capacity_blocks()
+        }
+        fn max_outstanding(&self) -> usize {
+            self.0.max_outstanding()
+        }
+        fn submit(
+            &mut self,
+            tag: u32,
+            op: Op,
+            lba: u64,
+            buffer: &mut DmaBuffer<'_>,
+        ) -> Result<(), SubmitError> {
+            self.0.submit(tag, op, lba, buffer)
+        }
+        fn kick(&mut self) {
+            self.0.kick()
+        }
+        fn poll(&mut self, completions: &mut Vec<Completion>) -> usize {
+            match self.0.pending.iter().position(|p| p.2) {
+                Some(i) => {
+                    let (tag, status, _) = self.0.pending.remove(i);
+                    completions.push(Completion { tag, status });
+                    1
+                }
+                None => 0,
+            }
+        }
+    }
+    for (qd, want) in [(1u16, 1u64), (8, 8), (32, 32), (100, 64)] {
+        let mut dev = OneAtATime(Fake::new(4096, 512));
+        let s = spec(Kind::RandRead, 4096, qd, 300);
+        let clock = Cell::new(0u64);
+        let tick = || {
+            clock.set(clock.get() + 1);
+            clock.get()
+        };
+        let env = RunEnv {
+            clock: &tick,
+            tsc_hz: 0,
+            mark: &|_| {},
+            start_mark: 0,
+            end_mark: 1,
+            phys: &|va| va as u64 + 7,
+            interrupts: &|| 0,
+            generation: 0,
+        };
+        let r = run(&mut dev, &s, &mut DiskModel::new(), &env).unwrap();
+        assert_eq!(r.ios, 300);
+        // Depth 100 is capped by the device's 64.
+        assert_eq!(r.achieved_qd, want, "qd {qd}");
+    }
 }
 
 #[test]

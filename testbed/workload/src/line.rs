@@ -2,12 +2,14 @@
 //!
 //! ```text
 //! bench mark=0 device=ramdisk workload=rr4k-qd1 gen=0 spec=rr4k-qd1:k=rr,... ios=5000 reads=5000
-//!   writes=0 bytes=20480000 cycles=... p50=... p99=... max=... errors=0 signals=0 irqs=0 checksum=0x...
+//!   writes=0 bytes=20480000 cycles=... p50=... p99=... max=... errors=0 signals=0 irqs=0 achieved_qd=1
+//!   checksum=0x...
 //! ```
 //! (one line; wrapped here). `mark` is the start mark of the measured window (the end mark is
-//! `mark + 1`), `gen` the generation the workload's writes stored, latencies are TSC cycles. A failed
-//! workload ends with `failed=<reason>` instead of numbers; the reason runs to the end of the line.
-//! Unknown keys are ignored so the line can grow.
+//! `mark + 1`), `gen` the generation the workload's writes stored, latencies are TSC cycles,
+//! `achieved_qd` the most requests in flight at once. A failed workload ends with `failed=<reason>`
+//! instead of numbers; the reason runs to the end of the line. Unknown keys are ignored so the line can
+//! grow; `achieved_qd`, added later, reads as 0 when absent.
 
 use alloc::string::{String, ToString};
 use core::fmt::{self, Write as _};
@@ -76,7 +78,7 @@ impl fmt::Display for BenchLine {
             BenchOutcome::Done(r) => write!(
                 f,
                 " ios={} reads={} writes={} bytes={} cycles={} p50={} p99={} max={} errors={} \
-                 signals={} irqs={} checksum={:#018x}",
+                 signals={} irqs={} achieved_qd={} checksum={:#018x}",
                 r.ios,
                 r.reads,
                 r.writes,
@@ -88,6 +90,7 @@ impl fmt::Display for BenchLine {
                 r.errors,
                 r.signals,
                 r.interrupts,
+                r.achieved_qd,
                 r.checksum
             ),
             BenchOutcome::Failed(why) => {
@@ -112,6 +115,14 @@ impl<'a> Fields<'a> {
             .find(|(k, _)| *k == key)
             .map(|(_, v)| *v)
             .ok_or(LineError::Missing(key))
+    }
+
+    /// A number that older lines may lack (0 then).
+    fn optional(&self, key: &'static str) -> Result<u64, LineError> {
+        match self.text(key) {
+            Err(LineError::Missing(_)) => Ok(0),
+            _ => self.number(key),
+        }
     }
 
     fn number(&self, key: &'static str) -> Result<u64, LineError> {
@@ -170,6 +181,7 @@ impl BenchLine {
                 errors: f.number("errors")?,
                 signals: f.number("signals")?,
                 interrupts: f.number("irqs")?,
+                achieved_qd: f.optional("achieved_qd")?,
                 checksum: f.number("checksum")?,
             }),
         };
@@ -214,6 +226,7 @@ mod tests {
                 errors: 0,
                 signals: 3,
                 interrupts: 2,
+                achieved_qd: 32,
                 checksum: 0xdead_beef_0123_4567,
             }),
         }
@@ -225,6 +238,7 @@ mod tests {
         let text = format!("{l}");
         assert!(text.starts_with("bench mark=4 device=ramdisk workload=rr4k-qd32 "));
         assert!(text.contains(" checksum=0xdeadbeef01234567"));
+        assert!(text.contains(" irqs=2 achieved_qd=32 "));
         assert_eq!(BenchLine::parse(&text).unwrap(), l);
         assert_eq!(BenchLine::parse(&format!("  {text}\n")).unwrap(), l);
         assert_eq!(l.end_mark(), 5);
@@ -268,6 +282,24 @@ mod tests {
         ));
         // Unknown keys are tolerated.
         assert!(BenchLine::parse(&text.replace(" ios=", " new=1 ios=")).is_ok());
+        assert!(matches!(
+            BenchLine::parse(&text.replace("achieved_qd=32", "achieved_qd=lots")),
+            Err(LineError::Number {
+                key: "achieved_qd",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn lines_from_before_achieved_qd_still_parse() {
+        let l = sample();
+        let old = format!("{l}").replace(" achieved_qd=32", "");
+        let BenchOutcome::Done(r) = BenchLine::parse(&old).unwrap().outcome else {
+            panic!("a done line")
+        };
+        assert_eq!(r.achieved_qd, 0);
+        assert_eq!(r.interrupts, 2);
     }
 
     proptest! {

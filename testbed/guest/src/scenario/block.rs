@@ -143,10 +143,12 @@ fn virtio_verify(args: &str) -> Outcome {
         .map_err(|e| e.to_string())?;
     let id = disk.device_id().map_err(|e| e.to_string())?;
     println!(
-        "virtio-id={} virtio-sectors={} virtio-queue={}",
+        "virtio-id={} virtio-sectors={} virtio-queue={} virtio-depth={} virtio-features={:#x}",
         core::str::from_utf8(&id).unwrap_or("?"),
         disk.capacity(),
-        disk.queue_size()
+        disk.queue_size(),
+        disk.max_in_flight(),
+        disk.features()
     );
     if disk.capacity() < sectors {
         return Err(format!("disk has only {} sectors", disk.capacity()));
@@ -160,6 +162,7 @@ fn virtio_verify(args: &str) -> Outcome {
         })
         .collect();
     let irqs_before = Kernel.interrupt_count(VIRTIO_BLK_VECTOR);
+    let doorbells_before = disk.doorbells();
     arch::mark(0xB1);
     let w = disk
         .write_batch(0, &mut bufs, wait)
@@ -173,6 +176,7 @@ fn virtio_verify(args: &str) -> Outcome {
         .map_err(|e| e.to_string())?;
     arch::mark(0xB3);
     let irqs = Kernel.interrupt_count(VIRTIO_BLK_VECTOR) - irqs_before;
+    let doorbells = disk.doorbells() - doorbells_before;
     disk.flush().map_err(|e| e.to_string())?;
     for (io, b) in bufs.iter().enumerate() {
         verify(VIRTIO_SEED, io as u64 * IO_SECTORS, b)?;
@@ -185,7 +189,8 @@ fn virtio_verify(args: &str) -> Outcome {
         return Err("read past the end succeeded".into());
     }
     println!(
-        "virtio-ios={ios} virtio-irqs={irqs} virtio-sleeps={} virtio-inflight={}",
+        "virtio-ios={ios} virtio-irqs={irqs} virtio-doorbells={doorbells} virtio-sleeps={} \
+         virtio-inflight={}",
         w.sleeps + r.sleeps,
         w.max_in_flight.max(r.max_in_flight)
     );
