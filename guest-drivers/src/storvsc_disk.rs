@@ -97,6 +97,7 @@ pub struct StorvscDisk {
     packet: Vec<u8>,
     pfns: Vec<u64>,
     lun_gone: bool,
+    polling: bool,
 }
 
 impl StorvscDisk {
@@ -122,6 +123,7 @@ impl StorvscDisk {
             packet: vec![0u8; 4096],
             pfns: Vec::with_capacity(MAX_DATA_PFNS),
             lun_gone: false,
+            polling: false,
         };
         let mut next = disk.storvsc.begin_init();
         loop {
@@ -219,7 +221,7 @@ impl StorvscDisk {
             let mut event = None;
             let mut error = None;
             let storvsc = &mut self.storvsc;
-            let _ = self.channel.drain(&mut self.packet, 1, |_, bytes| {
+            let drained = self.channel.drain(&mut self.packet, 1, |_, bytes| {
                 match storvsc.handle_packet(bytes) {
                     Ok(e) => event = Some(e),
                     Err(e) => error = Some(e),
@@ -231,7 +233,11 @@ impl StorvscDisk {
             if let Some(event) = event {
                 return Ok(event);
             }
-            platform.wait_for_interrupt(seen);
+            // A packet that landed while interrupts were masked raised none: the re-check after
+            // unmasking says so, and sleeping now would wait forever.
+            if !drained.more {
+                platform.wait_for_interrupt(seen);
+            }
         }
     }
 
@@ -284,6 +290,10 @@ impl StorvscDisk {
 
     /// Tell the host about everything submitted since the last kick (at most one signal).
     pub fn kick(&mut self) -> Result<bool, DiskError> {
+        if self.polling && self.storvsc.outstanding() > 0 {
+            // We will poll for these completions: the host need not interrupt us for them.
+            self.channel.suppress_interrupts();
+        }
         Ok(self.channel.flush(&self.signaller)?)
     }
 
@@ -296,8 +306,9 @@ impl StorvscDisk {
         loop {
             let storvsc = &mut self.storvsc;
             let lun_gone = &mut self.lun_gone;
-            let drained = self.channel.drain(&mut self.packet, 256, |_, bytes| {
-                match storvsc.handle_packet(bytes) {
+            let polling = self.polling && storvsc.outstanding() > 0;
+            let handle =
+                |_: &vmbus::ring::PacketInfo, bytes: &[u8]| match storvsc.handle_packet(bytes) {
                     Ok(Event::Completed(mut c)) => {
                         match c.result {
                             Ok(n) if n < c.requested => {
@@ -313,8 +324,14 @@ impl StorvscDisk {
                     }
                     Ok(_) => {}
                     Err(e) => error = Some(e),
-                }
-            })?;
+                };
+            // Polling with requests outstanding: take completions with the host's interrupts left
+            // suppressed; once nothing is outstanding, the plain drain re-arms them.
+            let drained = if polling {
+                self.channel.drain_polling(&mut self.packet, 256, handle)?
+            } else {
+                self.channel.drain(&mut self.packet, 256, handle)?
+            };
             if !drained.more {
                 break;
             }
@@ -328,12 +345,27 @@ impl StorvscDisk {
     }
 
     /// Sleep until the host may have completed something (an interrupt), unless data is already there.
+    /// While polling, never sleeps: the caller polls again (no interrupt will come).
     pub fn wait<P: Platform>(&mut self, platform: &P) {
         let seen = platform.interrupt_total();
         if self.storvsc.outstanding() == 0 || self.channel.has_data().unwrap_or(true) {
             return;
         }
+        if self.polling {
+            core::hint::spin_loop();
+            return;
+        }
         platform.wait_for_interrupt(seen);
+    }
+
+    /// Poll for completions (host interrupts suppressed while requests are outstanding) instead of
+    /// sleeping for interrupts. Switching it off re-arms the interrupts.
+    pub fn set_polling(&mut self, on: bool) -> Result<(), DiskError> {
+        self.polling = on;
+        if !on {
+            self.channel.rearm()?;
+        }
+        Ok(())
     }
 
     /// SYNCHRONIZE CACHE, waiting for its completion (nothing else may be outstanding).

@@ -603,6 +603,45 @@ impl Channel {
         Ok(drained)
     }
 
+    /// Like [`Channel::drain`] but leaves the host's interrupts suppressed (interrupt_mask set), for
+    /// a driver that polls while requests are outstanding; [`Channel::rearm`] lets them through
+    /// again. `more` says the limit was reached.
+    pub fn drain_polling(
+        &mut self,
+        buf: &mut [u8],
+        limit: usize,
+        mut f: impl FnMut(&PacketInfo, &[u8]),
+    ) -> Result<Drained, RingError> {
+        self.inbound.mask_interrupts();
+        let mut packets = 0;
+        while packets < limit {
+            let Some(info) = self.inbound.read_packet_deferred(buf)? else {
+                break;
+            };
+            f(&info, &buf[..info.len]);
+            packets += 1;
+        }
+        let signal = self.inbound.commit()?;
+        self.stats.received += packets as u64;
+        self.signal_pending |= signal;
+        Ok(Drained {
+            packets,
+            signal,
+            more: packets == limit,
+        })
+    }
+
+    /// Ask the host not to interrupt us for packets it writes from now on (interrupt_mask), until
+    /// [`Channel::rearm`] or a plain [`Channel::drain`].
+    pub fn suppress_interrupts(&mut self) {
+        self.inbound.mask_interrupts();
+    }
+
+    /// Let the host interrupt us again after polling; returns whether packets arrived meanwhile.
+    pub fn rearm(&mut self) -> Result<bool, RingError> {
+        self.inbound.unmask_interrupts()
+    }
+
     /// Consume this channel's event flag (set by the host when it signals us).
     pub fn take_event(&self, synic: &Synic) -> bool {
         synic.take_event(MESSAGE_SINT, self.relid)

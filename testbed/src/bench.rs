@@ -65,6 +65,7 @@ pub fn kits() -> Vec<Box<dyn DeviceKit>> {
         Box::new(IdeKit),
         Box::new(VirtioKit::default()),
         Box::new(VmbusKit::default()),
+        Box::new(VmbusKit::polling()),
     ]
 }
 

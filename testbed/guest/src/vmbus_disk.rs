@@ -35,6 +35,12 @@ impl VmbusDisk {
     /// Open SCSI controller `index` (the index-th live controller offered, by relid) on the kernel's
     /// VMBus connection, or take back the one opened before.
     pub fn open(index: usize) -> Result<Self, String> {
+        Self::open_with(index, false)
+    }
+
+    /// [`VmbusDisk::open`], polling for completions (host interrupts suppressed while requests
+    /// are outstanding) when `polling`.
+    pub fn open_with(index: usize, polling: bool) -> Result<Self, String> {
         let spot = PARKED
             .get(index)
             .ok_or_else(|| format!("controller {index}: at most {MAX_CONTROLLERS}"))?;
@@ -56,6 +62,9 @@ impl VmbusDisk {
                 .map_err(|e| format!("storvsc: {e}"))
             })?
         })?;
+        let mut disk = disk;
+        disk.set_polling(polling)
+            .map_err(|e| format!("storvsc: {e}"))?;
         Ok(Self {
             disk,
             done: Vec::with_capacity(MAX_OUTSTANDING),

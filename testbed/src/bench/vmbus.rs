@@ -22,13 +22,30 @@ pub struct VmbusKit {
     pub config: StorvspConfig,
 }
 
+impl VmbusKit {
+    /// Both ends poll: storvsp keeps the guest's signals suppressed while it finds work, storvsc
+    /// takes completions with the host's interrupts suppressed while requests are outstanding.
+    pub fn polling() -> Self {
+        Self {
+            config: StorvspConfig {
+                poll_mode: true,
+                ..StorvspConfig::default()
+            },
+        }
+    }
+}
+
 impl DeviceKit for VmbusKit {
     fn name(&self) -> &str {
-        "vmbus"
+        if self.config.poll_mode {
+            "vmbus-poll"
+        } else {
+            "vmbus"
+        }
     }
 
     fn guest_name(&self) -> &str {
-        "vmbus"
+        self.name()
     }
 
     fn configure(&self, config: &mut GuestVmConfig, backend: Backend) -> Result<()> {

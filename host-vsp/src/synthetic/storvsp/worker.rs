@@ -37,7 +37,7 @@ use crate::guest_memory::GuestMemoryMmap;
 
 /// How long a device in poll mode keeps polling without progress before it re-arms the guest's
 /// signals and sleeps.
-pub const POLL_MODE_IDLE_BUDGET: Duration = Duration::from_micros(200);
+pub const POLL_MODE_IDLE_BUDGET: Duration = Duration::from_millis(2);
 /// Batches one [`StorvspWorker::poll`] takes at most before returning (fairness towards the caller).
 const MAX_BATCHES_PER_POLL: usize = 16;
 

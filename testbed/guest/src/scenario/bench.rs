@@ -48,6 +48,7 @@ fn open_device(name: &str) -> Result<Box<dyn BlockQueue>, String> {
     match name {
         "ramdisk" => Ok(Box::new(RamDisk::open()?)),
         "vmbus" => Ok(Box::new(crate::vmbus_disk::VmbusDisk::open(0)?)),
+        "vmbus-poll" => Ok(Box::new(crate::vmbus_disk::VmbusDisk::open_with(0, true)?)),
         _ if name.starts_with("vmbus") => {
             let index = name["vmbus".len()..]
                 .parse()
