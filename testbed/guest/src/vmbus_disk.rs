@@ -23,7 +23,8 @@ const MAX_OUTSTANDING: usize = 128;
 /// Controllers the kernel can drive at once.
 pub const MAX_CONTROLLERS: usize = 4;
 
-static PARKED: [Parking<StorvscDisk>; MAX_CONTROLLERS] = [const { Parking::new() }; MAX_CONTROLLERS];
+static PARKED: [Parking<StorvscDisk>; MAX_CONTROLLERS] =
+    [const { Parking::new() }; MAX_CONTROLLERS];
 
 /// LUN 0 of one synthetic SCSI controller.
 pub struct VmbusDisk {
@@ -80,7 +81,8 @@ pub fn release_rescinded(
 ) -> Result<bool, String> {
     for spot in &PARKED {
         if let Some(disk) = spot.take_if(|d| d.relid() == relid) {
-            disk.close(conn).map_err(|e| format!("closing relid {relid}: {e}"))?;
+            disk.close(conn)
+                .map_err(|e| format!("closing relid {relid}: {e}"))?;
             return Ok(true);
         }
     }

@@ -16,10 +16,10 @@ use guest_drivers::hv::status;
 use guest_drivers::ic::{IcDriver, IcEvent, IcKind};
 use guest_drivers::platform::Platform;
 use guest_drivers::vmbus_client::{Channel, VmbusConnection};
-use vmbus::protocol::CHANNEL_MESSAGE_TYPE;
 use vmbus::client::ClientAction;
 use vmbus::gpadl::GpaRange;
 use vmbus::packet::PacketFlags;
+use vmbus::protocol::CHANNEL_MESSAGE_TYPE;
 use vmbus::protocol::{interface, ChannelMessage, OpenChannel};
 
 use super::Outcome;

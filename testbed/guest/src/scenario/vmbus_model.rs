@@ -78,7 +78,10 @@ fn await_rescind(conn: &mut Conn) -> Result<(), String> {
     let was_open = crate::vmbus_disk::release_rescinded(conn, relid)?;
     crate::scenario::bench::forget_device(&format!("vmbus{index}"));
     conn.release_channel(relid).map_err(err)?;
-    println!("rescinded-relid={relid} rescinded-was-open={}", u8::from(was_open));
+    println!(
+        "rescinded-relid={relid} rescinded-was-open={}",
+        u8::from(was_open)
+    );
     Ok(())
 }
 
@@ -109,7 +112,10 @@ fn exchange(
             })
             .map_err(err)?;
         if bad > 0 {
-            return Err(format!("{bad} bad probe replies on relid {}", channel.relid));
+            return Err(format!(
+                "{bad} bad probe replies on relid {}",
+                channel.relid
+            ));
         }
         if drained.packets == 0 && !drained.more {
             Kernel.wait_for_interrupt(seen);
@@ -296,12 +302,18 @@ fn probe_panic(conn: &mut Conn) -> Result<(), String> {
     let relid = channel.relid;
     let mut channel = channel;
     channel
-        .write_inband(1, PacketFlags::empty(), &[&Packet::request(op::PANIC, 0, 0).to_bytes()])
+        .write_inband(
+            1,
+            PacketFlags::empty(),
+            &[&Packet::request(op::PANIC, 0, 0).to_bytes()],
+        )
         .map_err(err)?;
     channel.flush(conn.hypercalls()).map_err(err)?;
     let rescinded = conn.wait_for_rescind().map_err(err)?;
     if rescinded != relid {
-        return Err(format!("relid {rescinded} rescinded, not the probe's {relid}"));
+        return Err(format!(
+            "relid {rescinded} rescinded, not the probe's {relid}"
+        ));
     }
     conn.close_channel(channel).map_err(err)?;
     conn.release_channel(relid).map_err(err)?;
@@ -367,6 +379,6 @@ fn never_reads(conn: &mut Conn) -> Result<(), String> {
     let mut channel = conn.open_channel(relid, 8, 2).map_err(err)?;
     let again = fill_without_reading(conn, &mut channel)?;
     println!("never-reads-again={again}");
-    core::mem::forget(channel);
+    let _still_full = channel;
     Ok(())
 }
