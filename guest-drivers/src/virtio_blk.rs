@@ -194,6 +194,8 @@ pub struct VirtioBlk<P: IdentityMapped> {
     /// Completions may be waiting that no interrupt will announce (they came while notifications were
     /// off): the next `poll` drains without waiting for one.
     drain_pending: bool,
+    /// Poll for completions with used-buffer notifications suppressed while requests are in flight.
+    polling: bool,
     broken: Option<QueueError>,
     _platform: PhantomData<P>,
 }
@@ -295,6 +297,7 @@ impl<P: IdentityMapped> VirtioBlk<P> {
             early: Vec::new(),
             interrupts_seen: platform.interrupt_total(),
             drain_pending: false,
+            polling: false,
             broken: None,
             _platform: PhantomData,
         };
@@ -477,6 +480,10 @@ impl<P: IdentityMapped> VirtioBlk<P> {
     /// Notifies the device of the requests submitted since the last kick, if the device asked for it
     /// (`vring_need_event` over the batch). Returns whether the doorbell rang.
     pub fn kick(&mut self) -> bool {
+        if self.polling && self.queue.in_flight() > 0 {
+            // These completions will be polled for: the device need not interrupt.
+            self.queue.disable_cb();
+        }
         if self.broken.is_some() || !self.queue.kick_prepare() {
             return false;
         }
@@ -494,6 +501,15 @@ impl<P: IdentityMapped> VirtioBlk<P> {
     pub fn poll(&mut self, out: &mut Vec<(u32, Result<(), VirtioBlkError>)>) -> usize {
         let before = out.len();
         out.append(&mut self.early);
+        if self.polling {
+            // Poll mode: reap with notifications left off while requests are in flight; once none
+            // is, turn them back on (with the re-check) so an idle driver can sleep.
+            self.drain(out, false);
+            if self.queue.in_flight() == 0 && !self.queue.callbacks_enabled() {
+                self.drain(out, true);
+            }
+            return out.len() - before;
+        }
         // Read before draining: an interrupt during the drain makes the next poll drain again.
         let interrupts = P::platform().interrupt_total();
         if interrupts != self.interrupts_seen
@@ -535,6 +551,11 @@ impl<P: IdentityMapped> VirtioBlk<P> {
         if self.queue.in_flight() == 0 || self.broken.is_some() {
             return false;
         }
+        if self.polling {
+            // No interrupt will come: the caller polls again.
+            core::hint::spin_loop();
+            return false;
+        }
         if self.drain_pending
             || (!self.queue.callbacks_enabled() && !self.queue.enable_cb_delayed())
         {
@@ -573,6 +594,19 @@ impl<P: IdentityMapped> VirtioBlk<P> {
             self.drain_pending = true;
         }
         result
+    }
+
+    /// Poll for completions (used-buffer notifications suppressed while requests are in flight)
+    /// instead of waiting for interrupts; switching it off re-enables them.
+    pub fn set_polling(&mut self, on: bool) {
+        self.polling = on;
+        if !on
+            && !self.queue.callbacks_enabled()
+            && self.broken.is_none()
+            && !self.queue.enable_cb_delayed()
+        {
+            self.drain_pending = true;
+        }
     }
 
     /// The device id string (GET_ID), up to 20 bytes.

@@ -64,6 +64,7 @@ pub fn kits() -> Vec<Box<dyn DeviceKit>> {
         Box::new(RamdiskKit),
         Box::new(IdeKit),
         Box::new(VirtioKit::default()),
+        Box::new(VirtioKit::polling()),
         Box::new(VmbusKit::default()),
         Box::new(VmbusKit::polling()),
     ]

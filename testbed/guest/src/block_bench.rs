@@ -104,12 +104,19 @@ pub struct VirtioBench {
 impl VirtioBench {
     /// Probe (or take back) the virtio-blk device at its fixed MMIO window.
     pub fn open() -> Result<Self, String> {
+        Self::open_with(false)
+    }
+
+    /// [`VirtioBench::open`], polling for completions when `polling`.
+    pub fn open_with(polling: bool) -> Result<Self, String> {
         let blk = VIRTIO.lease(|| {
             // SAFETY: the testbed host places a virtio-mmio block device window at VIRTIO_BLK_GPA; the
             // kernel identity-maps it, and only this (parked, single) driver uses it.
             unsafe { VirtioBlk::probe(VIRTIO_BLK_GPA, VIRTIO_BLK_WINDOW) }
                 .map_err(|e| format!("virtio probe: {e}"))
         })?;
+        let mut blk = blk;
+        blk.set_polling(polling);
         Ok(Self {
             blk,
             done: Vec::new(),

@@ -43,9 +43,20 @@ impl DeviceKit for IdeKit {
 pub struct VirtioKit {
     /// The device of the partition being benchmarked (its worker stops when it is dropped).
     device: Arc<Mutex<Option<Arc<VirtioBlkDevice>>>>,
+    /// Both ends poll (`virtio-poll`).
+    poll: bool,
 }
 
 impl VirtioKit {
+    /// Both ends poll: the device worker with the driver's notifications suppressed, the driver
+    /// with used-buffer notifications suppressed while requests are in flight.
+    pub fn polling() -> Self {
+        Self {
+            device: Arc::default(),
+            poll: true,
+        }
+    }
+
     /// The device of the last guest configured with this kit (its counters cover that whole boot).
     pub fn device(&self) -> Option<Arc<VirtioBlkDevice>> {
         self.device
@@ -57,15 +68,23 @@ impl VirtioKit {
 
 impl DeviceKit for VirtioKit {
     fn name(&self) -> &str {
-        "virtio"
+        if self.poll {
+            "virtio-poll"
+        } else {
+            "virtio"
+        }
     }
 
     fn guest_name(&self) -> &str {
-        "virtio"
+        self.name()
     }
 
     fn configure(&self, config: &mut GuestVmConfig, backend: Backend) -> Result<()> {
-        let device = Arc::new(VirtioBlkDevice::new(backend, VirtioBlkConfig::default())?);
+        let device_config = VirtioBlkConfig {
+            poll_mode: self.poll,
+            ..VirtioBlkConfig::default()
+        };
+        let device = Arc::new(VirtioBlkDevice::new(backend, device_config)?);
         *self.device.lock().unwrap_or_else(|e| e.into_inner()) = Some(device.clone());
         let kvm = KvmVirtioBlk::new(device, VirtioBlkPlacement::default());
         let for_attach = kvm.clone();

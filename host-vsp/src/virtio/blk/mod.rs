@@ -75,13 +75,20 @@ pub struct VirtioBlkConfig {
     pub id: String,
     /// Offer VIRTIO_RING_F_EVENT_IDX.
     pub event_idx: bool,
+    /// Poll the queue with the driver's notifications suppressed while requests arrive and for
+    /// [`POLL_IDLE_BUDGET`] after the last one, then re-enable them, re-check and sleep.
+    pub poll_mode: bool,
 }
+
+/// How long a polling worker keeps looking at an idle queue before it sleeps.
+pub const POLL_IDLE_BUDGET: std::time::Duration = std::time::Duration::from_millis(2);
 
 impl Default for VirtioBlkConfig {
     fn default() -> Self {
         Self {
             id: "viridian-virtio-blk".into(),
             event_idx: true,
+            poll_mode: false,
         }
     }
 }
@@ -105,6 +112,8 @@ pub struct VirtioBlkStats {
     pub register_notifies: u64,
     /// Interrupts injected.
     pub interrupts: u64,
+    /// Poll-mode passes that found the queue empty (the price of polling).
+    pub poll_spins: u64,
 }
 
 #[derive(Default)]
@@ -117,6 +126,7 @@ struct Counters {
     wakeups: AtomicU64,
     register_notifies: AtomicU64,
     interrupts: AtomicU64,
+    poll_spins: AtomicU64,
 }
 
 struct Shared {
@@ -266,6 +276,7 @@ impl VirtioBlkDevice {
             wakeups: get(&c.wakeups),
             register_notifies: get(&c.register_notifies),
             interrupts: get(&c.interrupts),
+            poll_spins: get(&c.poll_spins),
         }
     }
 
@@ -355,7 +366,32 @@ fn run_worker(shared: &Shared, epoll: &Epoll, notify: Option<EventFd>) {
             return;
         }
         shared.counters.wakeups.fetch_add(1, Ordering::Relaxed);
-        shared.process_queue();
+        if shared.config.poll_mode {
+            poll_queue(shared);
+        } else {
+            shared.process_queue();
+        }
+    }
+}
+
+/// Poll mode: process the queue with notifications suppressed until it has been idle for
+/// [`POLL_IDLE_BUDGET`]; then re-enable them (re-checking, so nothing that raced in is missed).
+fn poll_queue(shared: &Shared) {
+    let mut idle_since = std::time::Instant::now();
+    while !shared.stop.load(Ordering::Acquire) {
+        if shared.process(true) > 0 {
+            idle_since = std::time::Instant::now();
+            continue;
+        }
+        if idle_since.elapsed() < POLL_IDLE_BUDGET {
+            shared.counters.poll_spins.fetch_add(1, Ordering::Relaxed);
+            std::hint::spin_loop();
+            continue;
+        }
+        if shared.process(false) == 0 {
+            return;
+        }
+        idle_since = std::time::Instant::now();
     }
 }
 
@@ -383,6 +419,12 @@ impl Shared {
     /// Drains the available ring (re-checking after re-enabling notifications, as EVENT_IDX requires),
     /// then interrupts the driver if the used ring moved past its used_event (or notifications are on).
     fn process_queue(&self) -> usize {
+        self.process(false)
+    }
+
+    /// One pass over the queue; `keep_suppressed`: leave the driver's notifications off afterwards
+    /// (poll mode) instead of re-enabling them with a re-check.
+    fn process(&self, keep_suppressed: bool) -> usize {
         let Some(mem) = self.mem.get() else { return 0 };
         let mut t = self.transport();
         if !t.running() {
@@ -413,6 +455,9 @@ impl Shared {
                     break 'outer;
                 }
                 done += 1;
+            }
+            if keep_suppressed {
+                break;
             }
             match t.queue.enable_notification(mem) {
                 Ok(true) => continue,

@@ -57,6 +57,7 @@ fn open_device(name: &str) -> Result<Box<dyn BlockQueue>, String> {
         }
         "ide" => Ok(Box::new(crate::block_bench::IdeBench::open()?)),
         "virtio" => Ok(Box::new(crate::block_bench::VirtioBench::open()?)),
+        "virtio-poll" => Ok(Box::new(crate::block_bench::VirtioBench::open_with(true)?)),
         _ => Err(format!("unknown bench device `{name}`")),
     }
 }
