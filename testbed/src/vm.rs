@@ -194,6 +194,24 @@ impl GuestRun {
 }
 
 impl GuestRun {
+    /// The text after the first `key=` the guest printed, up to the next whitespace.
+    pub fn console_value(&self, key: &str) -> Option<&str> {
+        let pattern = format!("{key}=");
+        let at = self.console.find(&pattern)? + pattern.len();
+        self.console[at..].split_whitespace().next()
+    }
+
+    /// The number after the first `key=` the guest printed (its leading digits); panics with the
+    /// console when there is none — for tests.
+    pub fn console_number(&self, key: &str) -> u64 {
+        self.console_value(key)
+            .and_then(|v| {
+                let digits = v.len() - v.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+                v[..digits].parse().ok()
+            })
+            .unwrap_or_else(|| panic!("no number `{key}=` in the console:\n{}", self.console))
+    }
+
     /// Fail with the console and faults unless the guest exited with 0.
     pub fn expect_success(&self) -> Result<()> {
         if self.exit_code != Some(0) {

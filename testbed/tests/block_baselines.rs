@@ -41,19 +41,6 @@ fn check_disk(disk: &dyn BlockBackend, seed: u8, sectors: u64) {
     assert_eq!(after, vec![0; 512], "sector after the pattern");
 }
 
-fn value(run: &GuestRun, key: &str) -> u64 {
-    let pattern = format!("{key}=");
-    let at = run
-        .console
-        .find(&pattern)
-        .unwrap_or_else(|| panic!("no {key} in console:\n{}", run.console));
-    run.console[at + pattern.len()..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("bad {key} in console:\n{}", run.console))
-}
-
 struct Window {
     user_exits: u64,
     io_exits: u64,
@@ -125,7 +112,7 @@ fn ide_ram_disk_round_trips_and_costs_a_user_exit_per_register_access() {
     }
     let disk = Arc::new(RamDisk::new(1 << 20));
     let (run, ide) = run_ide(disk.clone(), "ata-verify:64");
-    let ios = value(&run, "ata-ios");
+    let ios = run.console_number("ata-ios");
     assert_eq!(ios, 8);
     check_disk(&*disk, ATA_SEED, 64);
     let stats = ide.stats();
@@ -167,7 +154,7 @@ fn ide_file_disk_dword_pio_costs_an_exit_per_four_bytes() {
     let path = temp_image("ide");
     let disk = Arc::new(FileDisk::create(&path, 1 << 20).unwrap());
     let (run, _ide) = run_ide(disk.clone(), "ata-verify:16,dword");
-    let ios = value(&run, "ata-ios");
+    let ios = run.console_number("ata-ios");
     check_disk(&*disk, ATA_SEED, 16);
     drop(disk);
     // The image on disk holds the pattern too.
@@ -194,7 +181,7 @@ fn virtio_ram_disk_round_trips_without_user_exits_on_the_data_path() {
     }
     let disk = Arc::new(RamDisk::new(1 << 20));
     let (run, dev) = run_virtio(disk.clone(), "virtio-verify:256");
-    let ios = value(&run, "virtio-ios");
+    let ios = run.console_number("virtio-ios");
     assert_eq!(ios, 32);
     check_disk(&*disk, VIRTIO_SEED, 256);
     let s = dev.stats();
@@ -204,7 +191,7 @@ fn virtio_ram_disk_round_trips_without_user_exits_on_the_data_path() {
         s.register_notifies, 0,
         "every notify was caught by the ioeventfd: {s:?}"
     );
-    let irqs = value(&run, "virtio-irqs");
+    let irqs = run.console_number("virtio-irqs");
     for (start, end, what) in [(0xB1, 0xB2, "write"), (0xB2, 0xB3, "read")] {
         let w = window(&run, start, end);
         eprintln!(
@@ -240,8 +227,8 @@ fn virtio_file_disk_round_trips_with_polled_completion() {
     let path = temp_image("virtio");
     let disk = Arc::new(FileDisk::create(&path, 1 << 20).unwrap());
     let (run, dev) = run_virtio(disk.clone(), "virtio-verify:64,poll");
-    assert_eq!(value(&run, "virtio-ios"), 8);
-    assert_eq!(value(&run, "virtio-sleeps"), 0);
+    assert_eq!(run.console_number("virtio-ios"), 8);
+    assert_eq!(run.console_number("virtio-sleeps"), 0);
     check_disk(&*disk, VIRTIO_SEED, 64);
     assert!(dev.stats().flushes >= 1);
     for (start, end) in [(0xB1, 0xB2), (0xB2, 0xB3)] {

@@ -86,26 +86,6 @@ fn runs_of(run: &GuestRun, device: &str) -> Vec<CompletedRun> {
         .collect()
 }
 
-/// `key=value` from the guest console.
-fn value(run: &GuestRun, key: &str) -> String {
-    let pattern = format!("{key}=");
-    let at = run
-        .console
-        .find(&pattern)
-        .unwrap_or_else(|| panic!("no {key} in console:\n{}", run.console));
-    run.console[at + pattern.len()..]
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
-fn number(run: &GuestRun, key: &str) -> u64 {
-    let v = value(run, key);
-    v.parse()
-        .unwrap_or_else(|_| panic!("{key}={v} is not a number\n{}", run.console))
-}
-
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + TIMEOUT;
     while !done() {
@@ -170,7 +150,7 @@ fn two_scsi_controllers_and_the_ics_share_one_vmbus_service() {
     run.expect_success().unwrap();
 
     // Both disks: verified in the guest (reads against the model) and on the host (the images).
-    assert_eq!(value(&run, "vmbus-offers"), "4");
+    assert_eq!(run.console_value("vmbus-offers").unwrap_or_default(), "4");
     for (device, image) in [("vmbus0", &a), ("vmbus1", &b)] {
         let runs = runs_of(&run, device);
         assert_eq!(runs.len(), 2, "{device}");
@@ -190,9 +170,9 @@ fn two_scsi_controllers_and_the_ics_share_one_vmbus_service() {
         (bursts - 1..=bursts + 1).contains(&seen),
         "{seen} signals for {bursts} bursts"
     );
-    assert_eq!(number(&run, "ic-signals"), bursts + 3);
+    assert_eq!(run.console_number("ic-signals"), bursts + 3);
     assert_eq!(after.delta(&before).user_exits(), 0);
-    assert_eq!(number(&run, "ic-heartbeats"), heartbeats);
+    assert_eq!(run.console_number("ic-heartbeats"), heartbeats);
     assert_eq!(
         service
             .stats
@@ -257,8 +237,14 @@ fn hot_add_a_controller_then_rescind_it_and_reuse_its_relid() {
     let run = vm.wait(TIMEOUT).unwrap();
     run.expect_success().unwrap();
 
-    assert_eq!(value(&run, "rescinded-relid"), hot.to_string());
-    assert_eq!(value(&run, "rescinded-was-open"), "1");
+    assert_eq!(
+        run.console_value("rescinded-relid").unwrap_or_default(),
+        hot.to_string()
+    );
+    assert_eq!(
+        run.console_value("rescinded-was-open").unwrap_or_default(),
+        "1"
+    );
     assert_eq!(
         run.console.matches("scsi-relids=[1, 2]").count(),
         2,
@@ -289,12 +275,15 @@ fn gpadl_of_a_device_is_revoked_safely_when_a_hostile_guest_tears_it_down() {
     let vm = GuestVm::new(config).unwrap();
     let run = vm.run(TIMEOUT).unwrap();
     run.expect_success().unwrap();
-    assert_eq!(value(&run, "probe-gpadl-check"), "ok");
     assert_eq!(
-        number(&run, "probe-hammer-status"),
+        run.console_value("probe-gpadl-check").unwrap_or_default(),
+        "ok"
+    );
+    assert_eq!(
+        run.console_number("probe-hammer-status"),
         u64::from(status::REVOKED)
     );
-    let at_teardown = number(&run, "probe-counter-at-teardown");
+    let at_teardown = run.console_number("probe-counter-at-teardown");
     let primary = stats.lock().unwrap()[&0];
     let (writes, end) = primary.hammer.expect("the device hammered the GPADL");
     assert_eq!(end, status::REVOKED);
@@ -326,7 +315,7 @@ fn sub_channels_each_carry_packets_with_their_own_signals() {
     let vm = GuestVm::new(config).unwrap();
     let run = vm.run(TIMEOUT).unwrap();
     run.expect_success().unwrap();
-    assert_eq!(value(&run, "probe-sub"), "ok");
+    assert_eq!(run.console_value("probe-sub").unwrap_or_default(), "ok");
     let stats = stats.lock().unwrap().clone();
     assert_eq!(stats.keys().copied().collect::<Vec<_>>(), vec![0, 1, 2, 3]);
     let mut relids: Vec<u32> = stats.values().map(|s| s.relid).collect();
@@ -335,10 +324,10 @@ fn sub_channels_each_carry_packets_with_their_own_signals() {
     for (index, s) in &stats {
         assert_eq!(s.echoes, 8, "channel {index}: {s:?}");
         assert_eq!(
-            number(&run, &format!("probe-sub{index}-relid")),
+            run.console_number(&format!("probe-sub{index}-relid")),
             u64::from(s.relid)
         );
-        assert_eq!(number(&run, &format!("probe-sub{index}-signals")), 1);
+        assert_eq!(run.console_number(&format!("probe-sub{index}-signals")), 1);
         assert!(!s.serving, "channel {index} still served after close");
         if *index > 0 {
             // A sub-channel carries exactly its burst: one signal in, one interrupt out.

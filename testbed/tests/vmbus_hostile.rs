@@ -11,23 +11,10 @@ use host_vsp::synthetic::ic::vsp::IcVsp;
 use host_vsp::synthetic::storvsp::{LunMap, StorvspConfig, StorvspDevice};
 use testbed::bench::calibrate_tsc;
 use testbed::probe::ProbeDevice;
-use testbed::{GuestRun, GuestVm, GuestVmConfig};
+use testbed::{GuestVm, GuestVmConfig};
 use vmbus::protocol::Guid;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-fn value(run: &GuestRun, key: &str) -> u64 {
-    let pattern = format!("{key}=");
-    let at = run
-        .console
-        .find(&pattern)
-        .unwrap_or_else(|| panic!("no {key} in console:\n{}", run.console));
-    run.console[at + pattern.len()..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("bad {key} in console:\n{}", run.console))
-}
 
 /// CPU time (ns) this process's thread named `name` has used so far (`/proc` schedstat).
 fn thread_cpu_ns(name: &str) -> Option<u64> {
@@ -80,9 +67,9 @@ fn storvsp_guest_that_never_reads_completions_costs_no_host_cpu() {
     eprintln!(
         "never reads: {} packets written, device thread CPU {:.3}% over 2 s, close {} µs, \
          shutdown {:?}, full-ring stalls {}, back-pressure {}",
-        value(&run, "never-reads-packets"),
+        run.console_number("never-reads-packets"),
         share * 100.0,
-        value(&run, "never-reads-close-us"),
+        run.console_number("never-reads-close-us"),
         run.vmbus_shutdown,
         worker.full_ring_stalls,
         worker.backpressure,
@@ -96,8 +83,8 @@ fn storvsp_guest_that_never_reads_completions_costs_no_host_cpu() {
         "device thread used {:.1}% of a core",
         share * 100.0
     );
-    assert!(value(&run, "never-reads-close-us") < 1_000_000);
-    assert!(value(&run, "never-reads-again") > 0);
+    assert!(run.console_number("never-reads-close-us") < 1_000_000);
+    assert!(run.console_number("never-reads-again") > 0);
     assert!(
         run.vmbus_shutdown < Duration::from_secs(1),
         "{:?}",
@@ -132,7 +119,10 @@ fn device_thread_panic_is_contained_and_the_heartbeat_goes_on() {
     let run = vm.wait(TIMEOUT).unwrap();
     run.expect_success().unwrap();
     assert_eq!(done.errors, 0, "{:?}", done.last_error);
-    assert_eq!(value(&run, "probe-panic-rescinded"), u64::from(probe_relid));
+    assert_eq!(
+        run.console_number("probe-panic-rescinded"),
+        u64::from(probe_relid)
+    );
     assert_eq!(service.stats.device_panics.load(Ordering::Relaxed), 1);
     let failures = service.failures();
     assert_eq!(failures.len(), 1, "{failures:?}");

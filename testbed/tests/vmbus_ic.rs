@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use host_vsp::synthetic::ic::vsp::{IcControl, IcVsp};
 use host_vsp::vmbus_service::VmbusService;
-use testbed::{GuestRun, GuestVm, GuestVmConfig};
+use testbed::{GuestVm, GuestVmConfig};
 use vmbus::protocol::{Guid, Version};
 
 const HEARTBEATS: u64 = 10_000;
@@ -36,20 +36,6 @@ fn boot(cmdline: &str, versions: &[Version], heartbeats: u64, burst: u64) -> Boo
         heartbeat: hb_control,
         shutdown: sd_control,
     }
-}
-
-/// `key=value` from the guest console.
-fn value(run: &GuestRun, key: &str) -> u64 {
-    let pattern = format!("{key}=");
-    let at = run
-        .console
-        .find(&pattern)
-        .unwrap_or_else(|| panic!("no {key} in console:\n{}", run.console));
-    run.console[at + pattern.len()..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("bad {key} in console:\n{}", run.console))
 }
 
 #[test]
@@ -82,12 +68,12 @@ fn heartbeats_then_shutdown_over_vmbus() {
     let service = b.service.clone();
     assert_eq!(service.version(), Some(Version::WIN10_V5_3));
     // The guest closed the heartbeat channel: its device thread was stopped and joined.
-    assert_eq!(value(&run, "ic-closed"), 1);
+    assert_eq!(run.console_number("ic-closed"), 1);
     assert!(!b.heartbeat.snapshot().serving);
     assert!(!service.is_serving(service.relids()[0]));
-    assert_eq!(value(&run, "vmbus-version"), 5);
-    assert_eq!(value(&run, "vmbus-offers"), 2);
-    assert_eq!(value(&run, "ic-heartbeats"), HEARTBEATS);
+    assert_eq!(run.console_number("vmbus-version"), 5);
+    assert_eq!(run.console_number("vmbus-offers"), 2);
+    assert_eq!(run.console_number("ic-heartbeats"), HEARTBEATS);
     assert_eq!(done.errors, 0, "{:?}", done.last_error);
     assert_eq!(done.heartbeats_answered, HEARTBEATS);
     let bursts = HEARTBEATS / BURST;
@@ -121,7 +107,7 @@ fn heartbeats_then_shutdown_over_vmbus() {
         window.kvm_exits()
     );
     // The guest made one signal per burst, plus one per negotiation and one for the shutdown answer.
-    assert_eq!(value(&run, "ic-signals"), bursts + 3);
+    assert_eq!(run.console_number("ic-signals"), bursts + 3);
     eprintln!(
         "heartbeat phase: {HEARTBEATS} heartbeats in {bursts} bursts; user exits {}, KVM exits {}, \
          host interrupts {}, guest signals {}",
@@ -143,7 +129,7 @@ fn host_accepting_only_win10_makes_the_guest_fall_back() {
     let service = b.service.clone();
     assert_eq!(service.version(), Some(Version::WIN10));
     assert!(run.console.contains("vmbus-version=4.0"), "{}", run.console);
-    assert_eq!(value(&run, "vmbus-offers"), 2);
+    assert_eq!(run.console_number("vmbus-offers"), 2);
 }
 
 #[test]
@@ -166,7 +152,7 @@ fn hostile_guest_gets_errors_and_the_ics_keep_working() {
     run.expect_success().unwrap();
     assert_eq!(done.errors, 0, "{:?}", done.last_error);
     assert!(run.console.contains("hostile=survived"), "{}", run.console);
-    assert_ne!(value(&run, "hostile-gpadl-status"), 0);
+    assert_ne!(run.console_number("hostile-gpadl-status"), 0);
     let service = b.service.clone();
     // Garbage, truncated, unknown-relid, bad-GPADL and 200 flooded posts were refused one by one.
     let refused = service
