@@ -13,12 +13,14 @@
 pub mod file;
 pub mod iov;
 pub mod ram;
+pub mod write_cache;
 
 use std::io;
 
 pub use file::{FileDisk, FileDiskOptions};
 pub use iov::{IoBuffers, IovecStorage};
 pub use ram::RamDisk;
+pub use write_cache::VolatileCacheDisk;
 
 /// Logical sector size every device model exposes.
 pub const SECTOR_SIZE: u64 = 512;
