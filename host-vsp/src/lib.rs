@@ -3,6 +3,7 @@
 //! virtio storage baselines they are compared with — all over the same disk backends.
 //!
 //! - [`vmbus_service`]: the VMBus service of one partition and its device model;
+//! - [`device_threads`]: which host threads serve a partition's devices, and their CPU time;
 //! - [`synthetic`]: the VSPs: storvsp (synthetic SCSI) and the integration components;
 //! - [`emulated`]: devices a guest drives register by register (the IDE disk);
 //! - [`virtio`]: virtio devices (virtio-blk over virtio-mmio);
@@ -14,6 +15,7 @@
 //! irqfds and MSI routes are plugged into a partition by the `host-kvm` crate.
 
 pub mod backend;
+pub mod device_threads;
 pub mod emulated;
 pub mod guest_memory;
 pub mod interrupt;

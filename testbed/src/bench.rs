@@ -2,10 +2,10 @@
 //!
 //! For each device, [`run_device`]: pre-fills the backend's touched range with generation 0
 //! ([`prefill`]), boots the guest with `bench-tsc:<hz> bench:<device>:<spec> ...` and the device's host
-//! side attached ([`DeviceKit::configure`]), pairs the k-th `bench` line with the counters of the mark
-//! window `(2k, 2k + 1)`, checks that guest and host agree on the I/O sequence (checksum), and finally
-//! checks the backend's contents against the model of every write ([`DeviceKit::verify`], by default
-//! [`verify_disk`]). A device whose data is wrong, that reports I/O errors or whose guest run fails gets
+//! side attached ([`DeviceKit::configure`]), pairs the k-th `bench` line with the counters and the
+//! vCPU's and device threads' CPU time of the mark window `(2k, 2k + 1)`, checks that guest and host
+//! agree on the I/O sequence (checksum), and finally checks the backend's contents against the model of
+//! every write ([`DeviceKit::verify`], by default [`verify_disk`]). A device whose data is wrong, that reports I/O errors or whose guest run fails gets
 //! FAILED rows, never numbers.
 //!
 //! A device plugs in with a [`DeviceKit`] on the host and one match arm in the guest's `open_device`.
@@ -209,6 +209,8 @@ pub struct DeviceRun {
     pub rows: Vec<Row>,
     /// The guest's console (empty if it never booted).
     pub console: String,
+    /// The device threads whose CPU time the rows count (running when the guest stopped).
+    pub device_threads: Vec<String>,
 }
 
 /// The guest command line for `specs` on `device`.
@@ -237,6 +239,7 @@ pub fn run_device(
     let all_failed = |why: String| DeviceRun {
         rows: specs.iter().map(|s| row(s, Err(why.clone()))).collect(),
         console: String::new(),
+        device_threads: Vec::new(),
     };
     if let Err(e) = prefill(&*backend, specs) {
         return all_failed(format!("pre-filling the disk: {e}"));
@@ -280,9 +283,10 @@ pub fn run_device(
                 } else if r.errors > 0 {
                     Err(format!("{} of {} I/Os failed", r.errors, r.ios))
                 } else {
-                    run.window(mark, mark + 1)
-                        .map(|w| Measurement::new(r, &w, opts.tsc_hz))
-                        .ok_or_else(|| "the guest's mark window is missing".to_string())
+                    match (run.window(mark, mark + 1), run.cpu_window(mark, mark + 1)) {
+                        (Some(w), Some(cpu)) => Ok(Measurement::new(r, &w, &cpu, opts.tsc_hz)),
+                        _ => Err("the guest's mark window is missing".to_string()),
+                    }
                 }
             }
         };
@@ -316,7 +320,11 @@ pub fn run_device(
             row(spec, outcome)
         })
         .collect();
-    DeviceRun { rows, console }
+    DeviceRun {
+        rows,
+        console,
+        device_threads: run.device_threads,
+    }
 }
 
 /// Boot the guest with the kit attached and run it to the end, printing progress if asked.

@@ -6,6 +6,7 @@
 //! line), wires the enlightenments and reports the guest's console, exit code and faults.
 
 pub mod bench;
+pub mod cpu;
 pub mod probe;
 pub mod report;
 pub mod vm;

@@ -4,8 +4,10 @@
 //!
 //! Per DESIGN.md, a count "per I/O" is its delta over the measured window divided by the I/Os completed
 //! in it. Each row also carries the queue depth the guest actually sustained (`achieved_qd`, column
-//! `QD`): a device whose driver cannot keep the spec's depth in flight shows it. A row whose device failed (wrong data, I/O errors, no window) carries only its reason: wrong
-//! data never produces numbers.
+//! `QD`): a device whose driver cannot keep the spec's depth in flight shows it. Host CPU time per I/O
+//! likewise, from the vCPU's and the device threads' CPU clocks over the window ([`crate::cpu`]). A
+//! row whose device failed (wrong data, I/O errors, no window) carries only its reason: wrong data
+//! never produces numbers.
 
 pub mod svg;
 
@@ -14,6 +16,8 @@ use std::fmt::Write as _;
 use hypervisor_lite::StatsSnapshot;
 use serde_json::{json, Value};
 use workload::WorkloadResult;
+
+use crate::cpu::CpuWindow;
 
 /// The numbers of one device × workload.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,12 +46,25 @@ pub struct Measurement {
     pub guest_interrupts: u64,
     /// Most requests the guest had in flight at once (the queue depth the device sustained).
     pub achieved_qd: u64,
+    /// Host CPU µs per I/O: the vCPU thread's and the device threads' together.
+    pub host_cpu_us_per_io: f64,
+    /// CPU µs per I/O of the vCPU thread: guest code, exits, and device models run on it (IDE).
+    pub vcpu_cpu_us_per_io: f64,
+    /// CPU µs per I/O of the partition's device threads (VMBus, storvsp, virtio-blk worker).
+    pub device_cpu_us_per_io: f64,
 }
 
 impl Measurement {
-    /// Combine the guest's result with the host's window counters; cycles are converted at `tsc_hz`.
-    pub fn new(result: &WorkloadResult, window: &StatsSnapshot, tsc_hz: u64) -> Self {
+    /// Combine the guest's result with the host's window counters and CPU time; cycles are converted
+    /// at `tsc_hz`.
+    pub fn new(
+        result: &WorkloadResult,
+        window: &StatsSnapshot,
+        cpu: &CpuWindow,
+        tsc_hz: u64,
+    ) -> Self {
         let us = |cycles: u64| cycles as f64 * 1e6 / tsc_hz.max(1) as f64;
+        let cpu = cpu.us_per_io(result.ios);
         Self {
             ios: result.ios,
             bytes: result.bytes,
@@ -61,7 +78,19 @@ impl Measurement {
             guest_signals: result.signals,
             guest_interrupts: result.interrupts,
             achieved_qd: result.achieved_qd,
+            host_cpu_us_per_io: cpu.host,
+            vcpu_cpu_us_per_io: cpu.vcpu,
+            device_cpu_us_per_io: cpu.device,
         }
+    }
+
+    /// Host CPU µs per I/O in [`CPU_SPLIT`] order: total, vCPU thread, device threads.
+    pub fn cpu_per_io(&self) -> [f64; 3] {
+        [
+            self.host_cpu_us_per_io,
+            self.vcpu_cpu_us_per_io,
+            self.device_cpu_us_per_io,
+        ]
     }
 
     /// I/Os per second.
@@ -104,6 +133,9 @@ impl Measurement {
 
 /// Names of [`Measurement::transitions_per_io`]'s entries.
 pub const TRANSITIONS: [&str; 4] = ["user exits", "VM exits", "interrupts", "guest signals"];
+
+/// Names of [`Measurement::cpu_per_io`]'s entries.
+pub const CPU_SPLIT: [&str; 3] = ["host CPU", "vCPU thread", "device threads"];
 
 /// One line of the report.
 #[derive(Debug, Clone, PartialEq)]
@@ -164,6 +196,9 @@ pub fn table(rows: &[Row]) -> String {
         "/IO",
         "signals",
         "/IO",
+        "cpu µs/IO",
+        "vcpu",
+        "dev",
     ];
     let mut cells: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     let mut failures = Vec::new();
@@ -185,6 +220,7 @@ pub fn table(rows: &[Row]) -> String {
                     line.push(count.to_string());
                     line.push(fixed(m.per_io(count)));
                 }
+                line.extend(m.cpu_per_io().map(fixed));
             }
             Err(why) => failures.push((line.clone(), why.clone())),
         }
@@ -237,6 +273,10 @@ pub fn table(rows: &[Row]) -> String {
              exit — the floor every device is compared with\n",
         );
     }
+    out.push_str(
+        "cpu µs/IO: host CPU time per I/O over the window = vcpu (the vCPU thread: guest code, exits and \
+         device models run on it, as IDE is) + dev (the device threads)\n",
+    );
     out
 }
 
@@ -273,6 +313,9 @@ pub fn json(rows: &[Row]) -> Value {
                         "vm_exits_per_io": m.per_io(m.vm_exits),
                         "interrupts_per_io": m.per_io(m.interrupts),
                         "guest_signals_per_io": m.per_io(m.guest_signals),
+                        "host_cpu_us_per_io": m.host_cpu_us_per_io,
+                        "vcpu_cpu_us_per_io": m.vcpu_cpu_us_per_io,
+                        "device_cpu_us_per_io": m.device_cpu_us_per_io,
                     }),
                     Err(why) => {
                         let mut f = json!({ "status": "failed", "error": why });
@@ -295,6 +338,9 @@ pub fn json(rows: &[Row]) -> Value {
                             "vm_exits_per_io",
                             "interrupts_per_io",
                             "guest_signals_per_io",
+                            "host_cpu_us_per_io",
+                            "vcpu_cpu_us_per_io",
+                            "device_cpu_us_per_io",
                         ] {
                             f[key] = Value::Null;
                         }
@@ -328,6 +374,9 @@ pub(crate) mod tests {
             guest_signals: sig,
             guest_interrupts: irq,
             achieved_qd: 7,
+            host_cpu_us_per_io: 5.5,
+            vcpu_cpu_us_per_io: 4.0,
+            device_cpu_us_per_io: 1.5,
         }
     }
 
@@ -338,7 +387,12 @@ pub(crate) mod tests {
                 baseline: true,
                 workload: "rr4k-qd1".into(),
                 spec: "rr4k-qd1:k=rr,bs=4096".into(),
-                outcome: Ok(measurement(1000, 0, 3, 0, 0)),
+                outcome: Ok(Measurement {
+                    host_cpu_us_per_io: 0.25,
+                    vcpu_cpu_us_per_io: 0.25,
+                    device_cpu_us_per_io: 0.0,
+                    ..measurement(1000, 0, 3, 0, 0)
+                }),
             },
             Row {
                 device: "vmbus".into(),
@@ -375,7 +429,11 @@ pub(crate) mod tests {
             vcpus: vec![],
             vm: Default::default(),
         };
-        let m = Measurement::new(&r, &probe, 1_000_000_000);
+        let cpu = CpuWindow {
+            vcpu: std::time::Duration::from_micros(900),
+            device: std::time::Duration::from_micros(300),
+        };
+        let m = Measurement::new(&r, &probe, &cpu, 1_000_000_000);
         assert_eq!(m.seconds, 2.0);
         assert_eq!((m.lat_p50_us, m.lat_p99_us), (3.0, 30.0));
         assert_eq!(m.iops(), 100.0);
@@ -387,6 +445,10 @@ pub(crate) mod tests {
         );
         assert_eq!(m.achieved_qd, 31);
         assert_eq!(measurement(0, 5, 5, 5, 5).per_io(5), 0.0);
+        // 1.2 ms of host CPU over 200 I/Os.
+        assert_eq!(m.cpu_per_io(), [6.0, 4.5, 1.5]);
+        let none = Measurement::new(&WorkloadResult::default(), &probe, &cpu, 1);
+        assert_eq!(none.cpu_per_io(), [0.0; 3]);
     }
 
     #[test]
@@ -406,6 +468,14 @@ pub(crate) mod tests {
             lines[3].contains("2.50") && lines[3].contains(" 2500 "),
             "{t}"
         );
+        // Host CPU per I/O, then its vCPU and device split, last.
+        fn last3(l: &str) -> Vec<&str> {
+            l.split_whitespace().rev().take(3).collect()
+        }
+        assert!(lines[0].ends_with("cpu µs/IO   vcpu   dev"), "{t}");
+        assert_eq!(last3(lines[2]), ["0", "0.250", "0.250"], "{t}");
+        assert_eq!(last3(lines[3]), ["1.50", "4.00", "5.50"], "{t}");
+        assert!(t.contains("= vcpu (the vCPU thread"), "{t}");
         let failed = lines.iter().find(|l| l.starts_with("ide")).unwrap();
         assert!(failed.contains("FAILED: data check"), "{t}");
         let (before, _) = failed.split_once("FAILED").unwrap();
@@ -437,9 +507,17 @@ pub(crate) mod tests {
             "user_exits_per_io",
             "vm_exits_per_io",
             "interrupts_per_io",
+            "host_cpu_us_per_io",
+            "vcpu_cpu_us_per_io",
+            "device_cpu_us_per_io",
         ] {
             assert!(a.iter().all(|o| o.get(key).is_some()), "{key}");
         }
+        assert_eq!(a[1]["host_cpu_us_per_io"], 5.5);
+        assert_eq!(a[1]["vcpu_cpu_us_per_io"], 4.0);
+        assert_eq!(a[1]["device_cpu_us_per_io"], 1.5);
+        assert_eq!(a[0]["device_cpu_us_per_io"], 0.0);
+        assert!(a[2]["host_cpu_us_per_io"].is_null());
         assert_eq!(a[1]["device"], "vmbus");
         assert_eq!(a[1]["ios"], 1000);
         assert_eq!(a[1]["vm_exits_per_io"], 2.5);

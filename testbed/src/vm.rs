@@ -4,17 +4,24 @@
 //! writes a [`BootInfo`] at [`BOOT_INFO_GPA`] and the command line (scenario tokens separated by
 //! spaces) at [`CMDLINE_GPA`]. The guest reports CPU exceptions on [`FAULT_PORT`] (vector, then RIP
 //! low and high halves) and exits through hypervisor-lite's exit port.
+//!
+//! Every write to [`MARK_PORT`] snapshots the counters and the CPU clocks ([`CpuSnapshot`]) of the vCPU
+//! and of the partition's device threads: the threads host-vsp starts while the guest is built join the
+//! config's [`DeviceThreads`] registry ([`GuestVmConfig::device_threads`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use host_vsp::device_threads::DeviceThreads;
 use host_vsp::vmbus_service::{VmbusDevice, VmbusService};
 use hypervisor_lite::hv::{HvConfig, HvPartition};
 use hypervisor_lite::{
     Partition, PartitionConfig, PortHandler, StatsProbe, StatsSnapshot, VcpuCtx, VcpuOutcome,
 };
 use vmbus::protocol::Version;
+
+use crate::cpu::{CpuSnapshot, CpuWindow};
 
 pub use guest_abi::{
     BootInfo, BOOT_INFO_GPA, CMDLINE_GPA, FAULT_PORT, LOG_GPA, LOG_LEN, MARK_PORT, MAX_CMDLINE,
@@ -37,6 +44,7 @@ pub struct GuestVmConfig {
     attach: Vec<AttachHook>,
     vmbus_devices: Vec<Arc<dyn VmbusDevice>>,
     vmbus_versions: Vec<Version>,
+    device_threads: DeviceThreads,
 }
 
 impl std::fmt::Debug for GuestVmConfig {
@@ -61,7 +69,15 @@ impl GuestVmConfig {
             attach: Vec::new(),
             vmbus_devices: Vec::new(),
             vmbus_versions: Vec::new(),
+            device_threads: DeviceThreads::new(),
         }
+    }
+
+    /// The registry of this guest's device threads: current while [`GuestVm::new`] builds the guest
+    /// (hooks included), so every thread host-vsp starts for its devices then — or later from a service
+    /// started then — joins it.
+    pub fn device_threads(&self) -> &DeviceThreads {
+        &self.device_threads
     }
 
     /// Offer `device` on the partition's VMBus service (every VMBus device of the guest shares it).
@@ -117,11 +133,12 @@ impl PortHandler for FaultLog {
     }
 }
 
-/// Counter snapshots taken when the guest wrote to [`MARK_PORT`].
+/// Counter and CPU snapshots taken when the guest wrote to [`MARK_PORT`].
 #[derive(Debug, Default)]
 struct MarkLog {
     probe: std::sync::OnceLock<StatsProbe>,
-    marks: Mutex<Vec<(u32, StatsSnapshot)>>,
+    device_threads: DeviceThreads,
+    marks: Mutex<Vec<(u32, StatsSnapshot, CpuSnapshot)>>,
 }
 
 impl PortHandler for MarkLog {
@@ -137,7 +154,9 @@ impl PortHandler for MarkLog {
             let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
             // Bounded whatever the guest does.
             if marks.len() < 4096 {
-                marks.push((u32::from_le_bytes(word), probe.snapshot()));
+                // The vCPU's clock is read first and last: the bookkeeping stays outside the windows.
+                let (stats, cpu) = CpuSnapshot::around(&self.device_threads, || probe.snapshot());
+                marks.push((u32::from_le_bytes(word), stats, cpu));
             }
         }
     }
@@ -174,6 +193,10 @@ pub struct GuestRun {
     pub stats: StatsSnapshot,
     /// Snapshots at the guest's marks, in order.
     pub marks: Vec<(u32, StatsSnapshot)>,
+    /// CPU clocks at the same marks, in order.
+    pub cpu_marks: Vec<(u32, CpuSnapshot)>,
+    /// Names of the device threads running when the guest stopped (before the devices were stopped).
+    pub device_threads: Vec<String>,
     /// The partition's VMBus service (its devices stopped).
     pub vmbus: Arc<VmbusService>,
     /// How long stopping the VMBus devices took once the vCPUs had stopped.
@@ -190,6 +213,13 @@ impl GuestRun {
             v.user_exits.io = v.user_exits.io.saturating_sub(1);
         }
         Some(delta)
+    }
+
+    /// CPU time between the first marks `start` and `end` ([`CpuWindow::between`]).
+    pub fn cpu_window(&self, start: u32, end: u32) -> Option<CpuWindow> {
+        let a = self.cpu_marks.iter().find(|(m, _)| *m == start)?;
+        let b = self.cpu_marks.iter().find(|(m, _)| *m == end)?;
+        CpuWindow::between(&a.1, &b.1)
     }
 }
 
@@ -236,12 +266,18 @@ impl GuestVm {
                 config.cmdline.len()
             );
         }
+        // Device threads started from here on (hooks included) are this guest's.
+        let device_threads = config.device_threads.clone();
+        let _current = device_threads.enter();
         let hv = HvPartition::new(HvConfig::new(1));
         let faults = Arc::new(FaultLog::default());
         let mut pc = PartitionConfig::new(config.ram_bytes, 1);
         pc.elf_file(crate::GUEST_ELF).serial_echo(config.echo);
         pc.add_port_handler(FAULT_PORT..FAULT_PORT + 1, faults.clone());
-        let marks = Arc::new(MarkLog::default());
+        let marks = Arc::new(MarkLog {
+            device_threads: device_threads.clone(),
+            ..MarkLog::default()
+        });
         pc.add_port_handler(MARK_PORT..MARK_PORT + 1, marks.clone());
         hv.install(&mut pc);
         for hook in config.configure.drain(..) {
@@ -302,6 +338,11 @@ impl GuestVm {
         &self.vmbus
     }
 
+    /// The registry of the guest's device threads.
+    pub fn device_threads(&self) -> &DeviceThreads {
+        &self.marks.device_threads
+    }
+
     /// The partition.
     pub fn partition(&self) -> &Partition {
         &self.partition
@@ -332,6 +373,7 @@ impl GuestVm {
             .drain(..)
             .next()
             .context("the partition has no vCPU")?;
+        let device_threads = self.marks.device_threads.names();
         // No device thread may outlive the guest's run.
         let stopping = std::time::Instant::now();
         self.vmbus.shutdown();
@@ -346,13 +388,17 @@ impl GuestVm {
             .chunks_exact(3)
             .map(|w| (w[0], u64::from(w[1]) | (u64::from(w[2]) << 32)))
             .collect();
+        let marks =
+            std::mem::take(&mut *self.marks.marks.lock().unwrap_or_else(|e| e.into_inner()));
         Ok(GuestRun {
             exit_code: outcome.exit_code(),
             console: format!("{}{}", self.partition.serial_output().text(), self.log()),
             outcome,
             faults,
             stats: self.partition.stats().delta(&before),
-            marks: std::mem::take(&mut *self.marks.marks.lock().unwrap_or_else(|e| e.into_inner())),
+            cpu_marks: marks.iter().map(|(m, _, cpu)| (*m, *cpu)).collect(),
+            marks: marks.into_iter().map(|(m, stats, _)| (m, stats)).collect(),
+            device_threads,
             vmbus: self.vmbus.clone(),
             vmbus_shutdown,
         })

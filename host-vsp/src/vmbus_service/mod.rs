@@ -10,7 +10,8 @@
 //! ([`VmbusService::add_device`], hot-add) and withdrawn ([`VmbusService::remove_device`], RESCIND;
 //! the relid is reused once the guest sends RELID_RELEASED). When the guest opens a channel its ring
 //! GPADL is mapped and the device's [`VmbusDevice::serve`] runs on a thread of its own, sleeping on the
-//! channel's event fd; sub-channels a device offers get threads of their own.
+//! channel's event fd; sub-channels a device offers get threads of their own. The service's threads
+//! join the [`DeviceThreads`] registry current when it starts (for CPU accounting).
 //!
 //! Lock order: post handlers (vCPU threads) and host callers take the service lock, then the
 //! [`Synic`]'s. Device threads never take the service lock — they queue [`device::DeviceRequest`]s for
@@ -38,6 +39,8 @@ use vmbus::protocol::{
 };
 use vmbus::server::{OfferConfig, Server, ServerAction, ServerConfig, ServerError};
 use vmm_sys_util::eventfd::EventFd;
+
+use crate::device_threads::{self, DeviceThreads};
 
 pub use channel::{ChannelError, ChannelSignals, GuestPages, HostChannel, HostChannelStats, Wake};
 pub use device::{
@@ -194,6 +197,8 @@ pub struct VmbusService {
     failures: Mutex<Vec<DeviceFailure>>,
     /// How long stopping a device waits ([`STOP_TIMEOUT`] outside tests).
     stop_timeout: Duration,
+    /// The registry every thread of the service joins (current when it started).
+    threads: Option<DeviceThreads>,
     /// Counters.
     pub stats: ServiceStats,
 }
@@ -252,16 +257,17 @@ impl VmbusService {
             requests: Mutex::new(tx),
             failures: Mutex::new(Vec::new()),
             stop_timeout,
+            threads: DeviceThreads::current(),
             stats: ServiceStats::default(),
         });
         for device in devices {
             service.add_device(device)?;
         }
         let weak = Arc::downgrade(&service);
-        std::thread::Builder::new()
-            .name("vmbus-service".into())
-            .spawn(move || serve_requests(weak, rx))
-            .map_err(ServiceError::Thread)?;
+        device_threads::spawn_in(service.threads.as_ref(), "vmbus-service", move || {
+            serve_requests(weak, rx)
+        })
+        .map_err(ServiceError::Thread)?;
         Ok(service)
     }
 
@@ -623,7 +629,7 @@ impl VmbusService {
         let done = Arc::new((Mutex::new(false), Condvar::new()));
         let finished = done.clone();
         let name = format!("vsp-{}-{relid}", device.name());
-        let spawned = std::thread::Builder::new().name(name).spawn(move || {
+        let spawned = device_threads::spawn_in(self.threads.as_ref(), name, move || {
             let served = std::panic::catch_unwind(AssertUnwindSafe(|| device.serve(channel)));
             if let Err(panic) = served {
                 let what = panic

@@ -1,14 +1,17 @@
-//! A hand-written SVG grouped bar chart of mode transitions per I/O: one cluster per workload, one group
-//! of four bars (user exits, VM exits, interrupts, guest signals) per device inside it, on a logarithmic y
-//! axis with a line per decade. Zero counts (which a log axis cannot draw) get a "0" at the baseline;
-//! failed devices get "FAILED" instead of bars.
+//! A hand-written SVG chart of two panels of grouped bars: mode transitions per I/O (user exits, VM
+//! exits, interrupts, guest signals) and host CPU µs per I/O (total, vCPU thread, device threads). In
+//! each, one cluster per workload, one group of bars per device inside it, on a logarithmic y axis with a
+//! line per decade. Zero values (which a log axis cannot draw) get a "0" at the baseline; failed devices
+//! get "FAILED" instead of bars.
 
 use std::fmt::Write as _;
 
-use super::{Row, TRANSITIONS};
+use super::{Measurement, Row, CPU_SPLIT, TRANSITIONS};
 
 /// One colour per transition kind, in [`TRANSITIONS`] order.
 const COLORS: [&str; 4] = ["#d62728", "#ff7f0e", "#1f77b4", "#2ca02c"];
+/// One colour per CPU share, in [`CPU_SPLIT`] order.
+const CPU_COLORS: [&str; 3] = ["#7f7f7f", "#9467bd", "#17becf"];
 
 const BAR: f64 = 16.0;
 const BAR_GAP: f64 = 3.0;
@@ -18,7 +21,10 @@ const LEFT: f64 = 90.0;
 const RIGHT: f64 = 30.0;
 const TOP: f64 = 96.0;
 const PLOT_HEIGHT: f64 = 380.0;
-const BOTTOM: f64 = 110.0;
+/// Below a panel's plot: device and workload labels.
+const LABELS: f64 = 60.0;
+/// Below the panels: the notes.
+const FOOTER: f64 = 70.0;
 
 /// A log10 axis covering whole decades `10^lo ..= 10^hi` over `height` pixels from `bottom` upwards.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -93,6 +99,44 @@ fn value_label(v: f64) -> String {
     }
 }
 
+/// One panel of the chart: a grouped bar chart of some per-I/O values of every row.
+struct Panel {
+    title: &'static str,
+    axis: &'static str,
+    series: &'static [&'static str],
+    colors: &'static [&'static str],
+    values: fn(&Measurement) -> Vec<f64>,
+}
+
+fn transitions(m: &Measurement) -> Vec<f64> {
+    m.transitions_per_io().to_vec()
+}
+
+fn cpu(m: &Measurement) -> Vec<f64> {
+    m.cpu_per_io().to_vec()
+}
+
+/// The chart's panels, top to bottom.
+const PANELS: [Panel; 2] = [
+    Panel {
+        title: "Mode transitions per I/O (log scale)",
+        axis: "transitions per I/O",
+        series: &TRANSITIONS,
+        colors: &COLORS,
+        values: transitions,
+    },
+    Panel {
+        title: "Host CPU time per I/O in µs (log scale)",
+        axis: "host CPU µs per I/O",
+        series: &CPU_SPLIT,
+        colors: &CPU_COLORS,
+        values: cpu,
+    },
+];
+
+/// The rows grouped by workload, in first-seen order.
+type Clusters<'a> = Vec<(&'a str, Vec<&'a Row>)>;
+
 /// The chart for `rows` as an SVG document.
 pub fn chart(rows: &[Row]) -> String {
     let mut workloads: Vec<&str> = Vec::new();
@@ -102,7 +146,7 @@ pub fn chart(rows: &[Row]) -> String {
         }
     }
     let group_width = 4.0 * BAR + 3.0 * BAR_GAP;
-    let clusters: Vec<(&str, Vec<&Row>)> = workloads
+    let clusters: Clusters = workloads
         .iter()
         .map(|w| (*w, rows.iter().filter(|r| r.workload == *w).collect()))
         .collect();
@@ -112,15 +156,8 @@ pub fn chart(rows: &[Row]) -> String {
         .sum::<f64>()
         + WORKLOAD_GAP * (clusters.len() as f64 + 1.0);
     let width = (LEFT + plot_width.max(200.0) + RIGHT).max(640.0);
-    let height = TOP + PLOT_HEIGHT + BOTTOM;
-    let bottom = TOP + PLOT_HEIGHT;
-    let scale = LogScale::fit(
-        rows.iter()
-            .filter_map(|r| r.outcome.as_ref().ok())
-            .flat_map(|m| m.transitions_per_io()),
-        bottom,
-        PLOT_HEIGHT,
-    );
+    let panel_height = TOP + PLOT_HEIGHT + LABELS;
+    let height = panel_height * PANELS.len() as f64 + FOOTER;
 
     let mut s = String::new();
     let _ = writeln!(
@@ -128,20 +165,70 @@ pub fn chart(rows: &[Row]) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif">"#
     );
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    for (i, p) in PANELS.iter().enumerate() {
+        panel(
+            &mut s,
+            p,
+            &clusters,
+            panel_height * i as f64,
+            width,
+            group_width,
+        );
+    }
+    let mut notes = Vec::new();
+    if rows.iter().any(|r| r.baseline) {
+        notes.push("* in-guest baseline: served from guest RAM, no device.");
+    }
+    notes.push(
+        "\"0\" at the axis: no such transition (or no device-thread CPU) in the measured window.",
+    );
+    notes.push(
+        "host CPU = vCPU thread (guest code, exits and device models run on it, as IDE is) + device \
+         threads (VMBus, storvsp, virtio-blk).",
+    );
+    for (i, note) in notes.iter().rev().enumerate() {
+        let _ = writeln!(
+            s,
+            r##"<text x="{LEFT}" y="{:.1}" font-size="12" fill="#444444">{}</text>"##,
+            height - 12.0 - 18.0 * i as f64,
+            esc(note)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// Draw one panel whose top edge is at `top`.
+fn panel(s: &mut String, p: &Panel, clusters: &Clusters, top: f64, width: f64, group_width: f64) {
+    let plot_top = top + TOP;
+    let bottom = plot_top + PLOT_HEIGHT;
+    let scale = LogScale::fit(
+        clusters
+            .iter()
+            .flat_map(|(_, rows)| rows.iter())
+            .filter_map(|r| r.outcome.as_ref().ok())
+            .flat_map(p.values),
+        bottom,
+        PLOT_HEIGHT,
+    );
     let _ = writeln!(
         s,
-        r#"<text x="{:.0}" y="30" font-size="18" font-weight="bold" text-anchor="middle">Mode transitions per I/O (log scale)</text>"#,
-        width / 2.0
+        r#"<text x="{:.0}" y="{:.1}" font-size="18" font-weight="bold" text-anchor="middle">{}</text>"#,
+        width / 2.0,
+        top + 30.0,
+        esc(p.title)
     );
     // Legend, centred under the title.
     let legend_item = 150.0;
-    let legend_x = (width - legend_item * 4.0) / 2.0;
-    for (i, (name, color)) in TRANSITIONS.iter().zip(COLORS).enumerate() {
+    let legend_x = (width - legend_item * p.series.len() as f64) / 2.0;
+    for (i, (name, color)) in p.series.iter().zip(p.colors).enumerate() {
         let x = legend_x + legend_item * i as f64;
         let _ = writeln!(
             s,
-            r#"<rect x="{x:.1}" y="48" width="14" height="14" fill="{color}"/><text x="{:.1}" y="60" font-size="13">{}</text>"#,
+            r#"<rect x="{x:.1}" y="{:.1}" width="14" height="14" fill="{color}"/><text x="{:.1}" y="{:.1}" font-size="13">{}</text>"#,
+            top + 48.0,
             x + 20.0,
+            top + 60.0,
             esc(name)
         );
     }
@@ -159,50 +246,52 @@ pub fn chart(rows: &[Row]) -> String {
     }
     let _ = writeln!(
         s,
-        r#"<line x1="{LEFT}" x2="{LEFT}" y1="{TOP}" y2="{bottom}" stroke="black"/><line x1="{LEFT}" x2="{:.1}" y1="{bottom}" y2="{bottom}" stroke="black"/>"#,
+        r#"<line x1="{LEFT}" x2="{LEFT}" y1="{plot_top}" y2="{bottom}" stroke="black"/><line x1="{LEFT}" x2="{:.1}" y1="{bottom}" y2="{bottom}" stroke="black"/>"#,
         width - RIGHT
     );
     let _ = writeln!(
         s,
-        r#"<text transform="translate(22 {:.1}) rotate(-90)" font-size="13" text-anchor="middle">transitions per I/O</text>"#,
-        TOP + PLOT_HEIGHT / 2.0
+        r#"<text transform="translate(22 {:.1}) rotate(-90)" font-size="13" text-anchor="middle">{}</text>"#,
+        plot_top + PLOT_HEIGHT / 2.0,
+        esc(p.axis)
     );
 
+    let bars = p.series.len() as f64;
+    let bar = (group_width - (bars - 1.0) * BAR_GAP) / bars;
     let mut x = LEFT + WORKLOAD_GAP;
-    for (workload, devices) in &clusters {
+    for (workload, devices) in clusters {
         let cluster_start = x;
         for row in devices {
             let center = x + group_width / 2.0;
             match &row.outcome {
                 Ok(m) => {
-                    for (i, v) in m.transitions_per_io().into_iter().enumerate() {
-                        let bx = x + i as f64 * (BAR + BAR_GAP);
+                    for (i, v) in (p.values)(m).into_iter().enumerate() {
+                        let bx = x + i as f64 * (bar + BAR_GAP);
+                        let color = p.colors[i % p.colors.len()];
                         if v > 0.0 {
                             let y = scale.y(v);
                             let _ = writeln!(
                                 s,
-                                r#"<rect x="{bx:.1}" y="{y:.1}" width="{BAR}" height="{:.1}" fill="{}"><title>{} {} {}: {}</title></rect>"#,
+                                r#"<rect x="{bx:.1}" y="{y:.1}" width="{bar:.1}" height="{:.1}" fill="{color}"><title>{} {} {}: {}</title></rect>"#,
                                 (bottom - y).max(1.0),
-                                COLORS[i],
                                 esc(&row.label()),
                                 esc(workload),
-                                TRANSITIONS[i],
+                                esc(p.series[i]),
                                 value_label(v)
                             );
                             let _ = writeln!(
                                 s,
                                 r#"<text transform="translate({:.1} {:.1}) rotate(-90)" font-size="10">{}</text>"#,
-                                bx + BAR / 2.0 + 3.5,
+                                bx + bar / 2.0 + 3.5,
                                 y - 4.0,
                                 value_label(v)
                             );
                         } else {
                             let _ = writeln!(
                                 s,
-                                r#"<text x="{:.1}" y="{:.1}" font-size="10" text-anchor="middle" fill="{}">0</text>"#,
-                                bx + BAR / 2.0,
+                                r#"<text x="{:.1}" y="{:.1}" font-size="10" text-anchor="middle" fill="{color}">0</text>"#,
+                                bx + bar / 2.0,
                                 bottom - 4.0,
-                                COLORS[i]
                             );
                         }
                     }
@@ -234,20 +323,6 @@ pub fn chart(rows: &[Row]) -> String {
         );
         x = cluster_end + WORKLOAD_GAP;
     }
-    if rows.iter().any(|r| r.baseline) {
-        let _ = writeln!(
-            s,
-            r##"<text x="{LEFT}" y="{:.1}" font-size="12" fill="#444444">* in-guest baseline: served from guest RAM, no device.</text>"##,
-            height - 30.0
-        );
-    }
-    let _ = writeln!(
-        s,
-        r##"<text x="{LEFT}" y="{:.1}" font-size="12" fill="#444444">"0" at the axis: no such transition in the measured window.</text>"##,
-        height - 12.0
-    );
-    s.push_str("</svg>\n");
-    s
 }
 
 #[cfg(test)]
@@ -272,8 +347,11 @@ mod tests {
     fn chart_has_legend_labels_bars_and_failures() {
         let svg = chart(&rows());
         assert!(svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"));
-        for name in TRANSITIONS {
+        for name in TRANSITIONS.iter().chain(&CPU_SPLIT) {
             assert!(svg.contains(&format!(">{name}</text>")), "{name}");
+        }
+        for title in [">Mode transitions per I/O", ">Host CPU time per I/O in µs"] {
+            assert!(svg.contains(title), "{title}");
         }
         for label in [
             ">ramdisk*<",
@@ -285,10 +363,19 @@ mod tests {
         ] {
             assert!(svg.contains(label), "{label}");
         }
-        // Four legend boxes; vmbus has four non-zero transitions, the ramdisk one (VM exits).
-        assert_eq!(svg.matches("<rect x=").count(), 4 + 5);
-        assert_eq!(svg.matches(">0</text>").count(), 3);
+        // Transitions: four legend boxes; vmbus has four non-zero transitions, the ramdisk one (VM
+        // exits). CPU: three legend boxes; vmbus has three non-zero bars, the ramdisk two (no device).
+        assert_eq!(svg.matches("<rect x=").count(), 4 + 5 + 3 + 5);
+        assert_eq!(svg.matches(">0</text>").count(), 3 + 1);
+        assert_eq!(
+            svg.matches(">FAILED<").count(),
+            2,
+            "the failed row in both panels"
+        );
         assert!(svg.contains("vmbus rr4k-qd1 VM exits: 2.5<"));
+        assert!(svg.contains("vmbus rr4k-qd1 host CPU: 5.5<"));
+        assert!(svg.contains("vmbus rr4k-qd1 device threads: 1.5<"));
+        assert!(svg.contains("ramdisk* rr4k-qd1 vCPU thread: 0.25<"));
         // Balanced elements.
         assert_eq!(svg.matches("<text").count(), svg.matches("</text>").count());
         assert_eq!(svg.matches("<svg").count(), 1);

@@ -196,19 +196,18 @@ impl Pool {
             let job_rx = job_rx.clone();
             let done_tx = done_tx.clone();
             let shared = shared.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("storvsp-io-{i}"))
-                .spawn(move || {
-                    let mut storage = ExecStorage::new(shared.controller.max_transfer());
-                    loop {
-                        let job = job_rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                        let Ok(job) = job else { return };
-                        if done_tx.send(shared.execute(job, &mut storage)).is_err() {
-                            return;
-                        }
-                        shared.notify();
+            // Serves the same partition as the device thread starting it.
+            let handle = crate::device_threads::spawn(format!("storvsp-io-{i}"), move || {
+                let mut storage = ExecStorage::new(shared.controller.max_transfer());
+                loop {
+                    let job = job_rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok(job) = job else { return };
+                    if done_tx.send(shared.execute(job, &mut storage)).is_err() {
+                        return;
                     }
-                })?;
+                    shared.notify();
+                }
+            })?;
             handles.push(handle);
         }
         Ok(Self {

@@ -255,10 +255,10 @@ impl VirtioBlkDevice {
             watch(efd.as_raw_fd()).map_err(os("the virtio-blk worker's epoll"))?;
         }
         let shared = self.shared.clone();
-        let handle = std::thread::Builder::new()
-            .name("virtio-blk".into())
-            .spawn(move || run_worker(&shared, &epoll, notify))
-            .map_err(os("the virtio-blk worker thread"))?;
+        // In the registry of device threads current here, if any.
+        let handle =
+            crate::device_threads::spawn("virtio-blk", move || run_worker(&shared, &epoll, notify))
+                .map_err(os("the virtio-blk worker thread"))?;
         *worker = Some(handle);
         Ok(())
     }
