@@ -42,7 +42,7 @@
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 /// Copies of at least this many bytes use the bulk copy; shorter ones atomic words.
-pub(super) const BULK_MIN: usize = 64;
+pub(super) const BULK_MIN: usize = 256;
 
 /// Copies `len` bytes forward from `src` to `dst` with one `rep movsb`.
 ///

@@ -3,7 +3,7 @@
 
 use super::copy::Stretches;
 use super::{check_range, check_u32, copy, gather_wrapped, CircularRegion};
-use super::{ring_memory_via_stretches, ContiguousMemory, RingMemory, PAGE_SIZE};
+use super::{ring_memory_via_stretches, RingMemory, PAGE_SIZE};
 use alloc::alloc::{alloc_zeroed, dealloc, handle_alloc_error, Layout};
 use alloc::boxed::Box;
 use core::marker::PhantomData;
@@ -116,11 +116,12 @@ impl AlignedRingBuffer {
         }
     }
 
-    /// The buffer as a [`ContiguousMemory`] borrowing it.
-    pub fn view(&self) -> ContiguousMemory<'_> {
+    /// The buffer as a [`ContiguousMemory`](super::ContiguousMemory) borrowing it (tests compare the two).
+    #[cfg(test)]
+    pub(super) fn view(&self) -> super::ContiguousMemory<'_> {
         // SAFETY: the allocation is owned by self, live for the borrow, 4096-aligned and only
         // ever accessed through this module's atomic(-equivalent) copies.
-        unsafe { ContiguousMemory::new(self.base, self.len) }
+        unsafe { super::ContiguousMemory::new(self.base, self.len) }
     }
 }
 
