@@ -14,13 +14,14 @@
 
 use core::sync::atomic::Ordering;
 
-use crate::mem::{RingMemory, PAGE_SIZE};
+use crate::mem::{CircularRegion, RingMemory, PAGE_SIZE};
 use crate::packet::{PacketDescriptor, PacketError, DESCRIPTOR_SIZE};
 
 mod consumer;
 mod producer;
 
 pub use consumer::{ConsumerStats, Drained, PacketInfo, ReadPacket, RingConsumer};
+pub(crate) use producer::GATHER_PARTS;
 pub use producer::{PacketWriter, ProducerStats, RingProducer, Written};
 
 /// Size of the control page that precedes the data area.
@@ -203,11 +204,13 @@ impl ControlSnapshot {
     }
 }
 
+#[inline]
 fn index_valid(index: u32, size: u32) -> bool {
     index < size && index.is_multiple_of(8)
 }
 
 /// Bytes from `from` forward to `to` in a ring of `size` (both `< size`).
+#[inline]
 fn distance(from: u32, to: u32, size: u32) -> u32 {
     if to >= from {
         to - from
@@ -217,6 +220,7 @@ fn distance(from: u32, to: u32, size: u32) -> u32 {
 }
 
 /// `(a + b) mod size` for `a < size`, `b <= size` (no overflow: size <= 2^31).
+#[inline]
 fn advance(a: u32, b: u32, size: u32) -> u32 {
     let s = a + b;
     if s >= size {
@@ -226,24 +230,37 @@ fn advance(a: u32, b: u32, size: u32) -> u32 {
     }
 }
 
+#[inline]
 fn round_up8(n: usize) -> usize {
     (n + 7) & !7
 }
 
+/// The data area of a ring whose data area is `size` bytes, for the wrapped copies.
+#[inline]
+fn data_area(size: u32) -> CircularRegion {
+    CircularRegion {
+        start: CONTROL_PAGE_SIZE,
+        size: size as usize,
+    }
+}
+
 /// Copies `dst.len() <= size` bytes starting at data offset `pos < size`, wrapping.
+#[inline]
 fn read_wrapping<M: RingMemory>(mem: &M, size: u32, pos: u32, dst: &mut [u8]) {
-    let first = dst.len().min((size - pos) as usize);
-    let (a, b) = dst.split_at_mut(first);
-    mem.read_bytes(CONTROL_PAGE_SIZE + pos as usize, a);
-    mem.read_bytes(CONTROL_PAGE_SIZE, b);
+    mem.read_wrapped(data_area(size), pos as usize, dst);
+}
+
+/// Writes the concatenation of `parts` (at most `size` bytes) starting at data offset
+/// `pos < size`, wrapping.
+#[inline]
+fn write_wrapping_gather<M: RingMemory>(mem: &M, size: u32, pos: u32, parts: &[&[u8]]) {
+    mem.write_wrapped(data_area(size), pos as usize, parts);
 }
 
 /// Writes `src.len() <= size` bytes starting at data offset `pos < size`, wrapping.
+#[cfg(test)]
 fn write_wrapping<M: RingMemory>(mem: &M, size: u32, pos: u32, src: &[u8]) {
-    let first = src.len().min((size - pos) as usize);
-    let (a, b) = src.split_at(first);
-    mem.write_bytes(CONTROL_PAGE_SIZE + pos as usize, a);
-    mem.write_bytes(CONTROL_PAGE_SIZE, b);
+    write_wrapping_gather(mem, size, pos, &[src]);
 }
 
 #[cfg(test)]

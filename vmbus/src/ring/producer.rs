@@ -82,6 +82,7 @@ impl<M: RingMemory> RingProducer<M> {
         e
     }
 
+    #[inline]
     fn load_read_index(&mut self) -> Result<u32, RingError> {
         // Acquire: the reader's copies out of the data area happen before we overwrite it.
         let index = self.mem.load_u32(READ_INDEX_OFFSET, Ordering::Acquire);
@@ -95,6 +96,7 @@ impl<M: RingMemory> RingProducer<M> {
         }
     }
 
+    #[inline]
     fn free_space(&self, read: u32) -> u32 {
         self.size - distance(read, self.write_index, self.size)
     }
@@ -110,11 +112,12 @@ impl<M: RingMemory> RingProducer<M> {
         Ok(free.saturating_sub(PACKET_TRAILER_SIZE + 8) & !7)
     }
 
-    /// Reserves ring space for a packet of `len` bytes, to be filled by [`PacketWriter::put`].
+    /// Makes sure `len` packet bytes plus padding and trailer fit at `write_index` right now.
     ///
-    /// On [`RingError::Full`], if the reader advertises [`FEATURE_PENDING_SEND_SIZE`], the
-    /// producer has set `pending_send_sz` so the reader signals once enough space is free.
-    pub fn reserve(&mut self, len: usize) -> Result<PacketWriter<'_, M>, RingError> {
+    /// On [`RingError::Full`], if the reader advertises [`FEATURE_PENDING_SEND_SIZE`], sets
+    /// `pending_send_sz` so the reader signals once enough space is free.
+    #[inline]
+    fn claim(&mut self, len: usize) -> Result<(), RingError> {
         if self.failed {
             return Err(RingError::Failed);
         }
@@ -147,48 +150,136 @@ impl<M: RingMemory> RingProducer<M> {
                 .store_u32(PENDING_SEND_SIZE_OFFSET, 0, Ordering::Relaxed);
             self.pending_set = false;
         }
+        Ok(())
+    }
+
+    /// Publishes the packet of `len` bytes (before padding) whose bytes, padding and trailer
+    /// have been written at `write_index`, and decides whether to signal.
+    #[inline]
+    fn publish(&mut self, len: usize) -> Written {
+        let old = self.write_index;
+        let total = (round_up8(len) + PACKET_TRAILER_SIZE) as u32;
+        let new = advance(old, total, self.size);
+        // Release: the packet bytes are visible before the index that publishes them.
+        self.mem
+            .store_u32(WRITE_INDEX_OFFSET, new, Ordering::Release);
+        self.write_index = new;
+        // Full fence: our index store must be ordered before the loads of interrupt_mask and
+        // read_index, pairing with the reader's unmask-then-recheck (Dekker style).
+        fence(Ordering::SeqCst);
+        let masked = self.mem.load_u32(INTERRUPT_MASK_OFFSET, Ordering::Acquire) != 0;
+        // Only compared, never used to address memory, so it needs no validation.
+        let signal = !masked && self.mem.load_u32(READ_INDEX_OFFSET, Ordering::Acquire) == old;
+        self.stats.packets += 1;
+        self.stats.bytes += len as u64;
+        self.stats.signals += u64::from(signal);
+        Written {
+            signal,
+            ring_bytes: total as usize,
+        }
+    }
+
+    /// Reserves ring space for a packet of `len` bytes, to be filled by [`PacketWriter::put`].
+    ///
+    /// On [`RingError::Full`], if the reader advertises [`FEATURE_PENDING_SEND_SIZE`], the
+    /// producer has set `pending_send_sz` so the reader signals once enough space is free.
+    #[inline]
+    pub fn reserve(&mut self, len: usize) -> Result<PacketWriter<'_, M>, RingError> {
+        self.claim(len)?;
         let start = self.write_index;
         Ok(PacketWriter {
             producer: self,
             start,
             reserved: len,
             written: 0,
+            staged: 0,
+            stage: [0; STAGE_SIZE],
         })
     }
 
-    /// Writes one packet whose bytes are the concatenation of `parts` (gathered without an
-    /// intermediate copy), padded to 8 bytes, followed by the trailer.
+    /// Writes one packet whose bytes are the concatenation of `parts`, padded to 8 bytes,
+    /// followed by the trailer. Up to 7 parts are copied into the ring with one gather write
+    /// (one range check); more take one more.
+    #[inline]
     pub fn write_raw(&mut self, parts: &[&[u8]]) -> Result<Written, RingError> {
         let len = parts.iter().fold(0usize, |n, p| n.saturating_add(p.len()));
-        let mut w = self.reserve(len)?;
-        for part in parts {
-            w.put(part);
+        self.claim(len)?;
+        let start = self.write_index;
+        let (tail, tail_len) = padding_and_trailer(start, len);
+        let tail = &tail[..tail_len];
+        if parts.len() < GATHER_PARTS {
+            let mut all: [&[u8]; GATHER_PARTS] = [&[]; GATHER_PARTS];
+            all[..parts.len()].copy_from_slice(parts);
+            all[parts.len()] = tail;
+            write_wrapping_gather(&self.mem, self.size, start, &all[..=parts.len()]);
+        } else {
+            write_wrapping_gather(&self.mem, self.size, start, parts);
+            let end = advance(start, len as u32, self.size);
+            write_wrapping_gather(&self.mem, self.size, end, &[tail]);
         }
-        w.commit()
+        Ok(self.publish(len))
     }
 }
 
+/// Parts that [`RingProducer::write_raw`] gathers into one ring copy, the trailer included.
+pub(crate) const GATHER_PARTS: usize = 8;
+
+/// Zero padding of a `len`-byte packet to 8 bytes, then the trailer of a packet written at
+/// `start`; returns the bytes and how many of them are used.
+#[inline]
+fn padding_and_trailer(start: u32, len: usize) -> ([u8; 16], usize) {
+    let pad = round_up8(len) - len;
+    let mut tail = [0u8; 16];
+    tail[pad..pad + 8].copy_from_slice(&(u64::from(start) << 32).to_le_bytes());
+    (tail, pad + PACKET_TRAILER_SIZE)
+}
+
+/// Puts of at most this many bytes (together) are staged and copied into the ring in one go.
+const STAGE_SIZE: usize = 128;
+
 /// Space reserved in a producer's ring for one packet; fill it with [`put`](Self::put) and
 /// publish it with [`commit`](Self::commit). Dropping it publishes nothing.
+///
+/// Small puts (descriptor, headers, short payloads) are collected in the writer and copied
+/// into the ring together with the next large put, or with the padding and trailer at commit:
+/// a packet of up to 128 bytes costs one ring copy, a larger one a copy per large put plus
+/// one, each with one range check (the ring copies are gather writes that wrap).
 #[derive(Debug)]
 pub struct PacketWriter<'a, M: RingMemory> {
     producer: &'a mut RingProducer<M>,
     start: u32,
     reserved: usize,
+    /// Bytes put so far (including dropped ones, which fail the commit).
     written: usize,
+    /// The last `staged` bytes put are in `stage`, not yet in the ring.
+    staged: usize,
+    stage: [u8; STAGE_SIZE],
 }
 
 impl<M: RingMemory> PacketWriter<'_, M> {
     /// Appends `bytes` to the packet. Bytes beyond the reservation are dropped and make
     /// [`commit`](Self::commit) fail.
+    #[inline]
     pub fn put(&mut self, bytes: &[u8]) {
         let room = self.reserved.saturating_sub(self.written);
         if bytes.len() <= room {
-            let p = &*self.producer;
-            let pos = advance(self.start, self.written as u32, p.size);
-            write_wrapping(&p.mem, p.size, pos, bytes);
+            if bytes.len() <= STAGE_SIZE - self.staged {
+                self.stage[self.staged..self.staged + bytes.len()].copy_from_slice(bytes);
+                self.staged += bytes.len();
+            } else {
+                self.flush_with(bytes);
+            }
         }
         self.written = self.written.saturating_add(bytes.len());
+    }
+
+    /// Copies the staged bytes followed by `bytes` (not yet counted in `written`) into the ring.
+    #[inline]
+    fn flush_with(&mut self, bytes: &[u8]) {
+        let p = &*self.producer;
+        let pos = advance(self.start, (self.written - self.staged) as u32, p.size);
+        write_wrapping_gather(&p.mem, p.size, pos, &[&self.stage[..self.staged], bytes]);
+        self.staged = 0;
     }
 
     /// Bytes still expected before [`commit`](Self::commit).
@@ -197,39 +288,16 @@ impl<M: RingMemory> PacketWriter<'_, M> {
     }
 
     /// Pads, appends the trailer, publishes `write_index` and decides whether to signal.
-    pub fn commit(self) -> Result<Written, RingError> {
+    #[inline]
+    pub fn commit(mut self) -> Result<Written, RingError> {
         if self.written != self.reserved {
             return Err(RingError::LengthMismatch {
                 reserved: self.reserved,
                 written: self.written,
             });
         }
-        let p = self.producer;
-        let size = p.size;
-        let old = self.start;
-        let padded = round_up8(self.reserved);
-        let mut tail = [0u8; 16];
-        let pad = padded - self.reserved;
-        tail[pad..pad + 8].copy_from_slice(&((old as u64) << 32).to_le_bytes());
-        let pos = advance(old, self.reserved as u32, size);
-        write_wrapping(&p.mem, size, pos, &tail[..pad + 8]);
-        let total = (padded + PACKET_TRAILER_SIZE) as u32;
-        let new = advance(old, total, size);
-        // Release: the packet bytes are visible before the index that publishes them.
-        p.mem.store_u32(WRITE_INDEX_OFFSET, new, Ordering::Release);
-        p.write_index = new;
-        // Full fence: our index store must be ordered before the loads of interrupt_mask and
-        // read_index, pairing with the reader's unmask-then-recheck (Dekker style).
-        fence(Ordering::SeqCst);
-        let masked = p.mem.load_u32(INTERRUPT_MASK_OFFSET, Ordering::Acquire) != 0;
-        // Only compared, never used to address memory, so it needs no validation.
-        let signal = !masked && p.mem.load_u32(READ_INDEX_OFFSET, Ordering::Acquire) == old;
-        p.stats.packets += 1;
-        p.stats.bytes += self.reserved as u64;
-        p.stats.signals += u64::from(signal);
-        Ok(Written {
-            signal,
-            ring_bytes: total as usize,
-        })
+        let (tail, tail_len) = padding_and_trailer(self.start, self.reserved);
+        self.flush_with(&tail[..tail_len]);
+        Ok(self.producer.publish(self.reserved))
     }
 }
