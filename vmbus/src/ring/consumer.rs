@@ -63,6 +63,10 @@ pub struct RingConsumer<M> {
     read_index: u32,
     /// Private read position, ahead of `read_index` by consumed-but-uncommitted packets.
     cursor: u32,
+    /// The writer's `write_index` as last loaded and validated. The bytes from `cursor` up to
+    /// it are known to be published, so packets are read up to it before it is loaded again
+    /// (one acquire load of the writer's cache line per batch, not per packet).
+    published: u32,
     /// Ring bytes (packet + trailer) of the last peeked packet.
     peeked: Option<u32>,
     failed: bool,
@@ -82,6 +86,7 @@ impl<M: RingMemory> RingConsumer<M> {
             size,
             read_index: index,
             cursor: index,
+            published: index,
             peeked: None,
             failed: false,
             stats: Default::default(),
@@ -113,6 +118,7 @@ impl<M: RingMemory> RingConsumer<M> {
         e
     }
 
+    #[inline]
     fn check(&self) -> Result<(), RingError> {
         if self.failed {
             Err(RingError::Failed)
@@ -121,10 +127,12 @@ impl<M: RingMemory> RingConsumer<M> {
         }
     }
 
+    #[inline]
     fn load_write_index(&mut self) -> Result<u32, RingError> {
         // Acquire: packet bytes published before the index are visible to our copies.
         let index = self.mem.load_u32(WRITE_INDEX_OFFSET, Ordering::Acquire);
         if index_valid(index, self.size) {
+            self.published = index;
             Ok(index)
         } else {
             Err(self.fail(RingError::BadWriteIndex {
@@ -143,11 +151,20 @@ impl<M: RingMemory> RingConsumer<M> {
 
     /// Copies the next packet into `buf` without consuming it. Repeated peeks return the same
     /// packet; [`advance`](Self::advance) moves past it.
+    ///
+    /// `write_index` is loaded again only once the packets published at its last load are
+    /// consumed. Per packet, the ring is read twice: the descriptor (validated on our copy),
+    /// then the rest of the packet, each one wrapped copy with one range check.
+    #[inline]
     pub fn peek_packet(&mut self, buf: &mut [u8]) -> Result<Option<PacketInfo>, RingError> {
         self.check()?;
         self.peeked = None;
         let size = self.size;
-        let write = self.load_write_index()?;
+        let write = if self.cursor == self.published {
+            self.load_write_index()?
+        } else {
+            self.published
+        };
         let available = distance(self.cursor, write, size);
         if available == 0 {
             return Ok(None);
@@ -194,6 +211,7 @@ impl<M: RingMemory> RingConsumer<M> {
     /// Moves the private read position past the packet returned by the last successful
     /// [`peek_packet`](Self::peek_packet). The writer does not see the space until
     /// [`commit`](Self::commit). Returns `false` if there was no peeked packet.
+    #[inline]
     pub fn advance(&mut self) -> bool {
         match self.peeked.take() {
             Some(total) if !self.failed => {
@@ -208,6 +226,7 @@ impl<M: RingMemory> RingConsumer<M> {
 
     /// Copies out and consumes the next packet without publishing the read index (batching);
     /// call [`commit`](Self::commit) afterwards.
+    #[inline]
     pub fn read_packet_deferred(
         &mut self,
         buf: &mut [u8],
@@ -220,6 +239,7 @@ impl<M: RingMemory> RingConsumer<M> {
     }
 
     /// Copies out and consumes the next packet, publishing the new read index.
+    #[inline]
     pub fn read_packet(&mut self, buf: &mut [u8]) -> Result<Option<ReadPacket>, RingError> {
         let Some(info) = self.read_packet_deferred(buf)? else {
             return Ok(None);
@@ -232,6 +252,7 @@ impl<M: RingMemory> RingConsumer<M> {
     /// signalled: it set `pending_send_sz` (and the feature bit is set) and the space freed by
     /// this commit moved free space from "not enough" (`<= pending_send_sz`, as exactly filling
     /// the ring is not allowed) to "enough" (`> pending_send_sz`).
+    #[inline]
     pub fn commit(&mut self) -> Result<bool, RingError> {
         self.check()?;
         let start = self.read_index;
