@@ -264,4 +264,6 @@ fn write_wrapping<M: RingMemory>(mem: &M, size: u32, pos: u32, src: &[u8]) {
 }
 
 #[cfg(test)]
+mod access_tests;
+#[cfg(test)]
 mod tests;
