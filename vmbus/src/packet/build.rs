@@ -9,7 +9,7 @@ use super::{
     MAX_PACKET_LEN,
 };
 use crate::mem::{RingMemory, PAGE_SIZE};
-use crate::ring::{PacketWriter, RingError, RingProducer, Written};
+use crate::ring::{PacketWriter, RingError, RingProducer, Written, GATHER_PARTS};
 
 /// A GPA range to send: `pfns` must hold exactly `ceil((byte_offset + byte_count) / 4096)`
 /// page numbers and `byte_offset` must be below 4096 (as Linux's storvsc/netvsc send them).
@@ -159,6 +159,26 @@ impl<M: RingMemory> RingProducer<M> {
         header: &[u8],
         payload: &[&[u8]],
     ) -> Result<Written, RingError> {
+        // Descriptor, header, payload and padding in one gather write when they fit.
+        if payload.len() + 3 < GATHER_PARTS {
+            let payload_len = total_len(payload);
+            let (offset8, len8, len) =
+                encode_lengths(header.len(), payload_len).map_err(RingError::InvalidPacket)?;
+            let desc = PacketDescriptor {
+                packet_type,
+                offset8,
+                len8,
+                flags: flags.bits(),
+                trans_id,
+            };
+            let pad = len - (DESCRIPTOR_SIZE + header.len() + payload_len);
+            let mut parts: [&[u8]; GATHER_PARTS] = [&[]; GATHER_PARTS];
+            parts[0] = desc.as_bytes();
+            parts[1] = header;
+            parts[2..2 + payload.len()].copy_from_slice(payload);
+            parts[2 + payload.len()] = &[0u8; 8][..pad];
+            return self.write_raw(&parts[..payload.len() + 3]);
+        }
         self.write_with(
             packet_type,
             flags,
