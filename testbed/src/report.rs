@@ -6,6 +6,7 @@
 //! in it. A row whose device failed (wrong data, I/O errors, no window) carries only its reason: wrong
 //! data never produces numbers.
 
+pub mod document;
 pub mod svg;
 
 use std::fmt::Write as _;
