@@ -1,6 +1,7 @@
 //! Builds the guest kernel (`testbed/guest`, its own workspace: it must never share feature unification
 //! with host crates) as a freestanding release ELF and tells the testbed where it is
-//! (`VIRIDIAN_GUEST_ELF`).
+//! (`VIRIDIAN_GUEST_ELF`), which embeds it (`include_bytes!`): nothing of the build directory is read at
+//! run time.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

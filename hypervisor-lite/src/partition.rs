@@ -14,6 +14,7 @@
 //! # Ok::<(), hypervisor_lite::Error>(())
 //! ```
 
+use std::borrow::Cow;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,7 +58,25 @@ pub struct PartitionConfig {
     serial: bool,
     serial_echo: bool,
     stop_on_fault: bool,
-    elf: Option<PathBuf>,
+    elf: Option<ElfSource>,
+}
+
+/// Where [`PartitionConfig::build`] takes the guest ELF from.
+#[derive(Clone)]
+enum ElfSource {
+    /// Read from this file at build time.
+    File(PathBuf),
+    /// These bytes (e.g. an image embedded with `include_bytes!`).
+    Bytes(Cow<'static, [u8]>),
+}
+
+impl std::fmt::Debug for ElfSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => f.debug_tuple("File").field(path).finish(),
+            Self::Bytes(image) => write!(f, "Bytes({} bytes)", image.len()),
+        }
+    }
 }
 
 impl std::fmt::Debug for PartitionConfig {
@@ -177,9 +196,16 @@ impl PartitionConfig {
         self
     }
 
-    /// The guest ELF loaded by [`PartitionConfig::build`].
+    /// The guest ELF loaded by [`PartitionConfig::build`], read from `path` at build time.
     pub fn elf_file(&mut self, path: impl Into<PathBuf>) -> &mut Self {
-        self.elf = Some(path.into());
+        self.elf = Some(ElfSource::File(path.into()));
+        self
+    }
+
+    /// The guest ELF loaded by [`PartitionConfig::build`], from memory: a binary that embeds its guest
+    /// (`include_bytes!`) needs no file at run time. Replaces an earlier [`PartitionConfig::elf_file`].
+    pub fn elf_bytes(&mut self, image: impl Into<Cow<'static, [u8]>>) -> &mut Self {
+        self.elf = Some(ElfSource::Bytes(image.into()));
         self
     }
 
@@ -330,8 +356,14 @@ impl PartitionConfig {
             ram,
             _kvm: kvm,
         };
-        if let Some(path) = &self.elf {
-            partition.load_elf_file(path)?;
+        match &self.elf {
+            Some(ElfSource::File(path)) => {
+                partition.load_elf_file(path)?;
+            }
+            Some(ElfSource::Bytes(image)) => {
+                partition.load_elf(image)?;
+            }
+            None => {}
         }
         Ok(partition)
     }

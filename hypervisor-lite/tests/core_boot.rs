@@ -1,7 +1,8 @@
 //! Core partition tests on real KVM: 64-bit and 32-bit guests print over COM1, four vCPUs report their VP index,
 //! APIC id and stack, port-I/O/MMIO/MSR handlers see exactly the guest's accesses and their replies reach the
 //! guest, CPUID overrides replace KVM's signature, a triple fault is reported with registers, a halted
-//! partition is stopped from another thread, and missing KVM is one typed error.
+//! partition is stopped from another thread, a guest given as bytes boots like one from a file, and missing KVM
+//! is one typed error.
 
 mod core_support;
 
@@ -44,6 +45,30 @@ fn long_mode_guest_prints_over_serial() {
         s.kvm_exits(),
         s.user_exits()
     );
+}
+
+/// A guest given as bytes (as a binary that embeds its guest does) boots like one read from a file,
+/// and a config's Debug names the image's size rather than dumping it.
+#[test]
+fn guest_from_memory_boots_like_one_from_a_file() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let image = std::fs::read(guest_elf("hello64")).unwrap();
+    let mut cfg = PartitionConfig::new(4 << 20, 1);
+    cfg.elf_bytes(image.clone());
+    assert!(
+        format!("{cfg:?}").contains(&format!("Bytes({} bytes)", image.len())),
+        "{cfg:?}"
+    );
+    let mut p = cfg.build().unwrap();
+    let out = p.run_timeout(TIMEOUT).unwrap();
+    assert_eq!(exit_codes(&out), [Some(0x64)], "{out:?}");
+    assert_eq!(p.serial_output().text(), "hello from 64-bit long mode\n");
+    // Garbage bytes are refused when the partition is built, naming why.
+    let mut bad = PartitionConfig::new(4 << 20, 1);
+    bad.elf_bytes(&b"not an elf"[..]);
+    assert!(matches!(bad.build(), Err(Error::Load(_))));
 }
 
 #[test]

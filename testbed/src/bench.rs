@@ -8,9 +8,15 @@
 //! every write ([`DeviceKit::verify`], by default [`verify_disk`]). A device whose data is wrong, that reports I/O errors or whose guest run fails gets
 //! FAILED rows, never numbers.
 //!
+//! On a disk whose contents are not the testbed's ([`DiskContents::Image`]: a user's image) nothing is
+//! pre-filled: the guest digests what it reads and the host checks that against the image
+//! ([`image`], [`DeviceKit::verify_image`]). A run cancelled from outside ([`BenchOptions::cancel`])
+//! stops the guest at once and reports the workloads that finished.
+//!
 //! A device plugs in with a [`DeviceKit`] on the host and one match arm in the guest's `open_device`.
 
 pub mod baselines;
+pub mod image;
 pub mod ramdisk;
 pub mod vmbus;
 
@@ -22,10 +28,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use host_vsp::backend::{BlockBackend, DiskError};
 use hypervisor_lite::GuestRam;
-use workload::pattern::{pattern, PATTERN_UNIT};
+use workload::pattern::{pattern, PATTERN_UNIT, UNKNOWN};
 use workload::{BenchLine, BenchOutcome, DiskModel, Op, Plan, PlanError, WorkloadSpec};
 
 pub use baselines::{IdeKit, VirtioKit};
+pub use image::{verify_image, ImageSnapshot};
 pub use ramdisk::RamdiskKit;
 pub use vmbus::VmbusKit;
 
@@ -56,6 +63,21 @@ pub trait DeviceKit {
     fn verify(&self, backend: &dyn BlockBackend, runs: &[CompletedRun]) -> Result<()> {
         verify_disk(backend, runs).map_err(Into::into)
     }
+    /// [`DeviceKit::verify`] for a disk that held an image's own contents ([`DiskContents::Image`]),
+    /// hashed where the workloads may write before the run (`snapshot`); the default is
+    /// [`verify_image`].
+    fn verify_image(
+        &self,
+        backend: &dyn BlockBackend,
+        runs: &[CompletedRun],
+        snapshot: &ImageSnapshot,
+    ) -> Result<()> {
+        verify_image(backend, runs, snapshot).map_err(Into::into)
+    }
+    /// Refuse a disk this device cannot serve, before any guest boots (default: any disk is fine).
+    fn check_disk(&self, _capacity: u64) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Every device kit the testbed knows, in report order. A device adds one line here.
@@ -75,10 +97,25 @@ pub fn kits() -> Vec<Box<dyn DeviceKit>> {
 pub struct CompletedRun {
     /// The spec.
     pub spec: WorkloadSpec,
-    /// The generation of its writes.
+    /// The generation of its writes; [`UNKNOWN`] for a workload that was interrupted (its writes may
+    /// or may not have landed, its reads are not checked).
     pub generation: u8,
     /// I/Os the guest submitted (and completed).
     pub ios: u64,
+    /// The guest's read digest (over an image; 0 over the pre-fill).
+    pub read_digest: u64,
+}
+
+/// What a disk holds when the guest boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DiskContents {
+    /// The testbed's own: every sector the workloads touch is pre-filled ([`prefill`]) and every read is
+    /// checked in the guest.
+    #[default]
+    Pattern,
+    /// An image's own contents, which only the host can read: nothing is pre-filled and reads of sectors
+    /// no workload wrote are checked by the host ([`image`]).
+    Image,
 }
 
 /// Why a disk's contents are not what the workloads wrote.
@@ -97,6 +134,18 @@ pub enum DataError {
         sector: u64,
         /// The generation it should hold.
         expected: u8,
+    },
+    /// A workload's reads returned data the image did not hold.
+    #[error("the reads of workload {workload} returned data the image does not hold")]
+    ReadDigest {
+        /// The workload.
+        workload: String,
+    },
+    /// A sector of an image changed that no workload wrote.
+    #[error("sector {sector} changed although no workload wrote it")]
+    Changed {
+        /// The first such sector.
+        sector: u64,
     },
 }
 
@@ -188,6 +237,11 @@ pub struct BenchOptions {
     pub echo: bool,
     /// Stop the guest after this long (default: the specs' budgets plus a minute).
     pub timeout: Option<Duration>,
+    /// What the disk holds at boot (and so how its data is checked).
+    pub contents: DiskContents,
+    /// Once set (e.g. on SIGINT), the guest is stopped and only the workloads that finished are
+    /// reported ([`DeviceRun::interrupted`]).
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl BenchOptions {
@@ -198,6 +252,8 @@ impl BenchOptions {
             progress: false,
             echo: false,
             timeout: Some(timeout),
+            contents: DiskContents::Pattern,
+            cancel: None,
         }
     }
 }
@@ -211,6 +267,8 @@ pub struct DeviceRun {
     pub console: String,
     /// The device threads whose CPU time the rows count (running when the guest stopped).
     pub device_threads: Vec<String>,
+    /// The run was cancelled: `rows` holds only the workloads that finished.
+    pub interrupted: bool,
 }
 
 /// The guest command line for `specs` on `device`.
@@ -220,6 +278,21 @@ pub fn cmdline(device: &str, specs: &[WorkloadSpec], tsc_hz: u64) -> String {
         line.push_str(&format!(" bench:{device}:{spec}"));
     }
     line
+}
+
+/// The whole command line the guest boots with: [`cmdline`], preceded over an image by
+/// `bench-data:image`.
+pub fn boot_cmdline(
+    device: &str,
+    specs: &[WorkloadSpec],
+    tsc_hz: u64,
+    contents: DiskContents,
+) -> String {
+    let line = cmdline(device, specs, tsc_hz);
+    match contents {
+        DiskContents::Pattern => line,
+        DiskContents::Image => format!("bench-data:image {line}"),
+    }
 }
 
 /// Run `specs` on one device (see the module docs). Never fails: failures become FAILED rows.
@@ -240,14 +313,29 @@ pub fn run_device(
         rows: specs.iter().map(|s| row(s, Err(why.clone()))).collect(),
         console: String::new(),
         device_threads: Vec::new(),
+        interrupted: false,
     };
-    if let Err(e) = prefill(&*backend, specs) {
-        return all_failed(format!("pre-filling the disk: {e}"));
-    }
+    let snapshot = match opts.contents {
+        DiskContents::Pattern => prefill(&*backend, specs)
+            .map(|()| None)
+            .map_err(|e| format!("pre-filling the disk: {e:#}")),
+        DiskContents::Image => ImageSnapshot::take(&*backend, specs)
+            .map(Some)
+            .map_err(|e| format!("reading the image before the run: {e:#}")),
+    };
+    let snapshot = match snapshot {
+        Ok(s) => s,
+        Err(why) => return all_failed(why),
+    };
     let (run, console) = match boot_and_run(kit, backend.clone(), specs, opts) {
         Ok(r) => r,
         Err(e) => return all_failed(format!("{e:#}")),
     };
+    let interrupted = run.exit_code != Some(0)
+        && opts
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Acquire));
     let capacity = backend.sectors();
     let lines: Vec<BenchLine> = console
         .lines()
@@ -258,6 +346,20 @@ pub fn run_device(
     for (k, spec) in specs.iter().enumerate() {
         let mark = 2 * k as u32;
         let Some(line) = lines.iter().find(|l| l.mark == mark) else {
+            if interrupted {
+                // The workload the guest was running when it was stopped: its writes may have landed.
+                if spec.kind.writes() {
+                    if let Ok(plan) = Plan::new(spec, capacity) {
+                        completed.push(CompletedRun {
+                            spec: spec.clone(),
+                            generation: UNKNOWN,
+                            ios: plan.ios(),
+                            read_digest: 0,
+                        });
+                    }
+                }
+                break;
+            }
             outcomes.push(Err(format!(
                 "not run: the guest stopped first ({:?}, exit code {:?})",
                 run.outcome, run.exit_code
@@ -271,6 +373,7 @@ pub fn run_device(
                     spec: spec.clone(),
                     generation: line.generation,
                     ios: r.ios,
+                    read_digest: r.read_digest,
                 });
                 let expected = Plan::new(spec, capacity).map(|p| p.checksum(r.ios));
                 if line.device != kit.guest_name() || line.spec != spec.to_string() {
@@ -292,8 +395,8 @@ pub fn run_device(
         };
         outcomes.push(outcome);
     }
-    // The device's data: checked as a whole, after the run.
-    let device_failure = if run.exit_code != Some(0) {
+    // The device's data: checked as a whole, after the run (after an interruption too, for what ran).
+    let device_failure = if run.exit_code != Some(0) && !interrupted {
         outcomes
             .iter()
             .zip(specs)
@@ -304,7 +407,11 @@ pub fn run_device(
             })
             .or_else(|| Some(format!("guest run failed: {:?}", run.outcome)))
     } else {
-        kit.verify(&*backend, &completed)
+        let checked = match &snapshot {
+            None => kit.verify(&*backend, &completed),
+            Some(snapshot) => kit.verify_image(&*backend, &completed, snapshot),
+        };
+        checked
             .err()
             .map(|e| format!("data check after the run: {e:#}"))
     };
@@ -324,6 +431,7 @@ pub fn run_device(
         rows,
         console,
         device_threads: run.device_threads,
+        interrupted,
     }
 }
 
@@ -334,7 +442,12 @@ fn boot_and_run(
     specs: &[WorkloadSpec],
     opts: &BenchOptions,
 ) -> Result<(crate::GuestRun, String)> {
-    let mut config = GuestVmConfig::new(cmdline(kit.guest_name(), specs, opts.tsc_hz));
+    let mut config = GuestVmConfig::new(boot_cmdline(
+        kit.guest_name(),
+        specs,
+        opts.tsc_hz,
+        opts.contents,
+    ));
     config.ram_bytes = BENCH_RAM_BYTES;
     config.echo = opts.echo;
     kit.configure(&mut config, backend)
@@ -363,10 +476,23 @@ fn boot_and_run(
         let total = specs.len();
         std::thread::spawn(move || watch_progress(&ram, &done, &name, total))
     });
+    let canceller = opts.cancel.clone().map(|cancel| {
+        let (stop, done) = (vm.partition().stop_handle(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Acquire) {
+                if cancel.load(Ordering::Acquire) {
+                    tracing::info!("cancelled: stopping the guest");
+                    stop.stop();
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    });
     let run = vm.run(timeout);
     done.store(true, Ordering::Release);
-    if let Some(w) = watcher {
-        let _ = w.join();
+    for thread in [watcher, canceller].into_iter().flatten() {
+        let _ = thread.join();
     }
     let run = run?;
     let console = run.console.clone();
@@ -453,16 +579,19 @@ mod tests {
                 spec: specs[0].clone(),
                 generation: 0,
                 ios: 100,
+                read_digest: 0,
             },
             CompletedRun {
                 spec: specs[1].clone(),
                 generation: 2,
                 ios: 150,
+                read_digest: 0,
             },
             CompletedRun {
                 spec: specs[2].clone(),
                 generation: 3,
                 ios: 40,
+                read_digest: 0,
             },
         ];
         // Before the writes reached the disk, the check fails.

@@ -13,5 +13,6 @@ pub mod vm;
 
 pub use vm::{GuestRun, GuestVm, GuestVmConfig};
 
-/// Path of the guest kernel ELF built by `build.rs`.
-pub const GUEST_ELF: &str = env!("VIRIDIAN_GUEST_ELF");
+/// The guest kernel ELF built by `build.rs`, embedded in the binary: an installed `testbed` needs no file
+/// from its build directory at run time.
+pub static GUEST_ELF: &[u8] = include_bytes!(env!("VIRIDIAN_GUEST_ELF"));

@@ -1,116 +1,153 @@
 //! `testbed`: boots the viridian guest kernel once per device, drives the same workloads through each
 //! device and reports IOPS, latency and mode transitions per I/O as a table (stdout), JSON and an SVG
-//! chart. Progress goes to stderr. Exit status: 0 all rows measured, 1 some row FAILED, 2 usage or setup
-//! error.
+//! chart. Progress and log messages go to stderr. Exit status: 0 all rows measured, 1 some row FAILED,
+//! 2 usage or setup error (one message), 130 interrupted; `testbed --help` says more.
 //!
 //! ```sh
 //! cargo run --release -p testbed -- --json out.json --svg out.svg
 //! cargo run --release -p testbed -- --workload 'rr4k:k=rr,bs=4k,qd=16,n=5000,ms=2000' --devices ramdisk
+//! testbed --image disk.img --workload 'r:k=rr,bs=4k,n=1000' --json - | jq .rows
 //! ```
 
-use std::path::PathBuf;
+mod cli;
+
+use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use host_vsp::backend::{FileDisk, FileDiskOptions, RamDisk};
-use testbed::bench::{self, Backend, BenchOptions, DeviceKit};
-use testbed::report::{self, Row};
+use testbed::bench::{self, BenchOptions, DeviceKit};
+use testbed::report::document::RunInfo;
+use testbed::report::Row;
 use workload::WorkloadSpec;
 
-/// Compare block devices by mode transitions per I/O.
-#[derive(Debug, Parser)]
-#[command(name = "testbed", version, about)]
-struct Args {
-    /// Write the rows as a JSON array to FILE.
-    #[arg(long, value_name = "FILE")]
-    json: Option<PathBuf>,
-    /// Write a grouped bar chart of transitions per I/O to FILE.
-    #[arg(long, value_name = "FILE")]
-    svg: Option<PathBuf>,
-    /// Serve the devices from this raw image instead of a RAM disk (created with --disk-mib if missing;
-    /// the sectors the workloads touch are overwritten).
-    #[arg(long, value_name = "FILE")]
-    image: Option<PathBuf>,
-    /// Size of the RAM disk (or of a newly created image) in MiB.
-    #[arg(long, default_value_t = 64, value_name = "MIB")]
-    disk_mib: u64,
-    /// A workload, `NAME:k=rr|rw|sr|sw|mixP,bs=4096,qd=32,n=2000,ms=3000,seed=7,lba=START+COUNT`;
-    /// repeatable. Default: 4 KiB random read QD1 and QD32, 4 KiB random write QD32, 64 KiB sequential
-    /// read QD8.
-    #[arg(long = "workload", value_name = "SPEC")]
-    workloads: Vec<String>,
-    /// Devices to run, comma-separated (default: all).
-    #[arg(long, value_delimiter = ',', value_name = "LIST")]
-    devices: Vec<String>,
-    /// No progress output.
-    #[arg(long)]
-    quiet: bool,
-    /// Echo the guest's serial console to stderr.
-    #[arg(long)]
-    echo: bool,
-}
+use cli::args::Args;
+use cli::disk::{self, DiskPlan};
+use cli::output;
 
-fn backend(args: &Args) -> Result<Backend> {
-    let bytes = args
-        .disk_mib
-        .checked_mul(1 << 20)
-        .filter(|&b| b > 0)
-        .context("--disk-mib must be positive")?;
-    Ok(match &args.image {
-        Some(path) if path.exists() => Arc::new(
-            FileDisk::open(path, FileDiskOptions::default())
-                .with_context(|| format!("opening {}", path.display()))?,
-        ),
-        Some(path) => Arc::new(
-            FileDisk::create(path, bytes)
-                .with_context(|| format!("creating {}", path.display()))?,
-        ),
-        None => Arc::new(RamDisk::new(bytes)),
-    })
+/// Exit status of an interrupted run (128 + SIGINT).
+const EXIT_INTERRUPTED: u8 = 130;
+
+/// How a run that got past setup ended.
+struct Finished {
+    /// Rows that FAILED.
+    failed: usize,
+    /// Stopped by SIGINT before every workload ran.
+    interrupted: bool,
 }
 
 fn main() -> ExitCode {
-    match run(&Args::parse()) {
-        Ok(0) => ExitCode::SUCCESS,
-        Ok(failed) => {
+    // clap prints its own one message and exits 2 for usage errors (0 for --help and --version).
+    let args = Args::parse();
+    init_logging(args.verbose);
+    let cancel = Arc::new(AtomicBool::new(false));
+    install_sigint(&cancel);
+    match run(&args, &cancel) {
+        Ok(Finished {
+            failed: 0,
+            interrupted: false,
+        }) => ExitCode::SUCCESS,
+        Ok(Finished { failed, .. }) if failed > 0 => {
             eprintln!("testbed: {failed} row(s) FAILED");
             ExitCode::from(1)
         }
+        Ok(Finished { .. }) => {
+            eprintln!("testbed: interrupted: reported the workloads that finished");
+            ExitCode::from(EXIT_INTERRUPTED)
+        }
         Err(e) => {
-            eprintln!("testbed: error: {e:#}");
+            eprintln!("testbed: error: {}", output::describe(&e));
             ExitCode::from(2)
         }
     }
 }
 
-/// Run every device; returns the number of FAILED rows.
-fn run(args: &Args) -> Result<usize> {
-    let specs = if args.workloads.is_empty() {
-        workload::default_workloads()
-    } else {
-        args.workloads
-            .iter()
-            .map(|w| WorkloadSpec::parse(w).with_context(|| format!("--workload `{w}`")))
-            .collect::<Result<Vec<_>>>()?
-    };
-    let all = bench::kits();
-    let kits: Vec<&dyn DeviceKit> = if args.devices.is_empty() {
-        all.iter().map(|k| &**k).collect()
-    } else {
-        let mut chosen = Vec::new();
-        for name in &args.devices {
-            match all.iter().find(|k| k.name() == name) {
-                Some(k) => chosen.push(&**k),
-                None => bail!(
-                    "unknown device `{name}` (known: {})",
-                    all.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
-                ),
-            }
+/// Log to stderr: `RUST_LOG` when set, else warnings, `-v` info, `-vv` debug.
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.trim().is_empty() => {
+            EnvFilter::builder().parse_lossy(directives)
         }
-        chosen
+        _ => EnvFilter::new(match verbose {
+            0 => "warn",
+            1 => "info",
+            _ => "debug",
+        }),
     };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// First SIGINT: set `cancel` (the running guest stops, what finished is reported); second: exit now.
+fn install_sigint(cancel: &Arc<AtomicBool>) {
+    let flag = cancel.clone();
+    let installed = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::AcqRel) {
+            eprintln!("testbed: interrupted again: exiting without a report");
+            std::process::exit(i32::from(EXIT_INTERRUPTED));
+        }
+        eprintln!("testbed: interrupted: stopping the guest (Ctrl-C again to exit at once)");
+    });
+    if let Err(e) = installed {
+        tracing::warn!(error = %e, "no SIGINT handler: Ctrl-C will lose the report");
+    }
+}
+
+/// The workloads the command line asks for (the defaults sized to the disk).
+fn workloads(args: &Args, capacity: u64) -> Result<Vec<WorkloadSpec>> {
+    if args.workloads.is_empty() {
+        return Ok(disk::default_workloads(capacity));
+    }
+    args.workloads
+        .iter()
+        .map(|w| WorkloadSpec::parse(w).with_context(|| format!("--workload `{w}`")))
+        .collect()
+}
+
+/// The devices the command line asks for, in report order.
+fn devices<'a>(args: &Args, all: &'a [Box<dyn DeviceKit>]) -> Result<Vec<&'a dyn DeviceKit>> {
+    if args.devices.is_empty() {
+        return Ok(all.iter().map(|k| &**k).collect());
+    }
+    let mut chosen = Vec::new();
+    for name in &args.devices {
+        match all.iter().find(|k| k.name() == name) {
+            Some(k) => chosen.push(&**k),
+            None => bail!(
+                "unknown device `{name}` (known: {})",
+                all.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+    Ok(chosen)
+}
+
+/// Check everything, then run every device; setup errors are `Err` (exit 2).
+fn run(args: &Args, cancel: &Arc<AtomicBool>) -> Result<Finished> {
+    output::check(args)?;
+    let plan = DiskPlan::from_args(args)?;
+    let specs = workloads(args, plan.bytes())?;
+    let all = bench::kits();
+    let kits = devices(args, &all)?;
+    disk::check_workloads(&specs, &kits, plan.bytes())?;
+    let writers: Vec<&str> = specs
+        .iter()
+        .filter(|s| s.kind.writes())
+        .map(|s| s.name.as_str())
+        .collect();
+    // Refused before KVM is even looked at: the image is not opened for writing.
+    disk::check_writes(args, &plan, &writers)?;
+    if let Some(path) = &args.image {
+        check_not_an_output(args, path)?;
+    }
+    hypervisor_lite::kvm_setup::open_kvm(Path::new(hypervisor_lite::partition::DEFAULT_KVM_PATH))
+        .context("checking KVM")?;
+    let disk = disk::open(args, &plan, &writers)?;
 
     let tsc_hz = bench::calibrate_tsc();
     let progress = !args.quiet;
@@ -127,9 +164,16 @@ fn run(args: &Args) -> Result<usize> {
         progress,
         echo: args.echo,
         timeout: None,
+        contents: disk.contents,
+        cancel: Some(cancel.clone()),
     };
     let mut rows: Vec<Row> = Vec::new();
+    let mut interrupted = false;
     for kit in kits {
+        if cancel.load(Ordering::Acquire) {
+            interrupted = true;
+            break;
+        }
         if progress {
             let what = if kit.baseline() {
                 " (in-guest baseline, not a device)"
@@ -138,30 +182,42 @@ fn run(args: &Args) -> Result<usize> {
             };
             eprintln!("testbed: {}{what}: booting the guest", kit.name());
         }
-        let run = bench::run_device(kit, backend(args)?, &specs, &opts);
+        let run = bench::run_device(kit, disk.backend.clone(), &specs, &opts);
         if progress {
             let failed = run.rows.iter().filter(|r| r.outcome.is_err()).count();
-            eprintln!(
-                "testbed: {}: done, {}",
-                kit.name(),
-                if failed == 0 {
-                    "data verified".to_string()
-                } else {
-                    format!("{failed} FAILED")
-                }
-            );
+            let state = match (failed, run.interrupted) {
+                (0, false) => "data verified".to_string(),
+                (0, true) => format!("interrupted after {} workload(s)", run.rows.len()),
+                (n, _) => format!("{n} FAILED"),
+            };
+            eprintln!("testbed: {}: done, {state}", kit.name());
         }
+        interrupted |= run.interrupted;
         rows.extend(run.rows);
+        if run.interrupted {
+            break;
+        }
     }
 
-    print!("{}", report::table(&rows));
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report::json(&rows))?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    let info = RunInfo {
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        tsc_hz,
+        backend: disk.info,
+        interrupted,
+    };
+    output::emit(args, &rows, &info)?;
+    Ok(Finished {
+        failed: rows.iter().filter(|r| r.outcome.is_err()).count(),
+        interrupted,
+    })
+}
+
+/// The image must not also be where the report goes.
+fn check_not_an_output(args: &Args, image: &Path) -> Result<()> {
+    for (flag, out) in [("--json", &args.json), ("--svg", &args.svg)] {
+        if out.as_deref() == Some(image) {
+            bail!("{flag} {} is also the --image", image.display());
+        }
     }
-    if let Some(path) = &args.svg {
-        std::fs::write(path, report::svg::chart(&rows))
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(rows.iter().filter(|r| r.outcome.is_err()).count())
+    Ok(())
 }

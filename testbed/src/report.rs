@@ -9,6 +9,7 @@
 //! row whose device failed (wrong data, I/O errors, no window) carries only its reason: wrong data
 //! never produces numbers.
 
+pub mod document;
 pub mod svg;
 
 use std::fmt::Write as _;

@@ -272,7 +272,7 @@ impl GuestVm {
         let hv = HvPartition::new(HvConfig::new(1));
         let faults = Arc::new(FaultLog::default());
         let mut pc = PartitionConfig::new(config.ram_bytes, 1);
-        pc.elf_file(crate::GUEST_ELF).serial_echo(config.echo);
+        pc.elf_bytes(crate::GUEST_ELF).serial_echo(config.echo);
         pc.add_port_handler(FAULT_PORT..FAULT_PORT + 1, faults.clone());
         let marks = Arc::new(MarkLog {
             device_threads: device_threads.clone(),

@@ -1,13 +1,16 @@
 //! The benchmark machinery end to end on KVM with the in-guest `ramdisk` baseline: the guest runs the
 //! workload engine, the host pairs each result line with its mark window, checks the disk afterwards
-//! and reports. Wrong data — seen by the guest or by the host — makes FAILED rows, never numbers.
+//! and reports. Wrong data — seen by the guest or by the host, over the pre-fill or over an image — makes
+//! FAILED rows, never numbers.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
 use host_vsp::backend::{BlockBackend, RamDisk};
-use testbed::bench::{run_device, Backend, BenchOptions, CompletedRun, DeviceKit, RamdiskKit};
+use testbed::bench::{
+    run_device, Backend, BenchOptions, CompletedRun, DeviceKit, DiskContents, RamdiskKit,
+};
 use testbed::report;
 use testbed::GuestVmConfig;
 use workload::pattern::first_mismatch;
@@ -179,5 +182,78 @@ fn wrong_data_fails_the_device_instead_of_reporting_numbers() {
         let table = report::table(&run.rows);
         assert_eq!(table.matches("FAILED").count(), specs.len(), "{table}");
         assert!(report::json(&run.rows)[0]["iops"].is_null());
+    }
+}
+
+/// Over an image, a device that serves other data than the image holds is caught by the host, although
+/// the guest could check none of those reads itself; a correct one passes, and the image is not
+/// written by read workloads.
+#[test]
+fn over_an_image_reads_are_checked_against_the_image_by_the_host() {
+    if !hypervisor_lite::testing::kvm_or_skip() {
+        return;
+    }
+    /// Serves the guest a different disk of the same size.
+    struct Impostor;
+    impl DeviceKit for Impostor {
+        fn name(&self) -> &str {
+            "impostor"
+        }
+        fn guest_name(&self) -> &str {
+            "ramdisk"
+        }
+        fn configure(&self, config: &mut GuestVmConfig, backend: Backend) -> Result<()> {
+            let other = RamDisk::new(backend.capacity());
+            other.write_at(4096 * 3, &[0x5a; 4096], false)?;
+            RamdiskKit.configure(config, Arc::new(other))
+        }
+    }
+    let image = || -> Backend {
+        let disk = RamDisk::new(8 << 20);
+        let bytes: Vec<u8> = (0..8u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+            .collect();
+        disk.write_at(0, &bytes, false).unwrap();
+        Arc::new(disk)
+    };
+    let reads: Vec<WorkloadSpec> = [
+        "rr4k:k=rr,bs=4096,qd=8,n=300,seed=3,lba=0+8192",
+        "sr64k:k=sr,bs=64k,qd=2,n=40,lba=0+8192",
+    ]
+    .iter()
+    .map(|s| WorkloadSpec::parse(s).unwrap())
+    .collect();
+    let opts = BenchOptions {
+        contents: DiskContents::Image,
+        ..options()
+    };
+    let disk = image();
+    let mut before = vec![0u8; 8 << 20];
+    disk.read_at(0, &mut before).unwrap();
+    let good = run_device(&RamdiskKit, disk.clone(), &reads, &opts);
+    for row in &good.rows {
+        assert!(row.outcome.is_ok(), "{row:?}\n{}", good.console);
+    }
+    let mut after = vec![0u8; 8 << 20];
+    disk.read_at(0, &mut after).unwrap();
+    assert!(before == after, "read workloads changed the image");
+
+    let bad = run_device(&Impostor, image(), &reads, &opts);
+    for row in &bad.rows {
+        let why = row.outcome.as_ref().expect_err("other data has no numbers");
+        assert!(
+            why.contains("returned data the image does not hold"),
+            "{why}"
+        );
+    }
+    // With writes too: written sectors are checked in the guest, the rest by the host.
+    let mixed = [
+        WorkloadSpec::parse("w:k=rw,bs=4096,qd=4,n=200,seed=4,lba=0+8192").unwrap(),
+        WorkloadSpec::parse("m:k=mix50,bs=2048,qd=16,n=400,seed=5,lba=0+8192").unwrap(),
+        reads[0].clone(),
+    ];
+    let run = run_device(&RamdiskKit, image(), &mixed, &opts);
+    for row in &run.rows {
+        assert!(row.outcome.is_ok(), "{row:?}\n{}", run.console);
     }
 }

@@ -43,6 +43,7 @@ fn survives(kit: &dyn DeviceKit, disk: Arc<VolatileCacheDisk>) -> Result<(), Str
             spec: spec.clone(),
             generation: k as u8 + 1,
             ios: m.ios,
+            read_digest: 0,
         });
     }
     disk.power_cut();

@@ -79,6 +79,7 @@ fn runs_of(run: &GuestRun, device: &str) -> Vec<CompletedRun> {
                     spec: WorkloadSpec::parse(&l.spec).unwrap(),
                     generation: l.generation,
                     ios: r.ios,
+                    read_digest: r.read_digest,
                 }
             }
             BenchOutcome::Failed(why) => panic!("{device} {}: {why}\n{}", l.spec, run.console),

@@ -56,6 +56,7 @@ fn run_on_image(path: &Path) -> Vec<CompletedRun> {
             spec: spec.clone(),
             generation: if spec.kind.writes() { k as u8 + 1 } else { 0 },
             ios: m.ios,
+            read_digest: 0,
         });
     }
     completed
@@ -132,6 +133,7 @@ fn flushed_writes_survive_killing_the_host_process() {
             generation: if spec.kind.writes() { k as u8 + 1 } else { 0 },
             ios: ios[k],
             spec,
+            read_digest: 0,
         })
         .collect();
     verify_image(&path, &runs);

@@ -7,6 +7,10 @@
 //! measured window); `cmd` 1 asks for the capacity, 2 loads the backend into `[gpa, gpa + len)`, 3 stores
 //! that guest memory back to the backend. `status` 0 is success. The guest side is
 //! `testbed/guest/src/scenario/bench.rs`.
+//!
+//! A store writes only the [`STORE_GRAIN`]-byte pieces that differ from the backend: a read-only
+//! workload stores nothing (so a read-only image works), and a sparse image stays sparse where the
+//! guest wrote nothing.
 
 use std::sync::Arc;
 
@@ -29,6 +33,9 @@ const STATUS_BAD_RANGE: u64 = 2;
 const STATUS_IO_ERROR: u64 = 3;
 /// Bytes copied per step between the backend and guest RAM.
 const CHUNK: usize = 1 << 20;
+/// A store compares guest memory with the backend in pieces of this many bytes and writes only the
+/// pieces that differ.
+pub const STORE_GRAIN: usize = 64 << 10;
 
 /// The in-guest baseline (see the module docs).
 #[derive(Debug, Default, Clone, Copy)]
@@ -47,13 +54,18 @@ impl DeviceKit for RamdiskKit {
         true
     }
 
-    fn configure(&self, config: &mut GuestVmConfig, backend: Backend) -> Result<()> {
-        let capacity = backend.capacity();
+    fn check_disk(&self, capacity: u64) -> Result<()> {
         if capacity > MAX_RAMDISK_BYTES {
             bail!(
                 "the in-guest baseline copies the disk into guest RAM: {capacity} bytes exceed {MAX_RAMDISK_BYTES}"
             );
         }
+        Ok(())
+    }
+
+    fn configure(&self, config: &mut GuestVmConfig, backend: Backend) -> Result<()> {
+        let capacity = backend.capacity();
+        self.check_disk(capacity)?;
         // The image, plus room for the kernel, buffers and latency samples.
         let want = (capacity + (128 << 20)).next_multiple_of(2 << 20);
         config.ram_bytes = config.ram_bytes.max(want);
@@ -78,6 +90,11 @@ impl RamdiskPort {
             return STATUS_BAD_RANGE;
         }
         let mut chunk = vec![0u8; CHUNK];
+        let mut stored = if cmd == CMD_STORE {
+            vec![0u8; CHUNK]
+        } else {
+            Vec::new()
+        };
         let mut done = 0u64;
         while done < len {
             let n = (len - done).min(CHUNK as u64) as usize;
@@ -85,7 +102,10 @@ impl RamdiskPort {
             let ok = if cmd == CMD_LOAD {
                 self.backend.read_at(done, buf).is_ok() && ram.write(gpa + done, buf).is_ok()
             } else {
-                ram.read(gpa + done, buf).is_ok() && self.backend.write_at(done, buf, false).is_ok()
+                let on_disk = &mut stored[..n];
+                ram.read(gpa + done, buf).is_ok()
+                    && self.backend.read_at(done, on_disk).is_ok()
+                    && self.store_changed(done, buf, on_disk)
             };
             if !ok {
                 return STATUS_IO_ERROR;
@@ -96,6 +116,18 @@ impl RamdiskPort {
             return STATUS_IO_ERROR;
         }
         STATUS_OK
+    }
+
+    /// Write the [`STORE_GRAIN`] pieces of `data` (at `offset`) that differ from `on_disk`.
+    fn store_changed(&self, offset: u64, data: &[u8], on_disk: &[u8]) -> bool {
+        data.chunks(STORE_GRAIN)
+            .zip(on_disk.chunks(STORE_GRAIN))
+            .enumerate()
+            .filter(|(_, (new, old))| new != old)
+            .all(|(i, (new, _))| {
+                let at = offset + (i * STORE_GRAIN) as u64;
+                self.backend.write_at(at, new, false).is_ok()
+            })
     }
 }
 

@@ -4,6 +4,9 @@
 //! every read against the [`DiskModel`], and delimiting the measured window with two marks (the first right
 //! before the first submit, the second right after the last completion).
 //!
+//! Over an image ([`DiskModel::over_image`]) reads of sectors no workload wrote cannot be checked here;
+//! they are summed into `read_digest`, which the host checks against the image file.
+//!
 //! A read whose data is wrong fails the run ([`RunError::Mismatch`]): wrong data is an error, never a
 //! number. Device-reported I/O errors are counted (`errors`) and leave the written sectors
 //! [`UNKNOWN`](crate::pattern::UNKNOWN). Before returning an error the engine drains every request still in
@@ -84,6 +87,9 @@ pub struct WorkloadResult {
     pub achieved_qd: u64,
     /// [`Plan::checksum`] of the submitted sequence.
     pub checksum: u64,
+    /// Over an image ([`DiskModel::over_image`]): the digest of what the reads returned from sectors no
+    /// workload wrote, for the host to check against the image file (0 otherwise).
+    pub read_digest: u64,
 }
 
 /// Why a run produced no result.
@@ -325,15 +331,19 @@ pub fn run(
                 IoStatus::Ok => {
                     result.bytes += plan.block_bytes();
                     if p.op == Op::Read {
-                        if let Err(mismatch) = model.check(p.sector, memory[c.tag as usize].bytes())
-                        {
-                            fatal.get_or_insert(RunError::Mismatch {
-                                io: p.io,
-                                op: p.op,
-                                at: p.sector,
-                                mismatch,
-                            });
-                            stop = true;
+                        match model.check_read(p.sector, memory[c.tag as usize].bytes()) {
+                            Ok(digest) => {
+                                result.read_digest = result.read_digest.wrapping_add(digest);
+                            }
+                            Err(mismatch) => {
+                                fatal.get_or_insert(RunError::Mismatch {
+                                    io: p.io,
+                                    op: p.op,
+                                    at: p.sector,
+                                    mismatch,
+                                });
+                                stop = true;
+                            }
                         }
                     }
                 }

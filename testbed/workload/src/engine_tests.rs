@@ -214,6 +214,47 @@ fn random_reads_complete_out_of_order_and_verify() {
     assert!(fake.pending.is_empty());
 }
 
+/// Over an image the engine cannot check unwritten sectors: it digests them, exactly as the host can
+/// recompute from the image, and a device that returns other data changes the digest.
+#[test]
+fn over_an_image_reads_of_unwritten_sectors_are_digested() {
+    let image: Vec<u8> = (0..2048 * PATTERN_UNIT)
+        .map(|i| (i * 31 % 253) as u8)
+        .collect();
+    let expected = |s: &WorkloadSpec, ios: u64| {
+        let plan = Plan::new(s, 2048).unwrap();
+        (0..ios).fold(0u64, |d, i| {
+            let (_, first) = plan.io(i);
+            (first..first + plan.block_sectors()).fold(d, |d, sector| {
+                let at = sector as usize * PATTERN_UNIT;
+                let term = crate::pattern::digest_term(
+                    sector,
+                    crate::pattern::sector_hash(&image[at..at + PATTERN_UNIT]),
+                );
+                d.wrapping_add(term)
+            })
+        })
+    };
+    let s = spec(Kind::RandRead, 4096, 16, 200);
+    let mut fake = Fake::new(2048, 512);
+    fake.disk.copy_from_slice(&image);
+    let (r, _) = run_fake(&mut fake, &s, &mut DiskModel::over_image(), 0, 1, 0);
+    let r = r.unwrap();
+    assert_eq!(r.ios, 200);
+    assert_eq!(r.read_digest, expected(&s, 200));
+    // Over the pre-fill the same run would have failed on the first read: nothing was checked here
+    // that the guest cannot know.
+    assert!(run_fake(&mut fake, &s, &mut DiskModel::new(), 0, 1, 0)
+        .0
+        .is_err());
+    // Corrupted reads change the digest (the host then fails the device).
+    let mut fake = Fake::new(2048, 512);
+    fake.disk.copy_from_slice(&image);
+    fake.corrupt_reads = true;
+    let (r, _) = run_fake(&mut fake, &s, &mut DiskModel::over_image(), 0, 1, 0);
+    assert_ne!(r.unwrap().read_digest, expected(&s, 200));
+}
+
 #[test]
 fn queue_full_backpressure_is_respected() {
     let mut fake = Fake::new(2048, 512);

@@ -9,7 +9,8 @@
 //! `mark + 1`), `gen` the generation the workload's writes stored, latencies are TSC cycles,
 //! `achieved_qd` the most requests in flight at once. A failed workload ends with `failed=<reason>`
 //! instead of numbers; the reason runs to the end of the line. Unknown keys are ignored so the line can
-//! grow; `achieved_qd`, added later, reads as 0 when absent.
+//! grow; `achieved_qd`, added later, reads as 0 when absent. Over an image, a done line also carries
+//! `digest=0x...` (the read digest, right after `spec`); without it the digest is 0.
 
 use alloc::string::{String, ToString};
 use core::fmt::{self, Write as _};
@@ -74,6 +75,11 @@ impl fmt::Display for BenchLine {
             "{PREFIX}mark={} device={} workload={} gen={} spec={}",
             self.mark, self.device, self.workload, self.generation, self.spec
         )?;
+        if let BenchOutcome::Done(r) = &self.outcome {
+            if r.read_digest != 0 {
+                write!(f, " digest={:#018x}", r.read_digest)?;
+            }
+        }
         match &self.outcome {
             BenchOutcome::Done(r) => write!(
                 f,
@@ -183,6 +189,10 @@ impl BenchLine {
                 interrupts: f.number("irqs")?,
                 achieved_qd: f.optional("achieved_qd")?,
                 checksum: f.number("checksum")?,
+                read_digest: match f.text("digest") {
+                    Ok(_) => f.number("digest")?,
+                    Err(_) => 0,
+                },
             }),
         };
         Ok(Self {
@@ -228,6 +238,7 @@ mod tests {
                 interrupts: 2,
                 achieved_qd: 32,
                 checksum: 0xdead_beef_0123_4567,
+                read_digest: 0,
             }),
         }
     }
@@ -242,6 +253,23 @@ mod tests {
         assert_eq!(BenchLine::parse(&text).unwrap(), l);
         assert_eq!(BenchLine::parse(&format!("  {text}\n")).unwrap(), l);
         assert_eq!(l.end_mark(), 5);
+    }
+
+    #[test]
+    fn read_digests_round_trip_and_lines_without_one_read_as_zero() {
+        let mut l = sample();
+        let BenchOutcome::Done(r) = &mut l.outcome else {
+            unreachable!()
+        };
+        r.read_digest = 0x0123_4567_89ab_cdef;
+        let text = format!("{l}");
+        assert!(text.contains(" digest=0x0123456789abcdef "), "{text}");
+        assert_eq!(BenchLine::parse(&text).unwrap(), l);
+        assert!(!format!("{}", sample()).contains("digest="));
+        assert!(matches!(
+            BenchLine::parse(&text.replace("digest=0x0123", "digest=zz")),
+            Err(LineError::Number { key: "digest", .. })
+        ));
     }
 
     #[test]

@@ -6,6 +6,11 @@
 //!
 //! [`DiskModel`] records the generation each sector must hold; the guest checks reads against it, the host
 //! replays the same workloads into its own model and checks the disk image after the run.
+//!
+//! A disk the host did not pre-fill (a user's image) holds data the guest cannot know. Over such a disk
+//! ([`DiskModel::over_image`]) generation 0 means "the image's own contents": reads of those sectors are
+//! not checked in the guest but folded into a read digest (a sum of [`digest_term`]s of
+//! [`sector_hash`]es) that the host recomputes from the image file.
 
 use alloc::vec::Vec;
 
@@ -65,17 +70,52 @@ pub struct Mismatch {
     pub expected: u8,
 }
 
-/// Which generation every sector holds. Sectors never written hold generation 0 (the pre-fill).
+/// Hash of one sector's contents (any length; [`PATTERN_UNIT`] bytes in practice): what the read digest
+/// of an image disk is made of. Not cryptographic: it catches wrong data, not an adversary.
+pub fn sector_hash(bytes: &[u8]) -> u64 {
+    let mut h = 0x6a09_e667_f3bc_c908u64 ^ bytes.len() as u64;
+    for chunk in bytes.chunks(8) {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        h = (h.rotate_left(23) ^ u64::from_le_bytes(word)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    mix64(h)
+}
+
+/// What reading `sector`, whose contents hash to `hash` ([`sector_hash`]), adds to a read digest. Terms
+/// are summed (wrapping), so the digest does not depend on the order reads complete in.
+pub fn digest_term(sector: u64, hash: u64) -> u64 {
+    mix64(sector ^ mix64(hash ^ 0x4449_4745_5354))
+}
+
+/// Which generation every sector holds. Sectors never written hold generation 0: the pre-fill, or over
+/// an image ([`DiskModel::over_image`]) the image's own contents.
 /// Grows on demand: only the highest written sector costs memory (one byte per sector).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DiskModel {
     generations: Vec<u8>,
+    /// Generation 0 is the image's own contents (digested, not checked).
+    image: bool,
 }
 
 impl DiskModel {
-    /// Every sector at generation 0.
+    /// Every sector at generation 0, the pre-fill.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Every sector holds the image's own contents, which only the host knows: reads of sectors no
+    /// workload wrote are digested ([`DiskModel::check_read`]), not checked.
+    pub fn over_image() -> Self {
+        Self {
+            generations: Vec::new(),
+            image: true,
+        }
+    }
+
+    /// Whether generation 0 is the image's own contents.
+    pub fn is_over_image(&self) -> bool {
+        self.image
     }
 
     /// The generation of `sector`.
@@ -115,19 +155,28 @@ impl DiskModel {
     }
 
     /// Check `buf`, read from `first_sector`, against the generations recorded for its sectors
-    /// ([`UNKNOWN`] sectors are skipped).
+    /// ([`UNKNOWN`] sectors are skipped, and so are an image's own contents).
     pub fn check(&self, first_sector: u64, buf: &[u8]) -> Result<(), Mismatch> {
+        self.check_read(first_sector, buf).map(drop)
+    }
+
+    /// [`DiskModel::check`], returning what the read adds to the read digest: over an image, the sum of
+    /// the [`digest_term`]s of the sectors still holding the image's own contents (else 0).
+    pub fn check_read(&self, first_sector: u64, buf: &[u8]) -> Result<u64, Mismatch> {
+        let mut digest = 0u64;
         for (i, bytes) in buf.chunks(PATTERN_UNIT).enumerate() {
             let sector = first_sector.wrapping_add(i as u64);
             let expected = self.generation(sector);
             if expected == UNKNOWN {
                 continue;
             }
-            if first_mismatch(sector, expected, bytes).is_some() {
+            if expected == 0 && self.image {
+                digest = digest.wrapping_add(digest_term(sector, sector_hash(bytes)));
+            } else if first_mismatch(sector, expected, bytes).is_some() {
                 return Err(Mismatch { sector, expected });
             }
         }
-        Ok(())
+        Ok(digest)
     }
 }
 
@@ -172,6 +221,42 @@ mod tests {
         assert_eq!(first_mismatch(40, 2, &buf), Some(40));
         buf[2 * PATTERN_UNIT + 77] ^= 1;
         assert_eq!(first_mismatch(40, 1, &buf), Some(42));
+    }
+
+    #[test]
+    fn over_an_image_unwritten_sectors_are_digested_and_written_ones_checked() {
+        let mut m = DiskModel::over_image();
+        assert!(m.is_over_image() && !DiskModel::new().is_over_image());
+        m.record(2, 1, 5);
+        let mut buf = vec![0x11u8; 4 * PATTERN_UNIT];
+        pattern(2, 5, &mut buf[..PATTERN_UNIT]);
+        // Sector 2 holds generation 5; 3, 4, 5 the image's bytes, which only go into the digest.
+        let buf = [&vec![0x11u8; PATTERN_UNIT][..], &buf[..]].concat();
+        let want: u64 = [1u64, 3, 4, 5].iter().fold(0, |d, &s| {
+            d.wrapping_add(digest_term(s, sector_hash(&[0x11; PATTERN_UNIT])))
+        });
+        // Starting at sector 1: 1 unwritten, 2 written, 3..=5 unwritten.
+        let digest = m.check_read(1, &buf[..5 * PATTERN_UNIT]).unwrap();
+        assert_eq!(digest, want);
+        // The digest depends on the data and on the sector.
+        let mut other = buf.clone();
+        other[3 * PATTERN_UNIT] ^= 1;
+        assert_ne!(m.check_read(1, &other[..5 * PATTERN_UNIT]).unwrap(), want);
+        assert_ne!(digest_term(1, 7), digest_term(2, 7));
+        // A written sector is still checked.
+        other[PATTERN_UNIT + 9] ^= 1;
+        assert_eq!(
+            m.check_read(1, &other[..5 * PATTERN_UNIT]),
+            Err(Mismatch {
+                sector: 2,
+                expected: 5
+            })
+        );
+        // Over the pre-fill nothing is digested.
+        let mut filled = vec![0u8; PATTERN_UNIT];
+        pattern(9, 0, &mut filled);
+        assert_eq!(DiskModel::new().check_read(9, &filled), Ok(0));
+        assert_ne!(sector_hash(&[0; 512]), sector_hash(&[0; 511]));
     }
 
     #[test]

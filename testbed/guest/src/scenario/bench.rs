@@ -1,5 +1,8 @@
 //! Block I/O benchmark scenarios, run by the `workload` crate's engine:
 //! - `bench-tsc:<hz>`: the TSC rate the host measured (needed for workloads with a time budget);
+//! - `bench-data:pattern|image`: what the disks held at boot: the host's pre-fill (default; every read is
+//!   checked) or an image's own contents, which only the host knows (reads of sectors no workload wrote
+//!   are digested for the host to check: `DiskModel::over_image`);
 //! - `bench:<device>:<spec>`: run one workload (`WorkloadSpec` encoding) on the named device and print
 //!   its `bench ...` result line. The k-th `bench` token of a boot measures between marks `2k` and
 //!   `2k + 1`, and a workload that writes stores generation `k + 1`.
@@ -15,7 +18,7 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use workload::line::BenchOutcome;
 use workload::pattern::MAX_GENERATION;
@@ -29,6 +32,8 @@ use crate::{arch, println};
 
 /// TSC ticks per second, from `bench-tsc` (0 = unknown).
 static TSC_HZ: AtomicU64 = AtomicU64::new(0);
+/// The disks hold an image's own contents, not the pre-fill (`bench-data:image`).
+static OVER_IMAGE: AtomicBool = AtomicBool::new(false);
 /// `bench` tokens run so far in this boot.
 static BENCH_INDEX: AtomicU32 = AtomicU32::new(0);
 /// Per device: the generation each sector holds.
@@ -38,6 +43,7 @@ static MODELS: spin::Mutex<Vec<(String, DiskModel)>> = spin::Mutex::new(Vec::new
 pub fn run(name: &str, args: &str) -> Option<Outcome> {
     match name {
         "bench-tsc" => Some(set_tsc(args)),
+        "bench-data" => Some(set_data(args)),
         "bench" => Some(bench(args)),
         _ => None,
     }
@@ -72,6 +78,16 @@ fn set_tsc(args: &str) -> Outcome {
         .parse()
         .map_err(|_| format!("bench-tsc: `{args}` is not a rate in Hz"))?;
     TSC_HZ.store(hz, Ordering::Relaxed);
+    Ok(())
+}
+
+fn set_data(args: &str) -> Outcome {
+    let image = match args {
+        "pattern" => false,
+        "image" => true,
+        _ => return Err(format!("bench-data: `{args}` is neither `pattern` nor `image`")),
+    };
+    OVER_IMAGE.store(image, Ordering::Relaxed);
     Ok(())
 }
 
@@ -129,7 +145,12 @@ fn measure(
     let at = match models.iter().position(|(name, _)| name == device) {
         Some(at) => at,
         None => {
-            models.push((device.to_string(), DiskModel::new()));
+            let model = if OVER_IMAGE.load(Ordering::Relaxed) {
+                DiskModel::over_image()
+            } else {
+                DiskModel::new()
+            };
+            models.push((device.to_string(), model));
             models.len() - 1
         }
     };
