@@ -320,7 +320,10 @@ pub fn run_device(
             .map(|()| None)
             .map_err(|e| format!("pre-filling the disk: {e:#}")),
         DiskContents::Image => ImageSnapshot::take(&*backend, specs)
-            .map(Some)
+            .map(|s| {
+                tracing::info!(sectors = s.len(), "hashed what the writes may overwrite");
+                Some(s)
+            })
             .map_err(|e| format!("reading the image before the run: {e:#}")),
     };
     let snapshot = match snapshot {

@@ -37,7 +37,8 @@ pub struct FileDisk {
 }
 
 impl FileDisk {
-    /// Open an existing raw image; its size must be a non-zero multiple of 512.
+    /// Open an existing raw image; its size must be a non-zero multiple of 512. Errors do not repeat
+    /// `path`: the caller names the file.
     pub fn open(path: &Path, options: FileDiskOptions) -> Result<Self, DiskError> {
         let mut open = OpenOptions::new();
         open.read(true).write(!options.read_only);
@@ -47,9 +48,9 @@ impl FileDisk {
         let file = open.open(path)?;
         let capacity = file.metadata()?.len();
         if capacity == 0 || !capacity.is_multiple_of(SECTOR_SIZE) {
+            // The caller names the file (as for every other error of opening it).
             return Err(DiskError::Invalid(format!(
-                "{}: size {capacity} is not a non-zero multiple of {SECTOR_SIZE}",
-                path.display()
+                "size {capacity} is not a non-zero multiple of {SECTOR_SIZE}"
             )));
         }
         Ok(Self::new(file, capacity, options.read_only))

@@ -56,6 +56,11 @@ impl DiskPlan {
         };
         match std::fs::metadata(path) {
             Ok(meta) if meta.is_dir() => bail!("--image {}: is a directory", path.display()),
+            Ok(meta) if meta.len() == 0 || !meta.len().is_multiple_of(SECTOR_SIZE) => bail!(
+                "--image {}: its size, {} bytes, is not a non-zero multiple of {SECTOR_SIZE}",
+                path.display(),
+                meta.len()
+            ),
             Ok(meta) => {
                 if args.disk_mib.is_some_and(|mib| mib << 20 != meta.len()) {
                     eprintln!(
@@ -170,6 +175,7 @@ pub fn open(args: &Args, plan: &DiskPlan, writers: &[&str]) -> Result<Disk> {
     )
     .with_context(|| format!("opening {}", path.display()))?;
     let bytes = disk.capacity();
+    tracing::info!(path = %path.display(), bytes, read_only, created, "image opened");
     Ok(Disk {
         backend: Arc::new(disk),
         contents: DiskContents::Image,
@@ -244,6 +250,9 @@ mod tests {
         let args = Args::parse_from(["testbed", "--image", image, "--overwrite"]);
         assert!(!open(&args, &plan, &["w"]).unwrap().backend.read_only());
         assert_eq!(std::fs::read(&path).unwrap(), vec![7u8; 1 << 20]);
+        std::fs::write(&path, [0u8; 1000]).unwrap();
+        let e = DiskPlan::from_args(&Args::parse_from(["testbed", "--image", image])).unwrap_err();
+        assert!(format!("{e:#}").contains("1000 bytes"), "{e:#}");
         std::fs::remove_file(&path).unwrap();
     }
 
