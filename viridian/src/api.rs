@@ -129,11 +129,7 @@ fn handle(mut request: Request, shared: &Shared) {
     let method = request.method().clone();
     let url = request.url().to_string();
     let mut body = Vec::new();
-    if let Err(e) = request
-        .as_reader()
-        .take(MAX_BODY)
-        .read_to_end(&mut body)
-    {
+    if let Err(e) = request.as_reader().take(MAX_BODY).read_to_end(&mut body) {
         let _ = request.respond(error(400, format!("reading the body: {e}")));
         return;
     }
@@ -191,14 +187,21 @@ fn route(
 }
 
 fn add_disk(shared: &Shared, name: &str, req: DiskRequest) -> Result<u32> {
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
         bail!("disk name `{name}` is not [A-Za-z0-9_-]+");
     }
     if shared.state() != RunState::Running {
         bail!("the guest is {}", shared.state().name());
     }
     let mut controllers = shared.controllers();
-    if controllers.iter().any(|c| c.disks.iter().any(|d| d.0 == name)) {
+    if controllers
+        .iter()
+        .any(|c| c.disks.iter().any(|d| d.0 == name))
+    {
         bail!("a disk named `{name}` exists");
     }
     let index = (0..MAX_CONTROLLERS)

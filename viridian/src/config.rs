@@ -214,10 +214,7 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let base_dir = path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
+        let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Self::parse(&text, path, &base_dir)
     }
 
@@ -260,7 +257,11 @@ impl Config {
         if g.cmdline.len() > guest_abi::MAX_CMDLINE {
             return Err(invalid(
                 "guest.cmdline",
-                format!("{} bytes exceed {}", g.cmdline.len(), guest_abi::MAX_CMDLINE),
+                format!(
+                    "{} bytes exceed {}",
+                    g.cmdline.len(),
+                    guest_abi::MAX_CMDLINE
+                ),
             ));
         }
         if g.kernel != "builtin" {
@@ -274,7 +275,10 @@ impl Config {
             self.guest.kernel = kernel.to_string_lossy().into_owned();
         }
         if self.ic.heartbeat_interval_ms == 0 {
-            return Err(invalid("ic.heartbeat_interval_ms", "must be at least 1".into()));
+            return Err(invalid(
+                "ic.heartbeat_interval_ms",
+                "must be at least 1".into(),
+            ));
         }
         if let Some(socket) = &self.api.socket {
             self.api.socket = Some(resolve(&self.base_dir, socket));
@@ -285,8 +289,15 @@ impl Config {
             let key = |field: &str| format!("disk[{i}].{field}");
             disk.path = resolve(&self.base_dir, &disk.path);
             let name = disk.name.clone().unwrap_or_else(|| format!("disk{i}"));
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return Err(invalid(&key("name"), format!("`{name}` is not [A-Za-z0-9_-]+")));
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(invalid(
+                    &key("name"),
+                    format!("`{name}` is not [A-Za-z0-9_-]+"),
+                ));
             }
             if !names.insert(name.clone()) {
                 return Err(invalid(&key("name"), format!("`{name}` is used twice")));
@@ -307,7 +318,12 @@ impl Config {
                 ));
             }
             match disk.create_size_mib {
-                Some(0) => return Err(invalid(&key("create_size_mib"), "must be at least 1".into())),
+                Some(0) => {
+                    return Err(invalid(
+                        &key("create_size_mib"),
+                        "must be at least 1".into(),
+                    ))
+                }
                 Some(_) if disk.read_only => {
                     return Err(invalid(
                         &key("create_size_mib"),
@@ -399,7 +415,10 @@ mod tests {
             ("[guest]\nmemory_mib = 65536\n", "guest.memory_mib"),
             ("[guest]\nvcpus = 9\n", "guest.vcpus"),
             ("[guest]\nvcpus = 2\n", "guest.vcpus"),
-            ("[ic]\nheartbeat_interval_ms = 0\n", "ic.heartbeat_interval_ms"),
+            (
+                "[ic]\nheartbeat_interval_ms = 0\n",
+                "ic.heartbeat_interval_ms",
+            ),
             ("[guest]\nkernel = \"no-such.elf\"\n", "guest.kernel"),
             (
                 "[[disk]]\npath = \"a\"\ncreate_size_mib = 1\nread_only = true\n",

@@ -16,8 +16,7 @@ use host_vsp::synthetic::storvsp::{LunMap, StorvspConfig, StorvspDevice, Storvsp
 use host_vsp::vmbus_service::VmbusService;
 use hypervisor_lite::hv::{HvConfig, HvPartition};
 use hypervisor_lite::{
-    GuestRam, Partition, PartitionConfig, PortHandler, StatsProbe, StopHandle, VcpuCtx,
-    VcpuOutcome,
+    GuestRam, Partition, PartitionConfig, PortHandler, StatsProbe, StopHandle, VcpuCtx, VcpuOutcome,
 };
 use vmbus::protocol::Guid;
 
@@ -226,7 +225,12 @@ pub struct Machine {
 /// The instance GUID of controller `index` (stable across runs, so a guest sees the same controller).
 fn controller_instance(index: u32) -> Guid {
     let i = index.to_le_bytes();
-    Guid::new(0x5649_5249, 0x4449, 0x414e, [b'S', b'C', b'S', b'I', i[0], i[1], i[2], i[3]])
+    Guid::new(
+        0x5649_5249,
+        0x4449,
+        0x414e,
+        [b'S', b'C', b'S', b'I', i[0], i[1], i[2], i[3]],
+    )
 }
 
 const HEARTBEAT_INSTANCE: Guid = Guid::new(0x5649_5249, 0x4449, 0x414e, *b"HEARTBT\0");
@@ -399,7 +403,10 @@ impl Machine {
             }
         }
         if !flush_failed.is_empty() {
-            bail!("flushing the disks at exit failed: {}", flush_failed.join("; "));
+            bail!(
+                "flushing the disks at exit failed: {}",
+                flush_failed.join("; ")
+            );
         }
         let Some(outcome) = outcomes.into_iter().next() else {
             bail!("the partition has no vCPU");
@@ -410,9 +417,7 @@ impl Machine {
 
     fn ending(&self, outcome: VcpuOutcome, faults: &[(u32, u64)]) -> Ending {
         if let Some((vector, rip)) = faults.first() {
-            return Ending::Crashed(format!(
-                "the guest took CPU exception {vector} at {rip:#x}"
-            ));
+            return Ending::Crashed(format!("the guest took CPU exception {vector} at {rip:#x}"));
         }
         match outcome {
             VcpuOutcome::Exited { code: 0 } => Ending::PoweredOff,

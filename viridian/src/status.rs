@@ -45,7 +45,11 @@ fn heartbeat(shared: &Shared) -> Value {
     let since_answer = s.last_answered.map(|t| now - t);
     let limit = shared.heartbeat_interval * 3;
     let health = match since_answer {
-        Some(age) if age <= limit.max(shared.heartbeat_interval + std::time::Duration::from_secs(1)) => "healthy",
+        Some(age)
+            if age <= limit.max(shared.heartbeat_interval + std::time::Duration::from_secs(1)) =>
+        {
+            "healthy"
+        }
         None if since_start <= std::time::Duration::from_secs(10) => "starting",
         _ => "late",
     };
@@ -125,7 +129,10 @@ pub fn status(shared: &Shared) -> Value {
             }));
         }
     }
-    for (name, ic) in [("heartbeat", &shared.heartbeat), ("shutdown", &shared.shutdown)] {
+    for (name, ic) in [
+        ("heartbeat", &shared.heartbeat),
+        ("shutdown", &shared.shutdown),
+    ] {
         if let Some(ic) = ic {
             let s = ic.snapshot();
             channels.push(json!({
@@ -157,7 +164,10 @@ pub fn metrics(shared: &Shared) -> String {
     let doc = status(shared);
     let mut out = String::new();
     let mut metric = |name: &str, help: &str, kind: &str, samples: &[(String, f64)]| {
-        let _ = writeln!(out, "# HELP viridian_{name} {help}\n# TYPE viridian_{name} {kind}");
+        let _ = writeln!(
+            out,
+            "# HELP viridian_{name} {help}\n# TYPE viridian_{name} {kind}"
+        );
         for (labels, value) in samples {
             let _ = writeln!(out, "viridian_{name}{labels} {value}");
         }
@@ -178,7 +188,12 @@ pub fn metrics(shared: &Shared) -> String {
             ));
         }
     }
-    metric("user_exits_total", "vCPU exits to user space, by reason.", "counter", &exits);
+    metric(
+        "user_exits_total",
+        "vCPU exits to user space, by reason.",
+        "counter",
+        &exits,
+    );
     let disk = |field: &str| -> Vec<(String, f64)> {
         doc["disks"]
             .as_array()
@@ -192,8 +207,18 @@ pub fn metrics(shared: &Shared) -> String {
             })
             .collect()
     };
-    metric("disk_requests_total", "SCSI requests of the disk's controller.", "counter", &disk("requests"));
-    metric("disk_bytes_total", "Data bytes moved by the disk's controller.", "counter", &disk("bytes"));
+    metric(
+        "disk_requests_total",
+        "SCSI requests of the disk's controller.",
+        "counter",
+        &disk("requests"),
+    );
+    metric(
+        "disk_bytes_total",
+        "Data bytes moved by the disk's controller.",
+        "counter",
+        &disk("bytes"),
+    );
     let hb = &doc["heartbeat"];
     if !hb.is_null() {
         metric(
@@ -206,14 +231,20 @@ pub fn metrics(shared: &Shared) -> String {
             "heartbeat_healthy",
             "1 while the guest answers heartbeats in time.",
             "gauge",
-            &[(String::new(), f64::from(u8::from(hb["health"] == "healthy")))],
+            &[(
+                String::new(),
+                f64::from(u8::from(hb["health"] == "healthy")),
+            )],
         );
     }
     metric(
         "device_failures_total",
         "Device threads that failed.",
         "counter",
-        &[(String::new(), doc["device_failures"].as_array().map_or(0, Vec::len) as f64)],
+        &[(
+            String::new(),
+            doc["device_failures"].as_array().map_or(0, Vec::len) as f64,
+        )],
     );
     out
 }
