@@ -1,4 +1,4 @@
-//! The viridian testbed: boots our guest kernel (`testbed/guest`, built by this crate's build script) on
+//! The viridian testbed: boots our guest kernel (`testbed/guest`, embedded by `guest-image`) on
 //! hypervisor-lite with the Hyper-V enlightenments and the host VMBus service, runs scenarios in it and
 //! measures mode transitions.
 //!
@@ -13,6 +13,6 @@ pub mod vm;
 
 pub use vm::{GuestRun, GuestVm, GuestVmConfig};
 
-/// The guest kernel ELF built by `build.rs`, embedded in the binary: an installed `testbed` needs no file
-/// from its build directory at run time.
-pub static GUEST_ELF: &[u8] = include_bytes!(env!("VIRIDIAN_GUEST_ELF"));
+/// The guest kernel ELF, embedded in the binary: an installed `testbed` needs no file from its build
+/// directory at run time.
+pub use guest_image::GUEST_ELF;

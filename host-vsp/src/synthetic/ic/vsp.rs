@@ -22,6 +22,11 @@ pub struct IcState {
     pub negotiated: bool,
     /// Heartbeats to send in total and per burst (heartbeat VSP).
     pub plan: Option<(u64, u64)>,
+    /// Send one heartbeat per interval for as long as the channel is open (heartbeat VSP of a
+    /// long-running guest), each once the previous one was answered.
+    pub heartbeat_every: Option<Duration>,
+    /// When the guest last answered a heartbeat correctly.
+    pub last_answered: Option<Instant>,
     /// Heartbeats sent.
     pub heartbeats_sent: u64,
     /// Heartbeats the guest answered correctly.
@@ -112,6 +117,18 @@ impl IcVsp {
         }
     }
 
+    /// The heartbeat IC of a long-running guest: one heartbeat every `interval` once negotiated
+    /// (the next only once the previous was answered), for as long as the channel is open.
+    pub fn heartbeat_every(instance: Guid, interval: Duration) -> Self {
+        let control = Arc::new(IcControl::default());
+        control.update(|s| s.heartbeat_every = Some(interval));
+        Self {
+            service: IcService::Heartbeat,
+            instance,
+            control,
+        }
+    }
+
     /// The shutdown IC.
     pub fn shutdown(instance: Guid) -> Self {
         Self {
@@ -167,6 +184,7 @@ impl VmbusDevice for IcVsp {
         let mut packet = vec![0u8; MAX_REQUEST + 64];
         let mut ids = TransIds(0);
         let mut shutdown_sent = false;
+        let mut last_periodic: Option<Instant> = None;
         self.control.update(|s| s.serving = true);
         let Ok(n) = host.negotiate_request(&mut request) else {
             return;
@@ -204,7 +222,10 @@ impl VmbusDevice for IcVsp {
                                 s.negotiated = true;
                                 s.channel_at_negotiated = stats;
                             }
-                            Ok(IcHostEvent::HeartbeatAnswered(_)) => s.heartbeats_answered += 1,
+                            Ok(IcHostEvent::HeartbeatAnswered(_)) => {
+                                s.heartbeats_answered += 1;
+                                s.last_answered = Some(Instant::now());
+                            }
                             Ok(IcHostEvent::ShutdownAcknowledged) => s.shutdown_acknowledged = true,
                             Err(e) => errors.push(e),
                         }
@@ -240,6 +261,23 @@ impl VmbusDevice for IcVsp {
                             s.heartbeats_sent += requests.len() as u64;
                             s.bursts += 1;
                         });
+                    }
+                }
+                if let Some(every) = state.heartbeat_every {
+                    if last_periodic.is_none_or(|t| t.elapsed() >= every) {
+                        match host.heartbeat_request(&mut request) {
+                            Ok((n, _)) => {
+                                last_periodic = Some(Instant::now());
+                                if !self.send_batch(&mut channel, &mut ids, &[&request[..n]]) {
+                                    return self.idle(&mut channel);
+                                }
+                                self.control.update(|s| {
+                                    s.heartbeats_sent += 1;
+                                    s.bursts += 1;
+                                });
+                            }
+                            Err(e) => self.fail(e),
+                        }
                     }
                 }
                 if state.shutdown_requested && !shutdown_sent && self.service == IcService::Shutdown

@@ -196,8 +196,8 @@ fn expect(what: &str, got: u16, want: u16) -> Outcome {
 
 /// Counters of the IC service loop.
 #[derive(Default)]
-struct IcStats {
-    heartbeats: u64,
+pub(super) struct IcStats {
+    pub(super) heartbeats: u64,
     batches: u64,
     wakeups: u64,
 }
@@ -267,7 +267,7 @@ fn serve_ics(conn: &mut VmbusConnection<'_, Kernel>) -> Outcome {
 
 /// Drain one channel completely (interrupts masked while draining, unmasked and re-checked before
 /// replying), then queue every reply. Returns the requests served and whether one was a shutdown.
-fn serve_batch(
+pub(super) fn serve_batch(
     channel: &mut Channel,
     driver: &mut IcDriver,
     buf: &mut [u8],

@@ -1,5 +1,5 @@
 //! Builds the guest kernel (`testbed/guest`, its own workspace: it must never share feature unification
-//! with host crates) as a freestanding release ELF and tells the testbed where it is
+//! with host crates) as a freestanding release ELF and tells this crate where it is
 //! (`VIRIDIAN_GUEST_ELF`), which embeds it (`include_bytes!`): nothing of the build directory is read at
 //! run time.
 
@@ -10,7 +10,11 @@ fn main() {
     let manifest_dir =
         PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let guest = manifest_dir.join("guest");
+    let root = manifest_dir
+        .parent()
+        .expect("guest-image lives inside the workspace")
+        .to_path_buf();
+    let guest = root.join("testbed").join("guest");
     let target_dir = out_dir.join("guest-target");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
 
@@ -44,14 +48,16 @@ fn main() {
 
     let elf = target_dir.join("release").join("viridian-guest");
     println!("cargo:rustc-env=VIRIDIAN_GUEST_ELF={}", elf.display());
-    let root = manifest_dir
-        .parent()
-        .expect("testbed lives inside the workspace");
+    // Every crate the guest kernel links, so that a change to any of them rebuilds it.
     for dir in [
         "testbed/guest/src",
+        "testbed/workload/src",
+        "testbed/probe-protocol/src",
+        "testbed/guest-abi/src",
         "guest-drivers/src",
         "vmbus/src",
         "ic-protocol/src",
+        "storvsp-protocol/src",
     ] {
         rerun_for_tree(&root.join(dir));
     }
@@ -59,8 +65,13 @@ fn main() {
         "testbed/guest/Cargo.toml",
         "testbed/guest/link.ld",
         "testbed/guest/build.rs",
+        "testbed/workload/Cargo.toml",
+        "testbed/probe-protocol/Cargo.toml",
+        "testbed/guest-abi/Cargo.toml",
         "guest-drivers/Cargo.toml",
         "vmbus/Cargo.toml",
+        "ic-protocol/Cargo.toml",
+        "storvsp-protocol/Cargo.toml",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(file).display());
     }

@@ -1,0 +1,250 @@
+//! What `ctl status` and `ctl metrics` report: one [`status`] JSON document (state, uptime, per-vCPU
+//! exits by reason, per-channel state and counters, per-controller disk I/O, heartbeat health) and the
+//! same numbers in the Prometheus text format ([`metrics`]).
+
+use std::fmt::Write;
+use std::time::Instant;
+
+use host_vsp::vmbus_service::ChannelState;
+use serde_json::{json, Value};
+
+use crate::machine::Shared;
+
+fn channel_state(shared: &Shared, relid: u32) -> &'static str {
+    match shared.vmbus.channel_state(relid) {
+        Some(ChannelState::Offered) => "offered",
+        Some(ChannelState::Open) => "open",
+        Some(ChannelState::Rescinded) => "rescinded",
+        None => "gone",
+    }
+}
+
+fn failed(shared: &Shared, relid: u32) -> Option<String> {
+    shared
+        .vmbus
+        .failures()
+        .into_iter()
+        .find(|f| f.relid == relid)
+        .map(|f| f.what)
+}
+
+/// Heartbeat health: `healthy` while the guest answered within three intervals (or, before its
+/// first answer, within ten seconds of the start), `late` otherwise.
+fn heartbeat(shared: &Shared) -> Value {
+    let Some(ic) = &shared.heartbeat else {
+        return Value::Null;
+    };
+    let s = ic.snapshot();
+    let now = Instant::now();
+    let since_start = shared
+        .started
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .map(|t| now - t)
+        .unwrap_or_default();
+    let since_answer = s.last_answered.map(|t| now - t);
+    let limit = shared.heartbeat_interval * 3;
+    let health = match since_answer {
+        Some(age)
+            if age <= limit.max(shared.heartbeat_interval + std::time::Duration::from_secs(1)) =>
+        {
+            "healthy"
+        }
+        None if since_start <= std::time::Duration::from_secs(10) => "starting",
+        _ => "late",
+    };
+    json!({
+        "health": health,
+        "negotiated": s.negotiated,
+        "sent": s.heartbeats_sent,
+        "answered": s.heartbeats_answered,
+        "last_answer_ms_ago": since_answer.map(|d| d.as_millis() as u64),
+        "errors": s.errors,
+        "channel": channel_json(&s.channel),
+    })
+}
+
+fn channel_json(c: &host_vsp::vmbus_service::HostChannelStats) -> Value {
+    json!({
+        "guest_signals": c.guest_signals,
+        "interrupts": c.interrupts,
+        "coalesced": c.coalesced,
+        "wakeups": c.wakeups,
+    })
+}
+
+/// The status document.
+pub fn status(shared: &Shared) -> Value {
+    let uptime = shared
+        .started
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .map(|t| t.elapsed().as_secs_f64())
+        .unwrap_or(0.0);
+    let stats = shared.probe.snapshot();
+    let vcpus: Vec<Value> = stats
+        .vcpus
+        .iter()
+        .map(|v| {
+            let u = &v.user_exits;
+            json!({
+                "vp_index": v.vp_index,
+                "user_exits": {
+                    "io": u.io, "mmio": u.mmio, "msr_read": u.msr_read, "msr_write": u.msr_write,
+                    "hlt": u.hlt, "shutdown": u.shutdown, "internal_error": u.internal_error,
+                    "fail_entry": u.fail_entry, "interrupted": u.interrupted,
+                    "system_event": u.system_event, "other": u.other,
+                },
+                "kvm_exits": v.kvm_exits,
+                "halt_exits": v.halt_exits,
+                "irq_injections": v.irq_injections,
+            })
+        })
+        .collect();
+    let mut channels = Vec::new();
+    let mut disks = Vec::new();
+    for c in shared.controllers().iter() {
+        let s = *c.stats.lock().unwrap_or_else(|e| e.into_inner());
+        channels.push(json!({
+            "relid": c.relid,
+            "device": "storvsp",
+            "controller": c.index,
+            "state": channel_state(shared, c.relid),
+            "failed": failed(shared, c.relid),
+            "packets": s.worker.packets,
+            "counters": channel_json(&s.channel),
+        }));
+        for (name, lun, path, read_only) in &c.disks {
+            disks.push(json!({
+                "name": name,
+                "path": path,
+                "controller": c.index,
+                "lun": lun,
+                "read_only": read_only,
+                "relid": c.relid,
+                // storvsp counts per controller: a controller's disks share these.
+                "requests": s.worker.requests,
+                "failed_requests": s.worker.failed_requests,
+                "bytes": s.worker.bytes,
+            }));
+        }
+    }
+    for (name, ic) in [
+        ("heartbeat", &shared.heartbeat),
+        ("shutdown", &shared.shutdown),
+    ] {
+        if let Some(ic) = ic {
+            let s = ic.snapshot();
+            channels.push(json!({
+                "device": name,
+                "state": if s.serving { "open" } else { "offered" },
+                "counters": channel_json(&s.channel),
+            }));
+        }
+    }
+    let failures: Vec<Value> = shared
+        .vmbus
+        .failures()
+        .into_iter()
+        .map(|f| json!({"relid": f.relid, "device": f.device, "what": f.what}))
+        .collect();
+    json!({
+        "state": shared.state().name(),
+        "uptime_s": uptime,
+        "vcpus": vcpus,
+        "channels": channels,
+        "disks": disks,
+        "heartbeat": heartbeat(shared),
+        "device_failures": failures,
+    })
+}
+
+/// The same numbers in the Prometheus text exposition format.
+pub fn metrics(shared: &Shared) -> String {
+    let doc = status(shared);
+    let mut out = String::new();
+    let mut metric = |name: &str, help: &str, kind: &str, samples: &[(String, f64)]| {
+        let _ = writeln!(
+            out,
+            "# HELP viridian_{name} {help}\n# TYPE viridian_{name} {kind}"
+        );
+        for (labels, value) in samples {
+            let _ = writeln!(out, "viridian_{name}{labels} {value}");
+        }
+    };
+    metric(
+        "uptime_seconds",
+        "Seconds since the guest started.",
+        "gauge",
+        &[(String::new(), doc["uptime_s"].as_f64().unwrap_or(0.0))],
+    );
+    let mut exits = Vec::new();
+    for v in doc["vcpus"].as_array().into_iter().flatten() {
+        let vp = v["vp_index"].as_u64().unwrap_or(0);
+        for (reason, n) in v["user_exits"].as_object().into_iter().flatten() {
+            exits.push((
+                format!("{{vcpu=\"{vp}\",reason=\"{reason}\"}}"),
+                n.as_f64().unwrap_or(0.0),
+            ));
+        }
+    }
+    metric(
+        "user_exits_total",
+        "vCPU exits to user space, by reason.",
+        "counter",
+        &exits,
+    );
+    let disk = |field: &str| -> Vec<(String, f64)> {
+        doc["disks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|d| {
+                (
+                    format!("{{disk=\"{}\"}}", d["name"].as_str().unwrap_or("")),
+                    d[field].as_f64().unwrap_or(0.0),
+                )
+            })
+            .collect()
+    };
+    metric(
+        "disk_requests_total",
+        "SCSI requests of the disk's controller.",
+        "counter",
+        &disk("requests"),
+    );
+    metric(
+        "disk_bytes_total",
+        "Data bytes moved by the disk's controller.",
+        "counter",
+        &disk("bytes"),
+    );
+    let hb = &doc["heartbeat"];
+    if !hb.is_null() {
+        metric(
+            "heartbeats_answered_total",
+            "Heartbeats the guest answered.",
+            "counter",
+            &[(String::new(), hb["answered"].as_f64().unwrap_or(0.0))],
+        );
+        metric(
+            "heartbeat_healthy",
+            "1 while the guest answers heartbeats in time.",
+            "gauge",
+            &[(
+                String::new(),
+                f64::from(u8::from(hb["health"] == "healthy")),
+            )],
+        );
+    }
+    metric(
+        "device_failures_total",
+        "Device threads that failed.",
+        "counter",
+        &[(
+            String::new(),
+            doc["device_failures"].as_array().map_or(0, Vec::len) as f64,
+        )],
+    );
+    out
+}

@@ -1,0 +1,344 @@
+//! The `viridian` binary as its users run it, on real KVM: a guest with two disks and the ICs,
+//! managed through `viridian ctl` (status, heartbeat health, disk hot-add with verified I/O in the
+//! guest, rescind, graceful shutdown), SIGTERM, config errors (exit 2), a guest that fails (exit 3)
+//! and one that crashes (exit 4).
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_viridian");
+/// Longest any step waits (a loaded CI machine boots slowly).
+const STEP: Duration = Duration::from_secs(60);
+
+/// A running `viridian run` whose log lines arrive on a channel; killed on drop.
+struct Service {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+    socket: PathBuf,
+}
+
+impl Service {
+    fn start(config: &Path, socket: &Path) -> Self {
+        let mut child = Command::new(BIN)
+            .arg("run")
+            .arg(config)
+            .arg("--api-socket")
+            .arg(socket)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting viridian");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[viridian] {line}");
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+            socket: socket.to_path_buf(),
+        }
+    }
+
+    /// Waits for a log line containing `needle`; returns it.
+    fn wait_line(&mut self, needle: &str) -> String {
+        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        let deadline = Instant::now() + STEP;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => panic!("no log line with `{needle}` in {STEP:?}"),
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("viridian ended before logging `{needle}`")
+                }
+            }
+        }
+    }
+
+    fn ctl(&self, args: &[&str]) -> String {
+        let out = Command::new(BIN)
+            .arg("ctl")
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("running viridian ctl");
+        assert!(
+            out.status.success(),
+            "ctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    }
+
+    fn status(&self) -> Value {
+        serde_json::from_str(&self.ctl(&["status"])).expect("status is JSON")
+    }
+
+    fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + STEP;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for viridian") {
+                // Collect what is left of the log.
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                    self.seen.push(line);
+                }
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "viridian did not exit in {STEP:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(dir: &Path, body: &str) -> PathBuf {
+    let path = dir.join("guest.toml");
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+/// A raw image whose first 64 KiB hold a pattern; returns its FNV-1a hash as the guest prints it.
+fn image_with_pattern(path: &Path, mib: u64, seed: u8) -> String {
+    let mut bytes = vec![0u8; (mib << 20) as usize];
+    for (i, b) in bytes.iter_mut().take(64 << 10).enumerate() {
+        *b = (i as u8).wrapping_mul(31).wrapping_add(seed);
+    }
+    std::fs::write(path, &bytes).unwrap();
+    let hash = bytes[..64 << 10]
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    format!("{hash:016x}")
+}
+
+fn kvm() -> bool {
+    hypervisor_lite::testing::kvm_or_skip()
+}
+
+#[test]
+fn two_disks_heartbeat_hot_add_verified_rescind_and_graceful_shutdown_through_ctl() {
+    if !kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let hash_a = image_with_pattern(&dir.path().join("a.img"), 4, 1);
+    let hash_b = image_with_pattern(&dir.path().join("b.img"), 4, 2);
+    let config = write_config(
+        dir.path(),
+        "[guest]\ncmdline = \"serve:verify-writes\"\nmemory_mib = 64\n\
+         [ic]\nheartbeat_interval_ms = 100\n\
+         [[disk]]\nname = \"a\"\npath = \"a.img\"\n\
+         [[disk]]\nname = \"b\"\npath = \"b.img\"\n",
+    );
+    let socket = dir.path().join("api.sock");
+    let mut service = Service::start(&config, &socket);
+    // The guest checks both disks: what it read is what the images hold.
+    assert!(service.wait_line("serve-disk relid=1 ").contains(&hash_a));
+    assert!(service.wait_line("serve-disk relid=2 ").contains(&hash_b));
+    service.wait_line("serve-disk-verified relid=2");
+
+    // Heartbeats at 100 ms: within a few seconds the guest has answered several.
+    let deadline = Instant::now() + STEP;
+    let status = loop {
+        let status = service.status();
+        if status["heartbeat"]["answered"].as_u64().unwrap_or(0) >= 5 {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "heartbeats not answered: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status["state"], "running");
+    assert_eq!(status["heartbeat"]["health"], "healthy", "{status}");
+    assert_eq!(status["heartbeat"]["errors"], 0);
+    let disks = status["disks"].as_array().unwrap();
+    assert_eq!(disks.len(), 2);
+    assert_eq!(disks[0]["name"], "a");
+    assert_eq!(disks[1]["name"], "b");
+    // Each disk: read 64 KiB, write 64 KiB, flush, read 64 KiB back, after INQUIRY-free open
+    // (read capacity): at least the 3 data transfers moved their bytes.
+    for d in disks {
+        assert!(d["bytes"].as_u64().unwrap() >= 3 * (64 << 10), "{d}");
+        assert_eq!(d["failed_requests"], 0, "{d}");
+    }
+    assert_eq!(status["vcpus"].as_array().unwrap().len(), 1);
+    assert!(status["device_failures"].as_array().unwrap().is_empty());
+
+    // Hot-add a third disk: the guest sees it, checks it and verifies a write.
+    let hash_c = image_with_pattern(&dir.path().join("c.img"), 4, 3);
+    let added: Value = serde_json::from_str(&service.ctl(&[
+        "disk",
+        "add",
+        "c",
+        dir.path().join("c.img").to_str().unwrap(),
+    ]))
+    .unwrap();
+    let relid = added["relid"].as_u64().unwrap();
+    assert!(service
+        .wait_line(&format!("serve-disk relid={relid} "))
+        .contains(&hash_c));
+    let verified = service.wait_line(&format!("serve-disk-verified relid={relid}"));
+    let lba: u64 = verified
+        .rsplit("lba=")
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let image = std::fs::read(dir.path().join("c.img")).unwrap();
+    let at = (lba * 512) as usize;
+    assert!(
+        image[at..].starts_with(format!("viridian relid {relid} block 0\n").as_bytes()),
+        "the guest's verified write is in the image"
+    );
+    assert_eq!(service.status()["disks"].as_array().unwrap().len(), 3);
+
+    // Remove it: the guest sees the rescind.
+    service.ctl(&["disk", "remove", "c"]);
+    service.wait_line(&format!("serve-disk-rescinded relid={relid}"));
+    assert_eq!(service.status()["disks"].as_array().unwrap().len(), 2);
+
+    let metrics = service.ctl(&["metrics"]);
+    assert!(
+        metrics.contains("viridian_heartbeat_healthy 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("viridian_disk_bytes_total{disk=\"a\"}"),
+        "{metrics}"
+    );
+
+    // Graceful shutdown through the IC: the guest acknowledges and powers off, status 0.
+    let answer = service.ctl(&["shutdown"]);
+    assert!(answer.contains("shut-down"), "{answer}");
+    service.wait_line("serve-shutdown");
+    let exit = service.wait_exit();
+    assert_eq!(exit.code(), Some(0), "exit status");
+    assert!(!socket.exists(), "the API socket is removed at exit");
+}
+
+#[test]
+fn sigterm_shuts_the_guest_down_through_the_ic_and_exits_0() {
+    if !kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[guest]\nmemory_mib = 64\n[[disk]]\npath = \"new.img\"\ncreate_size_mib = 1\n",
+    );
+    let mut service = Service::start(&config, &dir.path().join("api.sock"));
+    service.wait_line("serve-disk relid=1 ");
+    let pid = service.child.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    service.wait_line("serve-shutdown");
+    assert_eq!(service.wait_exit().code(), Some(0));
+    // The created image is sparse and of the asked size.
+    let meta = std::fs::metadata(dir.path().join("new.img")).unwrap();
+    assert_eq!(meta.len(), 1 << 20);
+}
+
+fn run_to_exit(dir: &Path, config_body: &str) -> (Option<i32>, String) {
+    let config = write_config(dir, config_body);
+    let mut child = Command::new(BIN)
+        .arg("run")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    (status.code(), stderr)
+}
+
+#[test]
+fn config_errors_exit_2_naming_the_key_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stderr) = run_to_exit(dir.path(), "[[disk]]\npath = \"missing.img\"\n");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("`disk[0].path`"), "{stderr}");
+    assert!(stderr.contains("missing.img does not exist"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one message: {stderr}");
+
+    let (code, stderr) = run_to_exit(dir.path(), "[guest]\nmemroy_mib = 64\n");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("unknown field `memroy_mib`"), "{stderr}");
+    assert!(stderr.contains("line 2"), "{stderr}");
+
+    let missing = Command::new(BIN)
+        .args(["run", "/nonexistent/viridian.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains("cannot read /nonexistent/viridian.toml"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_guest_that_reports_failure_exits_3_and_one_that_triple_faults_exits_4() {
+    if !kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stderr) = run_to_exit(
+        dir.path(),
+        "[guest]\ncmdline = \"no-such-scenario\"\nmemory_mib = 64\n",
+    );
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("reporting failure (code 1)"), "{stderr}");
+
+    let triple = hypervisor_lite::testing::guest_elf("triple");
+    let (code, stderr) = run_to_exit(
+        dir.path(),
+        &format!(
+            "[guest]\nkernel = \"{}\"\nmemory_mib = 16\n[ic]\nheartbeat = false\nshutdown = false\n",
+            triple.display()
+        ),
+    );
+    assert_eq!(code, Some(4), "{stderr}");
+    assert!(stderr.contains("triple-faulted"), "{stderr}");
+}
