@@ -85,12 +85,27 @@ struct Member {
     clock: libc::clockid_t,
 }
 
-#[derive(Debug, Default)]
+/// What every member thread runs first (e.g. installing its seccomp filter); an error stops the
+/// thread before it runs any device code.
+pub type ThreadStartHook = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+#[derive(Default)]
 struct Registry {
     next_id: u64,
     live: BTreeMap<u64, Member>,
     exited_cpu: Duration,
     exited: u64,
+    on_start: Option<ThreadStartHook>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("live", &self.live)
+            .field("exited", &self.exited)
+            .field("on_start", &self.on_start.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The threads serving one partition's devices (see the module docs). Clones share the registry.
@@ -167,6 +182,18 @@ impl DeviceThreads {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Run `hook` first in every thread that joins from now on, with the thread's name (the
+    /// host service confines its device threads this way). A hook that fails makes the thread
+    /// panic before it runs any device code: the VMBus service reports and contains that as it
+    /// does any device failure.
+    pub fn on_thread_start(&self, hook: ThreadStartHook) {
+        self.lock().on_start = Some(hook);
+    }
+
+    fn start_hook(&self) -> Option<ThreadStartHook> {
+        self.lock().on_start.clone()
+    }
+
     /// Add the calling thread (until the membership is dropped, on this thread).
     fn join_current(&self, name: String) -> io::Result<Membership> {
         let clock = own_clock()?;
@@ -235,6 +262,15 @@ where
                 }
             });
             let entered = threads.as_ref().map(DeviceThreads::enter);
+            if let Some(hook) = threads.as_ref().and_then(DeviceThreads::start_hook) {
+                let name = std::thread::current()
+                    .name()
+                    .unwrap_or("device")
+                    .to_string();
+                if let Err(e) = hook(&name) {
+                    panic!("thread {name} did not start: {e}");
+                }
+            }
             let out = f();
             drop(entered);
             drop(member);
@@ -357,5 +393,40 @@ mod tests {
         let cpu = threads.cpu();
         assert_eq!((cpu.live, cpu.exited), (0, 1));
         assert!(cpu.total >= Duration::from_millis(2));
+    }
+
+    #[test]
+    fn the_start_hook_runs_first_in_every_member_and_a_failing_one_stops_the_thread() {
+        let threads = DeviceThreads::new();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let hook_seen = seen.clone();
+        threads.on_thread_start(Arc::new(move |name: &str| {
+            hook_seen.lock().unwrap().push(name.to_string());
+            if name == "refused" {
+                Err("no filter".to_string())
+            } else {
+                Ok(())
+            }
+        }));
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let (r1, r2) = (ran.clone(), ran.clone());
+        let ok = spawn_in(Some(&threads), "fine", move || {
+            r1.lock().unwrap().push("fine")
+        })
+        .unwrap();
+        ok.join().unwrap();
+        let refused = spawn_in(Some(&threads), "refused", move || {
+            r2.lock().unwrap().push("refused")
+        })
+        .unwrap();
+        assert!(refused.join().is_err(), "a failed hook panics the thread");
+        // Outside the registry, no hook.
+        spawn_in(None, "outside", || ()).unwrap().join().unwrap();
+        assert_eq!(*seen.lock().unwrap(), ["fine", "refused"]);
+        assert_eq!(
+            *ran.lock().unwrap(),
+            ["fine"],
+            "device code never ran after a failed hook"
+        );
     }
 }

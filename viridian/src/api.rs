@@ -25,6 +25,7 @@ use serde_json::json;
 use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::config::{DiskConfig, MAX_CONTROLLERS};
+use crate::confine::{Confinement, Kind};
 use crate::machine::{controller_device, Controller, RunState, Shared};
 
 /// Largest request body read.
@@ -54,8 +55,9 @@ pub struct Api {
 }
 
 impl Api {
-    /// Listens on `path` (a stale socket nobody serves is replaced; a live one is an error).
-    pub fn start(path: &Path, shared: Arc<Shared>) -> Result<Self> {
+    /// Listens on `path` (a stale socket nobody serves is replaced; a live one is an error). The
+    /// API threads are confined as [`Kind::Api`] before the socket is made.
+    pub fn start(path: &Path, shared: Arc<Shared>, confine: Confinement) -> Result<Self> {
         if path.exists() {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
                 bail!("{} is served by another process", path.display());
@@ -63,17 +65,34 @@ impl Api {
             std::fs::remove_file(path)
                 .with_context(|| format!("removing the stale socket {}", path.display()))?;
         }
-        let server = Server::http_unix(path)
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .with_context(|| format!("listening on {}", path.display()))?;
         let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = {
             let stop = stop.clone();
+            let path = path.to_path_buf();
             std::thread::Builder::new()
                 .name("viridian-api".into())
-                .spawn(move || serve(server, shared, &stop))
+                .spawn(move || {
+                    if let Err(e) = confine.confine(Kind::Api) {
+                        let _ = ready_tx.send(Err(anyhow::Error::new(e)));
+                        return;
+                    }
+                    match Server::http_unix(&path) {
+                        Ok(server) => {
+                            let _ = ready_tx.send(Ok(()));
+                            serve(server, shared, &stop);
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(anyhow::anyhow!("{e}")));
+                        }
+                    }
+                })
                 .context("starting the API thread")?
         };
+        ready_rx
+            .recv()
+            .context("the API thread ended before listening")?
+            .with_context(|| format!("listening on {}", path.display()))?;
         tracing::info!(socket = %path.display(), "API listening");
         Ok(Self {
             path: path.to_path_buf(),
@@ -256,7 +275,6 @@ fn remove_disk(shared: &Shared, name: &str) -> Result<u32> {
         .with_context(|| format!("rescinding relid {relid}"))?;
     let controller = controllers.remove(at);
     for backend in &controller.backends {
-        use host_vsp::backend::BlockBackend;
         backend
             .flush()
             .with_context(|| format!("flushing disk `{name}`"))?;

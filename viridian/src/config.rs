@@ -62,6 +62,9 @@ pub struct Config {
     /// Integration components.
     #[serde(default)]
     pub ic: IcConfig,
+    /// Confinement.
+    #[serde(default)]
+    pub security: SecurityConfig,
     /// Disks, each a synthetic SCSI LUN.
     #[serde(default, rename = "disk")]
     pub disks: Vec<DiskConfig>,
@@ -126,6 +129,29 @@ impl Default for LogConfig {
         Self {
             level: info(),
             json: false,
+        }
+    }
+}
+
+/// `[security]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Run every thread under its seccomp filter.
+    #[serde(default = "yes")]
+    pub seccomp: bool,
+    /// Drop to this user (name or id) once /dev/kvm and the images are open.
+    pub user: Option<String>,
+    /// ... and this group (default: the user's).
+    pub group: Option<String>,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            seccomp: true,
+            user: None,
+            group: None,
         }
     }
 }

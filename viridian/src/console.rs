@@ -11,6 +11,8 @@ use std::time::Duration;
 use hypervisor_lite::serial::SerialOutput;
 use hypervisor_lite::GuestRam;
 
+use crate::confine::{Confinement, Kind};
+
 /// Longest line forwarded (the rest is cut).
 pub const MAX_LINE: usize = 1024;
 /// Lines forwarded per poll at most (the rest wait for the next poll).
@@ -68,14 +70,22 @@ pub struct Console {
 }
 
 impl Console {
-    /// Starts forwarding.
-    pub fn start(ram: GuestRam, serial: SerialOutput) -> std::io::Result<Self> {
+    /// Starts forwarding, confined as [`Kind::Console`].
+    pub fn start(
+        ram: GuestRam,
+        serial: SerialOutput,
+        confine: Confinement,
+    ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name("viridian-console".into())
                 .spawn(move || {
+                    if let Err(e) = confine.confine(Kind::Console) {
+                        tracing::error!("{e}: the guest console is not forwarded");
+                        return;
+                    }
                     let mut reader = Reader::default();
                     loop {
                         let last = stop.load(Ordering::Acquire);

@@ -72,7 +72,7 @@ pub struct Controller {
     /// Its disks: (name, LUN, image, read-only).
     pub disks: Vec<(String, u8, PathBuf, bool)>,
     /// Its backends, flushed at exit.
-    pub backends: Vec<Arc<FileDisk>>,
+    pub backends: Vec<Arc<dyn BlockBackend>>,
     /// Its channel's counters.
     pub stats: Arc<Mutex<StorvspDeviceStats>>,
 }
@@ -236,8 +236,11 @@ fn controller_instance(index: u32) -> Guid {
 const HEARTBEAT_INSTANCE: Guid = Guid::new(0x5649_5249, 0x4449, 0x414e, *b"HEARTBT\0");
 const SHUTDOWN_INSTANCE: Guid = Guid::new(0x5649_5249, 0x4449, 0x414e, *b"SHUTDWN\0");
 
+/// A configured disk and its opened backend.
+pub type OpenDisk<'a> = (&'a DiskConfig, Arc<dyn BlockBackend>);
+
 /// Opens (or creates) one configured disk.
-pub fn open_disk(disk: &DiskConfig) -> Result<Arc<FileDisk>> {
+pub fn open_disk(disk: &DiskConfig) -> Result<Arc<dyn BlockBackend>> {
     let name = Config::disk_name(disk);
     if let (Some(mib), false) = (disk.create_size_mib, disk.path.exists()) {
         // Sparse: blocks are allocated as the guest writes them.
@@ -251,18 +254,18 @@ pub fn open_disk(disk: &DiskConfig) -> Result<Arc<FileDisk>> {
     };
     let file = FileDisk::open(&disk.path, options)
         .with_context(|| format!("disk `{name}`: opening {}", disk.path.display()))?;
-    Ok(Arc::new(file))
+    Ok(crate::inject::wrap(name, Arc::new(file)))
 }
 
 /// The storvsp device of one controller with its disks.
 pub fn controller_device(
     index: u32,
-    disks: &[(&DiskConfig, Arc<FileDisk>)],
+    disks: &[OpenDisk<'_>],
 ) -> (StorvspDevice, Vec<(String, u8, PathBuf, bool)>) {
     let mut luns = LunMap::new();
     let mut names = Vec::new();
     for (disk, backend) in disks {
-        luns = luns.with_backend(disk.lun, backend.clone() as Arc<dyn BlockBackend>);
+        luns = luns.with_backend(disk.lun, backend.clone());
         names.push((
             Config::disk_name(disk).to_string(),
             disk.lun,
@@ -300,7 +303,7 @@ impl Machine {
         let vmbus = host_kvm::vmbus::start_vmbus(&hv, partition.ram(), &[], Vec::new())
             .context("starting the VMBus service")?;
 
-        let mut by_controller: BTreeMap<u32, Vec<(&DiskConfig, Arc<FileDisk>)>> = BTreeMap::new();
+        let mut by_controller: BTreeMap<u32, Vec<OpenDisk<'_>>> = BTreeMap::new();
         for disk in &config.disks {
             let backend = open_disk(disk)?;
             by_controller

@@ -15,8 +15,10 @@
 
 mod api;
 mod config;
+mod confine;
 mod console;
 mod ctl;
+mod inject;
 mod machine;
 mod status;
 
@@ -28,6 +30,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
+use crate::confine::{Confinement, Kind};
 use crate::machine::{Ending, Machine};
 
 #[derive(Debug, Parser)]
@@ -52,6 +55,12 @@ enum Command {
         /// Log one JSON object per line.
         #[arg(long)]
         log_json: bool,
+        /// Drop to this user (name or id) once /dev/kvm and the images are open.
+        #[arg(long)]
+        user: Option<String>,
+        /// ... and this group (default: the user's).
+        #[arg(long)]
+        group: Option<String>,
     },
     /// Manage a running service through its API socket.
     Ctl {
@@ -119,6 +128,8 @@ fn main() -> ExitCode {
             api_socket,
             log_level,
             log_json,
+            user,
+            group,
         } => {
             let mut config = match Config::load(&config) {
                 Ok(config) => config,
@@ -130,11 +141,35 @@ fn main() -> ExitCode {
             if let Some(socket) = api_socket {
                 config.api.socket = Some(socket);
             }
+            if user.is_some() {
+                config.security.user = user;
+            }
+            if group.is_some() {
+                config.security.group = group;
+            }
+            let identity = match &config.security.user {
+                Some(user) => match confine::identity(user, config.security.group.as_deref()) {
+                    Ok(identity) => Some(identity),
+                    Err(e) => {
+                        eprintln!("viridian: `security.user`: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                None if config.security.group.is_some() => {
+                    eprintln!("viridian: `security.group` needs `security.user`");
+                    return ExitCode::from(2);
+                }
+                None => None,
+            };
+            let confinement = confine::Confinement {
+                seccomp: config.security.seccomp,
+                identity,
+            };
             init_logging(
                 log_level.as_deref().unwrap_or(&config.log.level),
                 log_json || config.log.json,
             );
-            match run(&config) {
+            match run(&config, confinement) {
                 Ok(ending) => report(&ending),
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -186,15 +221,34 @@ fn init_logging(level: &str, json: bool) {
     }
 }
 
-fn run(config: &Config) -> Result<Ending> {
+fn run(config: &Config, confinement: Confinement) -> Result<Ending> {
+    // Every device thread (the VMBus service's and each channel's) is confined as it starts.
+    let threads = host_vsp::device_threads::DeviceThreads::new();
+    threads.on_thread_start(Arc::new(move |_name: &str| {
+        confinement.confine(Kind::Device).map_err(|e| e.to_string())
+    }));
+    let _registry = threads.enter();
     let mut machine = Machine::build(config)?;
     let shared = machine.shared();
     let _api = match &config.api.socket {
-        Some(path) => Some(api::Api::start(path, shared.clone())?),
+        Some(path) => {
+            let api = api::Api::start(path, shared.clone(), confinement)?;
+            if let Some(id) = confinement.identity {
+                std::os::unix::fs::chown(path, Some(id.uid), Some(id.gid))
+                    .with_context(|| format!("giving {} to the service's user", path.display()))?;
+            }
+            Some(api)
+        }
         None => None,
     };
-    let _console = console::Console::start(shared.ram.clone(), machine.serial())
+    let _console = console::Console::start(shared.ram.clone(), machine.serial(), confinement)
         .context("starting the console reader")?;
+    if let Some(identity) = confinement.identity {
+        confine::drop_privileges(identity)?;
+        tracing::info!(uid = identity.uid, gid = identity.gid, "dropped privileges");
+    }
+    // The main thread starts and waits for the vCPUs; they (and the signal thread) inherit this.
+    confinement.confine(Kind::Vcpu)?;
     {
         // SIGTERM and SIGINT: a graceful shutdown; a second one stops the guest hard.
         let shared = shared.clone();
@@ -216,6 +270,7 @@ fn run(config: &Config) -> Result<Ending> {
     tracing::info!(
         memory_mib = config.guest.memory_mib,
         disks = config.disks.len(),
+        seccomp = confinement.seccomp,
         "guest started"
     );
     machine.join()

@@ -25,11 +25,17 @@ struct Service {
 
 impl Service {
     fn start(config: &Path, socket: &Path) -> Self {
+        Self::start_with(config, socket, &[], &[])
+    }
+
+    fn start_with(config: &Path, socket: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(BIN)
             .arg("run")
             .arg(config)
             .arg("--api-socket")
             .arg(socket)
+            .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -111,6 +117,25 @@ impl Service {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+impl Service {
+    /// `Name:` lines of every thread's /proc status: (thread name, value).
+    fn thread_status(&self, field: &str) -> Vec<(String, String)> {
+        let tasks = format!("/proc/{}/task", self.child.id());
+        std::fs::read_dir(tasks)
+            .unwrap()
+            .filter_map(|t| {
+                let status = std::fs::read_to_string(t.ok()?.path().join("status")).ok()?;
+                let line = |key: &str| {
+                    status
+                        .lines()
+                        .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+                };
+                Some((line("Name:")?, line(field)?))
+            })
+            .collect()
     }
 }
 
@@ -196,6 +221,22 @@ fn two_disks_heartbeat_hot_add_verified_rescind_and_graceful_shutdown_through_ct
     }
     assert_eq!(status["vcpus"].as_array().unwrap().len(), 1);
     assert!(status["device_failures"].as_array().unwrap().is_empty());
+    // Every thread of the service — vCPU, device, API, console, signal — runs under a filter.
+    let seccomp = service.thread_status("Seccomp:");
+    assert!(seccomp.len() >= 8, "{seccomp:?}");
+    for name in [
+        "vcpu0",
+        "vmbus-service",
+        "vsp-heartbeat",
+        "viridian-api",
+        "viridian-consol",
+    ] {
+        assert!(
+            seccomp.iter().any(|(n, _)| n.starts_with(name)),
+            "no {name} thread: {seccomp:?}"
+        );
+    }
+    assert!(seccomp.iter().all(|(_, mode)| mode == "2"), "{seccomp:?}");
 
     // Hot-add a third disk: the guest sees it, checks it and verifies a write.
     let hash_c = image_with_pattern(&dir.path().join("c.img"), 4, 3);
@@ -341,4 +382,135 @@ fn a_guest_that_reports_failure_exits_3_and_one_that_triple_faults_exits_4() {
     );
     assert_eq!(code, Some(4), "{stderr}");
     assert!(stderr.contains("triple-faulted"), "{stderr}");
+}
+
+fn two_disk_config(dir: &Path) -> PathBuf {
+    image_with_pattern(&dir.join("a.img"), 4, 1);
+    image_with_pattern(&dir.join("b.img"), 4, 2);
+    write_config(
+        dir,
+        "[guest]\ncmdline = \"serve:verify-writes\"\nmemory_mib = 64\n\
+         [ic]\nheartbeat_interval_ms = 100\n\
+         [[disk]]\nname = \"a\"\npath = \"a.img\"\n\
+         [[disk]]\nname = \"b\"\npath = \"b.img\"\n",
+    )
+}
+
+/// Waits until the guest answered `more` heartbeats beyond what it had answered at the call.
+fn heartbeats_go_on(service: &Service, more: u64) -> Value {
+    let start = service.status()["heartbeat"]["answered"].as_u64().unwrap();
+    let deadline = Instant::now() + STEP;
+    loop {
+        let status = service.status();
+        if status["heartbeat"]["answered"].as_u64().unwrap() >= start + more {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "heartbeats stopped: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_device_thread_panic_is_contained_the_heartbeat_goes_on_and_status_shows_the_channel_failed() {
+    if !kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = two_disk_config(dir.path());
+    let mut service = Service::start_with(
+        &config,
+        &dir.path().join("api.sock"),
+        &[],
+        &[("VIRIDIAN_INJECT", "panic:b")],
+    );
+    service.wait_line("serve-disk-verified relid=1");
+    // b's first write panics its device thread: the service rescinds the channel, the guest gives
+    // the request up and goes on.
+    let failed = service.wait_line("serve-disk-failed relid=2");
+    assert!(failed.contains("rescinded"), "{failed}");
+    service.wait_line("serve-disk-rescinded relid=2");
+    let status = heartbeats_go_on(&service, 5);
+    assert_eq!(status["heartbeat"]["health"], "healthy", "{status}");
+    let failures = status["device_failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{status}");
+    assert_eq!(failures[0]["relid"], 2);
+    assert!(failures[0]["what"]
+        .as_str()
+        .unwrap()
+        .contains("injected device-thread panic"));
+    let b = status["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["relid"] == 2)
+        .unwrap()
+        .clone();
+    assert!(b["failed"].as_str().unwrap().contains("injected"), "{b}");
+    assert_ne!(b["state"], "open", "{b}");
+    service.ctl(&["shutdown"]);
+    assert_eq!(service.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn a_forbidden_syscall_from_a_device_thread_is_refused_and_only_its_request_fails() {
+    if !kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = two_disk_config(dir.path());
+    let mut service = Service::start_with(
+        &config,
+        &dir.path().join("api.sock"),
+        &[],
+        &[("VIRIDIAN_INJECT", "forbidden-syscall:b")],
+    );
+    service.wait_line("serve-disk-verified relid=1");
+    let refused = service.wait_line("injected forbidden syscall");
+    assert!(refused.contains("was refused"), "{refused}");
+    assert!(
+        refused.contains("vsp-storvsp"),
+        "on the device thread: {refused}"
+    );
+    service.wait_line("serve-disk-failed relid=2");
+    let status = heartbeats_go_on(&service, 3);
+    assert!(
+        status["device_failures"].as_array().unwrap().is_empty(),
+        "{status}"
+    );
+    service.ctl(&["shutdown"]);
+    assert_eq!(service.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn the_service_drops_to_an_unprivileged_user_once_its_files_are_open() {
+    if !kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = two_disk_config(dir.path());
+    let mut service = Service::start_with(
+        &config,
+        &dir.path().join("api.sock"),
+        &["--user", "65534", "--group", "65534"],
+        &[],
+    );
+    service.wait_line("dropped privileges");
+    service.wait_line("serve-disk-verified relid=2");
+    let uids = service.thread_status("Uid:");
+    assert!(!uids.is_empty());
+    for (name, uid) in &uids {
+        assert!(
+            uid.split_whitespace().all(|id| id == "65534"),
+            "thread {name} runs as {uid}"
+        );
+    }
+    for (name, gid) in service.thread_status("Gid:") {
+        assert!(
+            gid.split_whitespace().all(|id| id == "65534"),
+            "{name}: {gid}"
+        );
+    }
+    heartbeats_go_on(&service, 3);
+    service.ctl(&["shutdown"]);
+    assert_eq!(service.wait_exit().code(), Some(0));
 }

@@ -136,13 +136,14 @@ fn check_disk(conn: &mut Conn, relid: u32, verify_writes: bool) -> Outcome {
     let region = KERNEL
         .alloc_dma(CHECK_BYTES / guest_drivers::platform::PAGE_SIZE)
         .ok_or("no memory for the disk check")?;
-    let result = check_on(&mut disk, &region, relid, verify_writes);
+    let result = check_on(conn, &mut disk, &region, relid, verify_writes);
     KERNEL.free_dma(region);
     disk.close(conn).map_err(err)?;
     result
 }
 
 fn check_on(
+    conn: &mut Conn,
     disk: &mut StorvscDisk,
     region: &guest_drivers::platform::DmaRegion,
     relid: u32,
@@ -153,7 +154,7 @@ fn check_on(
     if disk.blocks() < span {
         return Err(format!("disk of {} blocks is too small", disk.blocks()));
     }
-    io(disk, false, 0, region)?;
+    io(conn, disk, false, 0, region)?;
     let mut data = vec![0u8; CHECK_BYTES];
     region.read(0, &mut data);
     println!(
@@ -165,10 +166,10 @@ fn check_on(
         let lba = disk.blocks() - span;
         let pattern = pattern(relid);
         region.write(0, &pattern);
-        io(disk, true, lba, region)?;
+        io(conn, disk, true, lba, region)?;
         disk.flush(&KERNEL).map_err(err)?;
         region.write(0, &vec![0u8; CHECK_BYTES]);
-        io(disk, false, lba, region)?;
+        io(conn, disk, false, lba, region)?;
         region.read(0, &mut data);
         if data != pattern {
             return Err(format!("relid {relid}: read back differs from what was written"));
@@ -188,8 +189,10 @@ pub fn pattern(relid: u32) -> Vec<u8> {
     bytes
 }
 
-/// One request on `region`, waited for.
+/// One request on `region`, waited for — or given up when the host rescinds the controller (a
+/// failed device's channel is rescinded, and its requests never complete).
 fn io(
+    conn: &mut Conn,
     disk: &mut StorvscDisk,
     write: bool,
     lba: u64,
@@ -200,6 +203,8 @@ fn io(
     disk.kick().map_err(err)?;
     let mut done: Vec<Completion> = Vec::with_capacity(1);
     loop {
+        // Read before looking, so a completion or rescind that lands after the look still wakes us.
+        let seen = Kernel.interrupt_total();
         disk.poll(&mut done).map_err(err)?;
         if let Some(c) = done.pop() {
             return c
@@ -207,7 +212,11 @@ fn io(
                 .map(|_| ())
                 .map_err(|e| format!("{} failed: {e:?}", if write { "write" } else { "read" }));
         }
-        disk.wait(&KERNEL);
+        conn.poll_messages().map_err(err)?;
+        if conn.is_rescinded(disk.relid()) {
+            return Err("the host rescinded the controller".into());
+        }
+        Kernel.wait_for_interrupt(seen);
     }
 }
 
