@@ -62,8 +62,8 @@ impl<M: RingMemory> NetvspWorker<M> {
             Ok(_) => {
                 // Only a refused reservation arms pending_send_sz; it publishes nothing.
                 match self.outbound.reserve(need) {
-                    Ok(writer) => {
-                        drop(writer);
+                    // Unfilled and uncommitted: the reservation publishes nothing.
+                    Ok(_unused) => {
                         self.outbound_blocked = false;
                         true
                     }

@@ -618,7 +618,6 @@ impl<M: RingMemory> NetvspWorker<M> {
                 }
             }
         };
-        let _channel = RndisChannelType(body.channel_type.get());
         let memory = self.memory.clone();
         let stream = match MessageStream::new(&memory, section, ranges) {
             Ok(stream) => stream,
