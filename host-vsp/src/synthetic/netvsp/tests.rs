@@ -5,10 +5,12 @@
 //! - [`init`]: version negotiation, buffers and every OID Linux queries and sets;
 //! - [`data`]: frames both ways, batching, section recycling, the packet filter, link indications;
 //! - [`hostile`]: bad sections, lengths, offsets and pages, floods, buffers torn down in use;
+//! - [`backpressure`]: a guest that stops reading its ring;
 //! - [`random`]: property tests of random NVSP and RNDIS input.
 
 mod guest;
 
+mod backpressure;
 mod data;
 mod hostile;
 mod init;

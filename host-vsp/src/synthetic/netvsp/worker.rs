@@ -279,7 +279,8 @@ impl<M: RingMemory> NetvspWorker<M> {
 
     fn drain(&mut self, r: &mut PollResult) {
         if !self.can_take_packets() {
-            r.more = matches!(self.inbound.available(), Ok(n) if n > 0);
+            // Waiting for ring room or for the guest to return sections: both end with a guest
+            // signal (pending_send_sz, a completion packet), so do not report more work to spin on.
             return;
         }
         self.inbound.mask_interrupts();

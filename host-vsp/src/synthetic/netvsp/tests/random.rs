@@ -25,10 +25,10 @@ fn ring(data: usize) -> Ring {
     r
 }
 
-struct Rig {
-    worker: NetvspWorker<Ring>,
-    to_host: RingProducer<Ring>,
-    from_host: RingConsumer<Ring>,
+pub(super) struct Rig {
+    pub(super) worker: NetvspWorker<Ring>,
+    pub(super) to_host: RingProducer<Ring>,
+    pub(super) from_host: RingConsumer<Ring>,
     memory: GuestMemoryMmap,
     net: MemoryNet,
 }
@@ -37,6 +37,11 @@ const SEND_GPA: u64 = 0x20000;
 
 impl Rig {
     fn new() -> Self {
+        Self::with_rings(64 * 1024, 64 * 1024)
+    }
+
+    /// A rig whose guest→host ring holds `inbound` and host→guest ring `outbound` data bytes.
+    pub(super) fn with_rings(inbound: usize, outbound: usize) -> Self {
         let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 * 4096)]).unwrap();
         let recv: Arc<dyn GuestBuffer> =
             Arc::new(ContiguousBuffer::new(memory.clone(), 0x10000, 0x10000, 1));
@@ -48,7 +53,7 @@ impl Rig {
             _ => None,
         });
         let (host_end, net) = MemoryNet::pair().unwrap();
-        let (a, b) = (ring(64 * 1024), ring(64 * 1024));
+        let (a, b) = (ring(inbound), ring(outbound));
         let worker = NetvspWorker::new(
             RingConsumer::new(a.clone()).unwrap(),
             RingProducer::new(b.clone()).unwrap(),
@@ -103,7 +108,7 @@ impl Rig {
             .unwrap();
     }
 
-    fn section(&mut self, index: u32, bytes: &[u8], size: u32) {
+    pub(super) fn section(&mut self, index: u32, bytes: &[u8], size: u32) {
         guest_memory::write(&self.memory, SEND_GPA + u64::from(index) * 6144, bytes).unwrap();
         self.nvsp(
             MessageType::SEND_RNDIS_PACKET,
@@ -116,7 +121,7 @@ impl Rig {
     }
 
     /// Polls until quiet; returns the completions read (transfer packets are completed).
-    fn poll_completions(&mut self) -> usize {
+    pub(super) fn poll_completions(&mut self) -> usize {
         let mut completions = 0;
         let mut buf = vec![0u8; 64 * 1024];
         for _ in 0..8 {
