@@ -4,7 +4,8 @@
 //!
 //! - [`vmbus_service`]: the VMBus service of one partition and its device model;
 //! - [`device_threads`]: which host threads serve a partition's devices, and their CPU time;
-//! - [`synthetic`]: the VSPs: storvsp (synthetic SCSI) and the integration components;
+//! - [`synthetic`]: the VSPs: storvsp (synthetic SCSI), netvsp (synthetic NIC) and the integration
+//!   components;
 //! - [`emulated`]: devices a guest drives register by register (the IDE disk);
 //! - [`virtio`]: virtio devices (virtio-blk over virtio-mmio);
 //! - [`backend`]: the disk backends every storage device serves from;

@@ -2,6 +2,7 @@
 //! notifications in both directions ([`ChannelSignals`]) and what the device model tells the device
 //! about it ([`ChannelContext`]).
 
+use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -283,6 +284,48 @@ impl ChannelSignals {
                 Wake::Signalled(n)
             }
             Err(_) => Wake::Timeout,
+        }
+    }
+
+    /// Like [`wait`](Self::wait), but also wakes when one of `extra` is readable (a backend's
+    /// receive fd, a host control event): returns what the channel saw and whether an extra fd is
+    /// readable. The extra fds are only polled, never read.
+    pub fn wait_with(&mut self, extra: &[&dyn AsRawFd], timeout: Duration) -> (Wake, bool) {
+        if self.is_stopped() {
+            return (Wake::Stopped, false);
+        }
+        let mut fds = Vec::with_capacity(1 + extra.len());
+        fds.push(libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&self.event),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        fds.extend(extra.iter().map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }));
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfds for the duration of the call; poll
+        // only reads the descriptors' readiness (a closed one reports POLLNVAL, harmlessly).
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if self.is_stopped() {
+            return (Wake::Stopped, false);
+        }
+        if ready <= 0 {
+            return (Wake::Timeout, false);
+        }
+        self.stats.wakeups += 1;
+        let extra_ready = fds[1..].iter().any(|p| p.revents != 0);
+        if fds[0].revents & libc::POLLIN == 0 {
+            return (Wake::Timeout, extra_ready);
+        }
+        match self.event.read() {
+            Ok(n) => {
+                self.stats.guest_signals += n;
+                (Wake::Signalled(n), extra_ready)
+            }
+            Err(_) => (Wake::Timeout, extra_ready),
         }
     }
 

@@ -21,7 +21,7 @@
 pub mod channel;
 pub mod device;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;

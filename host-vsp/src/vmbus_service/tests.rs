@@ -10,8 +10,8 @@
 //! - [`random_posts`]: a property test of random posts beside a valid session.
 
 mod echo_device;
-mod guest;
-mod synic;
+pub(crate) mod guest;
+pub(crate) mod synic;
 
 mod failures;
 mod gpadls;
