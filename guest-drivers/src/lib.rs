@@ -3,7 +3,7 @@
 //!
 //! - [`hv`]: Hyper-V enlightenment detection (CPUID leaves), the hypercall page, SynIC setup and message
 //!   receive/EOM;
-//! - the VMBus client and the VSC drivers build on it;
+//! - the VMBus client and the VSC drivers build on it ([`storvsc`], [`netvsc`] with a smoltcp device);
 //! - [`virtio`] and [`virtio_blk`]: virtio 1.x (split virtqueue, virtio-mmio) and the virtio-blk baseline,
 //!   written from the specification with Linux's notification discipline.
 #![cfg_attr(not(test), no_std)]
@@ -13,6 +13,7 @@ extern crate alloc;
 pub mod ata;
 pub mod hv;
 pub mod ic;
+pub mod netvsc;
 pub mod platform;
 pub mod storvsc;
 pub mod storvsc_disk;

@@ -532,6 +532,12 @@ impl Channel {
         self.account(written)
     }
 
+    /// Queue the completion of the host's packet `trans_id`; signal deferred to [`Channel::flush`].
+    pub fn write_completion(&mut self, trans_id: u64, payload: &[&[u8]]) -> Result<(), RingError> {
+        let written = self.outbound.write_completion(trans_id, payload);
+        self.account(written)
+    }
+
     /// Queue a GPA-direct packet (data buffers by page number); signal deferred to [`Channel::flush`].
     pub fn write_gpa_direct(
         &mut self,

@@ -6,9 +6,11 @@
 //! Frames are Ethernet frames without FCS. A backend never buffers without bound: a send it cannot
 //! take now is refused (`Ok(false)`), and the device drops and counts the frame.
 //!
-//! - [`memory`] — [`MemoryNet`], two connected in-memory ends.
+//! - [`memory`] — [`MemoryNet`], two connected in-memory ends;
+//! - [`tap`] — [`TapNet`], a Linux TAP interface.
 
 pub mod memory;
+pub mod tap;
 
 use std::io;
 use std::os::fd::BorrowedFd;
@@ -16,6 +18,7 @@ use std::os::fd::BorrowedFd;
 use vm_memory::VolatileSlice;
 
 pub use memory::MemoryNet;
+pub use tap::{TapError, TapNet};
 
 /// Largest Ethernet payload (MTU) every backend carries.
 pub const MTU: usize = 1500;
