@@ -58,6 +58,7 @@ fn main() {
         "vmbus/src",
         "ic-protocol/src",
         "storvsp-protocol/src",
+        "netvsp-protocol/src",
     ] {
         rerun_for_tree(&root.join(dir));
     }
@@ -72,6 +73,8 @@ fn main() {
         "vmbus/Cargo.toml",
         "ic-protocol/Cargo.toml",
         "storvsp-protocol/Cargo.toml",
+        "netvsp-protocol/Cargo.toml",
+        "testbed/guest/Cargo.lock",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(file).display());
     }
