@@ -7,9 +7,11 @@
 //! take now is refused (`Ok(false)`), and the device drops and counts the frame.
 //!
 //! - [`memory`] — [`MemoryNet`], two connected in-memory ends;
-//! - [`tap`] — [`TapNet`], a Linux TAP interface.
+//! - [`tap`] — [`TapNet`], a Linux TAP interface;
+//! - [`netns`] — [`netns::Netns`], a network namespace of one's own for tests and benchmarks.
 
 pub mod memory;
+pub mod netns;
 pub mod tap;
 
 use std::io;

@@ -362,11 +362,10 @@ mod tests {
     //! Against the real kernel, each test inside a network namespace it creates and deletes, with
     //! addresses from 198.18.0.0/15 only and every wait bounded in frames and time.
 
-    use std::path::Path;
-    use std::process::Command;
     use std::time::{Duration, Instant};
 
     use super::*;
+    use crate::net::netns::Netns;
 
     const OUR_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x10, 0x00, 0x02];
     const OUR_IP: [u8; 4] = [198, 18, 0, 2];
@@ -377,91 +376,12 @@ mod tests {
     /// Longest one wait for a frame lasts.
     const WAIT: Duration = Duration::from_secs(5);
 
-    /// A network namespace made for one test, deleted when dropped (also when the test fails).
-    struct Netns {
-        name: String,
+    /// A test's namespace with the tap helpers these tests share.
+    trait TapNs {
+        fn tap_up(&self) -> (TapNet, [u8; 6]);
     }
 
-    impl Netns {
-        /// The namespace, or `None` (after one line of output) when this machine cannot run tap
-        /// tests; under `CI=true` that is a failure instead.
-        fn create(tag: &str) -> Option<Self> {
-            let name = format!("viridian-tap-{}-{tag}", std::process::id());
-            let problem = if !Path::new(TUN_DEVICE).exists() {
-                Some(format!("{TUN_DEVICE} is missing"))
-            } else {
-                match Command::new("ip").args(["netns", "add", &name]).output() {
-                    Ok(out) if out.status.success() => None,
-                    Ok(out) => Some(format!(
-                        "`ip netns add {name}` failed: {}",
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    )),
-                    Err(e) => Some(format!("cannot run `ip`: {e}")),
-                }
-            };
-            match problem {
-                None => Some(Self { name }),
-                Some(p) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-                    panic!("{p} (CI=true: the tap tests must run)")
-                }
-                Some(p) => {
-                    println!("skipping tap test: {p}");
-                    None
-                }
-            }
-        }
-
-        /// Runs `ip -n <namespace> args…`, which must succeed.
-        fn ip(&self, args: &[&str]) {
-            let out = Command::new("ip")
-                .args(["-n", &self.name])
-                .args(args)
-                .output()
-                .expect("run ip");
-            assert!(
-                out.status.success(),
-                "ip {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-
-        /// The MAC address of interface `dev` in the namespace.
-        fn mac(&self, dev: &str) -> [u8; 6] {
-            let out = Command::new("ip")
-                .args(["-n", &self.name, "-br", "link", "show", "dev", dev])
-                .output()
-                .expect("run ip");
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            let field = text.split_whitespace().nth(2).expect("a MAC column");
-            let mut mac = [0; 6];
-            for (byte, hex) in mac.iter_mut().zip(field.split(':')) {
-                *byte = u8::from_str_radix(hex, 16).expect("hex MAC");
-            }
-            mac
-        }
-
-        /// Runs `body` on a thread that has entered the namespace (with IPv6 off, so the kernel
-        /// sends nothing unasked).
-        fn run<T: Send>(&self, body: impl FnOnce() -> T + Send) -> T {
-            let ns = File::open(format!("/run/netns/{}", self.name)).expect("open netns");
-            std::thread::scope(|s| {
-                let thread = s.spawn(move || {
-                    // SAFETY: setns(2) on a namespace descriptor we own; it moves only this
-                    // thread, which ends with the body.
-                    let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-                    assert_eq!(rc, 0, "setns: {}", io::Error::last_os_error());
-                    for conf in ["all", "default"] {
-                        let knob = format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6");
-                        let _ = std::fs::write(knob, "1");
-                    }
-                    body()
-                });
-                thread
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-        }
-
+    impl TapNs for Netns {
         /// A new tap with 198.18.0.1/24 on the Linux side, up, knowing our address statically (so
         /// the kernel never asks for it). Returns it and the Linux side's MAC.
         fn tap_up(&self) -> (TapNet, [u8; 6]) {
@@ -480,14 +400,6 @@ mod tests {
                 "permanent",
             ]);
             (tap, self.mac(TAP))
-        }
-    }
-
-    impl Drop for Netns {
-        fn drop(&mut self) {
-            let _ = Command::new("ip")
-                .args(["netns", "delete", &self.name])
-                .status();
         }
     }
 
@@ -615,7 +527,7 @@ mod tests {
 
     #[test]
     fn the_kernel_answers_arp_and_echo_requests_sent_whole_and_gathered() {
-        let Some(ns) = Netns::create("echo") else {
+        let Some(ns) = Netns::for_test("tap-echo") else {
             return;
         };
         ns.run(|| {
@@ -678,7 +590,7 @@ mod tests {
 
     #[test]
     fn a_frame_larger_than_the_buffer_is_reported_with_its_length_and_consumed() {
-        let Some(ns) = Netns::create("large") else {
+        let Some(ns) = Netns::for_test("tap-large") else {
             return;
         };
         ns.run(|| {
@@ -708,7 +620,7 @@ mod tests {
 
     #[test]
     fn rx_fd_is_readable_exactly_while_a_frame_waits() {
-        let Some(ns) = Netns::create("ready") else {
+        let Some(ns) = Netns::for_test("tap-ready") else {
             return;
         };
         ns.run(|| {
@@ -739,7 +651,7 @@ mod tests {
 
     #[test]
     fn link_follows_the_interface_and_a_down_interface_refuses_sends() {
-        let Some(ns) = Netns::create("link") else {
+        let Some(ns) = Netns::for_test("tap-link") else {
             return;
         };
         ns.run(|| {
@@ -759,7 +671,7 @@ mod tests {
 
     #[test]
     fn create_refuses_an_existing_interface_and_attach_needs_one() {
-        let Some(ns) = Netns::create("attach") else {
+        let Some(ns) = Netns::for_test("tap-attach") else {
             return;
         };
         ns.run(|| {
