@@ -112,7 +112,7 @@ impl VmbusDevice for StorvspDevice {
                 publish(&worker, &signals, spins);
             }
             if result.failed {
-                tracing::warn!("storvsp channel failed: the guest broke the ring protocol");
+                crate::guest_warn!("storvsp channel failed: the guest broke the ring protocol");
                 signals.idle_until_stopped();
                 break;
             }

@@ -433,7 +433,7 @@ impl<M: RingMemory> StorvspWorker<M> {
     }
 
     fn fail(&mut self, what: &str, error: RingError) {
-        tracing::warn!(%error, what, "storvsp: ring failed; channel stopped");
+        crate::guest_warn!(%error, what, "storvsp: ring failed; channel stopped");
         self.failed = true;
     }
 

@@ -489,7 +489,7 @@ impl Shared {
         self.counters.interrupts.fetch_add(1, Ordering::Relaxed);
         if let Some(irq) = self.irq.get() {
             if let Err(error) = irq.trigger() {
-                tracing::warn!(%error, "virtio-blk interrupt");
+                crate::guest_warn!(%error, "virtio-blk interrupt");
             }
         }
     }
