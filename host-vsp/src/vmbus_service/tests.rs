@@ -7,7 +7,8 @@
 //! - [`subchannels`]: sub-channel offers, their threads and their end with the primary;
 //! - [`failures`]: panicking and stuck devices;
 //! - [`hostile`]: unusable rings, garbage posts, UNLOAD;
-//! - [`random_posts`]: a property test of random posts beside a valid session.
+//! - [`random_posts`]: a property test of random posts beside a valid session;
+//! - [`storvsp_io_panics`]: storvsp with a backend that panics on one LBA.
 
 mod echo_device;
 mod guest;
@@ -18,4 +19,5 @@ mod gpadls;
 mod hostile;
 mod lifecycle;
 mod random_posts;
+mod storvsp_io_panics;
 mod subchannels;
