@@ -448,6 +448,11 @@ impl Shared {
                 break;
             }
             loop {
+                // A driver that keeps the queue full would otherwise keep the pass going forever:
+                // look at stop before every chain.
+                if self.stop.load(Ordering::Acquire) {
+                    break 'outer;
+                }
                 let next = match t.queue.iter(mem) {
                     Ok(mut it) => it.next(),
                     Err(_) => {
