@@ -8,6 +8,7 @@
 //! - [`failures`]: panicking and stuck devices;
 //! - [`hostile`]: unusable rings, garbage posts, UNLOAD;
 //! - [`random_posts`]: a property test of random posts beside a valid session;
+//! - [`ic_flood`]: an IC ring the guest never lets drain;
 //! - [`storvsp_io_panics`]: storvsp with a backend that panics on one LBA.
 
 mod echo_device;
@@ -16,6 +17,7 @@ mod synic;
 
 mod failures;
 mod gpadls;
+mod ic_flood;
 mod hostile;
 mod lifecycle;
 mod random_posts;
