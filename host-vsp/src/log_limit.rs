@@ -144,7 +144,18 @@ mod tests {
         let first: Vec<Option<u64>> = (0..10).map(|i| limit.admit_at(at(i))).collect();
         assert_eq!(
             first,
-            [Some(0), Some(0), Some(0), None, None, None, None, None, None, None]
+            [
+                Some(0),
+                Some(0),
+                Some(0),
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None
+            ]
         );
         assert_eq!(limit.suppressed(), 7);
         // Still inside the window (999 ms after its start).

@@ -17,8 +17,8 @@ mod synic;
 
 mod failures;
 mod gpadls;
-mod ic_flood;
 mod hostile;
+mod ic_flood;
 mod lifecycle;
 mod random_posts;
 mod storvsp_io_panics;

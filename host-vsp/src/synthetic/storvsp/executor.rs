@@ -16,9 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use storvsp_protocol::scsi::{AdditionalSense, SenseKey};
-use storvsp_protocol::{
-    srb_flags, NtStatus, Operation, SrbStatus, VstorPacket, SENSE_BUFFER_SIZE,
-};
+use storvsp_protocol::{srb_flags, NtStatus, Operation, SrbStatus, VstorPacket, SENSE_BUFFER_SIZE};
 
 use super::request::{DataBuffer, Segment};
 use super::scsi::{ExecStorage, ScsiController, ScsiOutcome};

@@ -663,7 +663,10 @@ fn registers_answer_while_a_slow_request_runs_and_a_reset_meanwhile_drops_its_co
     // Let it complete.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while drv.used().is_empty() {
-        assert!(std::time::Instant::now() < deadline, "the read never completed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the read never completed"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
 
@@ -678,7 +681,10 @@ fn registers_answer_while_a_slow_request_runs_and_a_reset_meanwhile_drops_its_co
         std::thread::sleep(Duration::from_millis(1));
     }
     drv.dev.stop();
-    assert!(drv.used().is_empty(), "a completion landed in a reset queue");
+    assert!(
+        drv.used().is_empty(),
+        "a completion landed in a reset queue"
+    );
     assert_eq!(drv.dev.device_status(), 0);
 }
 
@@ -704,7 +710,11 @@ impl BlockBackend for RefillingDisk {
         bufs: &crate::backend::IoBuffers<'_>,
     ) -> Result<(), crate::backend::DiskError> {
         use std::sync::atomic::Ordering::SeqCst;
-        if self.budget.fetch_update(SeqCst, SeqCst, |b| b.checked_sub(1)).is_ok() {
+        if self
+            .budget
+            .fetch_update(SeqCst, SeqCst, |b| b.checked_sub(1))
+            .is_ok()
+        {
             let idx = self.avail_idx.fetch_add(1, SeqCst);
             let slot = AVAIL + 4 + 2 * u64::from(idx % QSIZE);
             self.ram.write(slot, &0u16.to_le_bytes()).unwrap();
@@ -749,7 +759,10 @@ fn a_driver_that_never_lets_the_queue_drain_cannot_keep_the_worker_from_stopping
     kick.write(1).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while drv.dev.stats().requests < 1000 {
-        assert!(std::time::Instant::now() < deadline, "the flood never started");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flood never started"
+        );
         std::thread::yield_now();
     }
     // One kick, and the queue never empties: the worker is inside one pass. Stop must end it.

@@ -21,7 +21,11 @@ fn fill(ring: &Mutex<RingProducer<GuestPages>>, next: &AtomicU64) -> u64 {
     let mut n = 0;
     // Each is an IC protocol error the VSP counts and drops.
     while ring
-        .write_inband(next.fetch_add(1, Ordering::Relaxed), PacketFlags::empty(), &[&[0xEE; 8]])
+        .write_inband(
+            next.fetch_add(1, Ordering::Relaxed),
+            PacketFlags::empty(),
+            &[&[0xEE; 8]],
+        )
         .is_ok()
     {
         n += 1;
@@ -52,7 +56,10 @@ fn a_guest_that_keeps_an_ic_ring_full_cannot_keep_its_thread_from_stopping() {
         })));
     }
     let first = fill(&to_host, &next);
-    assert!(first > 256, "the ring holds more than one drain batch ({first})");
+    assert!(
+        first > 256,
+        "the ring holds more than one drain batch ({first})"
+    );
     g.synic.signal_host(connection_id);
     eventually("the guest refilling the ring", || {
         refills.load(Ordering::Relaxed) > 20

@@ -39,7 +39,12 @@ impl BlockBackend for PanicsOnRead {
         );
         self.0.read_vectored(offset, bufs)
     }
-    fn write_vectored(&self, offset: u64, bufs: &IoBuffers<'_>, fua: bool) -> Result<(), DiskError> {
+    fn write_vectored(
+        &self,
+        offset: u64,
+        bufs: &IoBuffers<'_>,
+        fua: bool,
+    ) -> Result<(), DiskError> {
         self.0.write_vectored(offset, bufs, fua)
     }
     fn flush(&self) -> Result<(), DiskError> {
@@ -124,7 +129,10 @@ fn a_panicking_read_fails_alone(io_threads: usize) {
     let data: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 1) as u8).collect();
     g.write_memory(gpa, &data);
     let w = drv.write(0, 100, 8, &[page], 0, false).unwrap();
-    assert_eq!(completed(exchange(&g, &mut ring, &mut drv, &w)).result, Ok(4096));
+    assert_eq!(
+        completed(exchange(&g, &mut ring, &mut drv, &w)).result,
+        Ok(4096)
+    );
 
     // The poisoned read: a failed I/O, not a lost one.
     let r = drv.read(0, POISON_LBA, 8, &[page], 0).unwrap();
@@ -144,7 +152,10 @@ fn a_panicking_read_fails_alone(io_threads: usize) {
          serve-loop turns {turns}"
     );
     // Asleep: a turn per 100 ms wait at most (about 5); a spinning loop turns millions of times.
-    assert!(turns <= 20, "the serve loop turned {turns} times while idle");
+    assert!(
+        turns <= 20,
+        "the serve loop turned {turns} times while idle"
+    );
     assert!(
         cpu < Duration::from_millis(50),
         "device threads used {cpu:?} while idle"
@@ -153,21 +164,34 @@ fn a_panicking_read_fails_alone(io_threads: usize) {
     // The channel goes on: a good read, another poisoned one, and a good read again.
     g.write_memory(gpa, &[0; 4096]);
     let r = drv.read(0, 100, 8, &[page], 0).unwrap();
-    assert_eq!(completed(exchange(&g, &mut ring, &mut drv, &r)).result, Ok(4096));
+    assert_eq!(
+        completed(exchange(&g, &mut ring, &mut drv, &r)).result,
+        Ok(4096)
+    );
     assert_eq!(g.read_memory(gpa, 4096), data);
     let r = drv.read(0, POISON_LBA - 3, 8, &[page], 0).unwrap();
     assert_failed_with_hardware_error(&completed(exchange(&g, &mut ring, &mut drv, &r)));
     let r = drv.read(0, 100, 8, &[page], 0).unwrap();
-    assert_eq!(completed(exchange(&g, &mut ring, &mut drv, &r)).result, Ok(4096));
+    assert_eq!(
+        completed(exchange(&g, &mut ring, &mut drv, &r)).result,
+        Ok(4096)
+    );
     let stats = scsi.stats().lock().unwrap().worker;
     assert_eq!(stats.io_panics, 2);
     assert_eq!(stats.failed_requests, 2);
 
     // Nothing failed at the service level, and another channel works.
-    assert!(g.service.failures().is_empty(), "{:?}", g.service.failures());
+    assert!(
+        g.service.failures().is_empty(),
+        "{:?}",
+        g.service.failures()
+    );
     assert!(g.service.is_serving(scsi_relid));
     let mut echo_ring = g.open(echo_relid, 0, &[]);
-    assert_eq!(g.request(&mut echo_ring, ECHO, &[b"still here"]).data, b"still here");
+    assert_eq!(
+        g.request(&mut echo_ring, ECHO, &[b"still here"]).data,
+        b"still here"
+    );
 }
 
 #[test]
