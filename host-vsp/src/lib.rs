@@ -25,6 +25,9 @@ pub mod synthetic;
 pub mod virtio;
 pub mod vmbus_service;
 
+#[cfg(test)]
+mod profile_tests;
+
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
