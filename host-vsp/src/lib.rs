@@ -11,7 +11,8 @@
 //! - [`backend`]: the disk backends every storage device serves from;
 //! - [`guest_memory`]: guest physical memory as every device model sees it;
 //! - [`interrupt`]: the interrupt a device model raises;
-//! - [`net`]: the network backends every network device serves from.
+//! - [`net`]: the network backends every network device serves from;
+//! - [`log_limit`]: rate limits for the log lines a guest can trigger ([`guest_warn!`], [`guest_error!`]).
 //!
 //! The emulated and virtio devices know nothing of KVM: their port/MMIO handlers, ioeventfds,
 //! irqfds and MSI routes are plugged into a partition by the `host-kvm` crate.
@@ -21,10 +22,14 @@ pub mod device_threads;
 pub mod emulated;
 pub mod guest_memory;
 pub mod interrupt;
+pub mod log_limit;
 pub mod net;
 pub mod synthetic;
 pub mod virtio;
 pub mod vmbus_service;
+
+#[cfg(test)]
+mod profile_tests;
 
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

@@ -242,6 +242,19 @@ pub struct BenchOptions {
     /// Once set (e.g. on SIGINT), the guest is stopped and only the workloads that finished are
     /// reported ([`DeviceRun::interrupted`]).
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Called with each `bench` line as soon as the guest logs it, while the guest runs on (the
+    /// guest logs a workload's line after its flush completed). The log is looked at every 2 ms.
+    pub on_line: Option<LineHook>,
+}
+
+/// A callback on the guest's `bench` lines ([`BenchOptions::on_line`]).
+#[derive(Clone)]
+pub struct LineHook(pub Arc<dyn Fn(&BenchLine) + Send + Sync>);
+
+impl std::fmt::Debug for LineHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LineHook")
+    }
 }
 
 impl BenchOptions {
@@ -254,6 +267,7 @@ impl BenchOptions {
             timeout: Some(timeout),
             contents: DiskContents::Pattern,
             cancel: None,
+            on_line: None,
         }
     }
 }
@@ -470,14 +484,17 @@ fn boot_and_run(
     });
     let vm = GuestVm::new(config).context("booting the guest")?;
     let done = Arc::new(AtomicBool::new(false));
-    let watcher = opts.progress.then(|| {
+    let watcher = (opts.progress || opts.on_line.is_some()).then(|| {
         let (ram, done, name) = (
             vm.partition().ram().clone(),
             done.clone(),
             kit.name().to_string(),
         );
         let total = specs.len();
-        std::thread::spawn(move || watch_progress(&ram, &done, &name, total))
+        let (progress, hook) = (opts.progress, opts.on_line.clone());
+        std::thread::spawn(move || {
+            watch_progress(&ram, &done, &name, total, progress, hook.as_ref())
+        })
     });
     let canceller = opts.cancel.clone().map(|cancel| {
         let (stop, done) = (vm.partition().stop_handle(), done.clone());
@@ -502,8 +519,17 @@ fn boot_and_run(
     Ok((run, console))
 }
 
-/// Print a stderr line for each `bench` line the guest logs, until `done`.
-fn watch_progress(ram: &GuestRam, done: &AtomicBool, device: &str, total: usize) {
+/// Until `done`: for each `bench` line the guest logs, print a stderr line (if `progress`) and call
+/// `hook`.
+fn watch_progress(
+    ram: &GuestRam,
+    done: &AtomicBool,
+    device: &str,
+    total: usize,
+    progress: bool,
+    hook: Option<&LineHook>,
+) {
+    let period = if hook.is_some() { 2 } else { 50 };
     let mut seen = 0usize;
     let mut consumed = 0u64;
     let mut pending = String::new();
@@ -524,6 +550,12 @@ fn watch_progress(ram: &GuestRam, done: &AtomicBool, device: &str, total: usize)
             let line: String = pending.drain(..=at).collect();
             if let Ok(l) = BenchLine::parse(&line) {
                 seen += 1;
+                if let Some(hook) = hook {
+                    (hook.0)(&l);
+                }
+                if !progress {
+                    continue;
+                }
                 let what = match &l.outcome {
                     BenchOutcome::Done(r) => format!("{} I/Os", r.ios),
                     BenchOutcome::Failed(why) => format!("FAILED: {why}"),
@@ -538,7 +570,7 @@ fn watch_progress(ram: &GuestRam, done: &AtomicBool, device: &str, total: usize)
         if finished {
             return;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(period));
     }
 }
 

@@ -166,6 +166,7 @@ fn run(args: &Args, cancel: &Arc<AtomicBool>) -> Result<Finished> {
         timeout: None,
         contents: disk.contents,
         cancel: Some(cancel.clone()),
+        on_line: None,
     };
     let mut rows: Vec<Row> = Vec::new();
     let mut interrupted = false;

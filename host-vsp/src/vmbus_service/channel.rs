@@ -348,7 +348,9 @@ impl ChannelSignals {
             Ok(EventDelivery::NotEnabled) => {
                 tracing::debug!(relid = self.relid, "guest SynIC not enabled; event dropped")
             }
-            Err(error) => tracing::warn!(relid = self.relid, %error, "signalling the guest failed"),
+            Err(error) => {
+                crate::guest_warn!(relid = self.relid, %error, "signalling the guest failed")
+            }
         }
     }
 }

@@ -476,7 +476,7 @@ impl VmbusService {
                     ) {
                         Ok(()) => bump(&self.stats.messages_sent),
                         Err(error) => {
-                            tracing::warn!(vp, sint, %error, "channel message to the guest dropped");
+                            crate::guest_warn!(vp, sint, %error, "channel message to the guest dropped");
                             bump(&self.stats.messages_dropped);
                         }
                     }
@@ -501,7 +501,7 @@ impl VmbusService {
                     // (the server then closes the channel again, so the guest may retry).
                     let status = opened.err().unwrap_or(0);
                     if let Err(error) = inner.server.complete_open(relid, status) {
-                        tracing::warn!(relid, %error, "open not answered");
+                        crate::guest_warn!(relid, %error, "open not answered");
                     }
                 }
                 ServerAction::ChannelClosed { relid } => {
@@ -574,7 +574,7 @@ impl VmbusService {
                 bump(&self.stats.gpadls_mapped);
             }
             // The server checked every page against guest RAM already; log if that ever disagrees.
-            Err(error) => tracing::warn!(relid, %error, "GPADL not mapped"),
+            Err(error) => crate::guest_warn!(relid, %error, "GPADL not mapped"),
         }
     }
 
@@ -620,7 +620,7 @@ impl VmbusService {
         let channel = match channel {
             Ok(channel) => channel,
             Err(error) => {
-                tracing::warn!(relid, %error, "channel rings unusable; device not started");
+                crate::guest_warn!(relid, %error, "channel rings unusable; device not started");
                 bump(&self.stats.failed_opens);
                 return Err(STATUS_INVALID_PARAMETER);
             }
@@ -637,7 +637,7 @@ impl VmbusService {
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "a panic".into());
-                tracing::error!(relid, device = device.name(), %what, "device thread panicked");
+                crate::guest_error!(relid, device = device.name(), %what, "device thread panicked");
                 let _ = requests.send(DeviceRequest::Failed {
                     relid,
                     device: device.name().to_string(),
@@ -723,7 +723,7 @@ impl VmbusService {
             }
             let group = Some((primary, gpadls.clone()));
             if let Err(error) = self.add_slot(&mut inner, device.clone(), offer, group, index) {
-                tracing::warn!(primary, index, %error, "sub-channel not offered");
+                crate::guest_warn!(primary, index, %error, "sub-channel not offered");
                 break;
             }
         }

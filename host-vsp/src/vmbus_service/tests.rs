@@ -7,7 +7,9 @@
 //! - [`subchannels`]: sub-channel offers, their threads and their end with the primary;
 //! - [`failures`]: panicking and stuck devices;
 //! - [`hostile`]: unusable rings, garbage posts, UNLOAD;
-//! - [`random_posts`]: a property test of random posts beside a valid session.
+//! - [`random_posts`]: a property test of random posts beside a valid session;
+//! - [`ic_flood`]: an IC ring the guest never lets drain;
+//! - [`storvsp_io_panics`]: storvsp with a backend that panics on one LBA.
 
 mod echo_device;
 pub(crate) mod guest;
@@ -16,6 +18,8 @@ pub(crate) mod synic;
 mod failures;
 mod gpadls;
 mod hostile;
+mod ic_flood;
 mod lifecycle;
 mod random_posts;
+mod storvsp_io_panics;
 mod subchannels;

@@ -138,7 +138,7 @@ impl IdeController {
     fn pulse_irq(&self) {
         if let Some(irq) = self.irq.get() {
             if let Err(error) = irq.trigger() {
-                tracing::warn!(%error, "IDE interrupt");
+                crate::guest_warn!(%error, "IDE interrupt");
             }
         }
     }

@@ -15,6 +15,9 @@ use vmbus::server::OfferConfig;
 use crate::synthetic::ic::host::{IcHost, IcHostEvent, IcService, MAX_REQUEST};
 use crate::vmbus_service::{HostChannel, HostChannelStats, VmbusDevice, Wake};
 
+/// Batches of at most 256 answers one turn of the serve loop drains before it looks at stop again.
+const DRAINS_PER_TURN: usize = 4;
+
 /// What an IC channel has done so far.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct IcState {
@@ -187,14 +190,17 @@ impl VmbusDevice for IcVsp {
         let mut last_periodic: Option<Instant> = None;
         self.control.update(|s| s.serving = true);
         let Ok(n) = host.negotiate_request(&mut request) else {
-            return;
+            return self.idle(&mut channel);
         };
         if !self.send_batch(&mut channel, &mut ids, &[&request[..n]]) {
-            return;
+            return self.idle(&mut channel);
         }
         loop {
-            // Take every answer (interrupts masked while draining; re-checked on unmask).
-            loop {
+            // Take the answers (interrupts masked while draining; re-checked on unmask), a bounded
+            // number of batches per turn: a guest that keeps the ring full must not keep the thread
+            // from looking at stop.
+            let mut more = false;
+            for _ in 0..DRAINS_PER_TURN {
                 let mut events = Vec::new();
                 let drained = channel.inbound.drain(&mut packet, 256, |info, bytes| {
                     let payload = bytes.get(info.data_offset()..).unwrap_or(&[]);
@@ -237,7 +243,8 @@ impl VmbusDevice for IcVsp {
                 if drained.signal {
                     channel.notify_guest();
                 }
-                if !drained.more {
+                more = drained.more;
+                if !more || channel.is_stopped() {
                     break;
                 }
             }
@@ -295,6 +302,14 @@ impl VmbusDevice for IcVsp {
             }
             let stats = channel.stats();
             self.control.update(|s| s.channel = stats);
+            if channel.is_stopped() {
+                self.control.update(|s| s.serving = false);
+                return;
+            }
+            if more {
+                // Answers still wait in the ring (the guest will not signal for them).
+                continue;
+            }
             if channel.wait(Duration::from_millis(20)) == Wake::Stopped {
                 self.control.update(|s| s.serving = false);
                 return;

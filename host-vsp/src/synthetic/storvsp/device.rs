@@ -24,6 +24,8 @@ pub struct StorvspDeviceStats {
     pub serving: bool,
     /// Poll-mode passes that found nothing to do (the price of polling).
     pub poll_spins: u64,
+    /// Turns of the device thread's serve loop (each polls the worker once): how often it woke.
+    pub turns: u64,
 }
 
 /// A synthetic SCSI controller on VMBus.
@@ -93,7 +95,9 @@ impl VmbusDevice for StorvspDevice {
         self.publish(|s| s.serving = true);
         let mut idle_since = Instant::now();
         let mut spins = 0u64;
+        let mut turns = 0u64;
         loop {
+            turns += 1;
             let result = worker.poll();
             if result.signal_guest {
                 signals.notify_guest();
@@ -106,13 +110,14 @@ impl VmbusDevice for StorvspDevice {
                     s.worker = worker_stats;
                     s.channel = channel_stats;
                     s.poll_spins = spins;
+                    s.turns = turns;
                 });
             };
             if progressed || !polling {
                 publish(&worker, &signals, spins);
             }
             if result.failed {
-                tracing::warn!("storvsp channel failed: the guest broke the ring protocol");
+                crate::guest_warn!("storvsp channel failed: the guest broke the ring protocol");
                 signals.idle_until_stopped();
                 break;
             }

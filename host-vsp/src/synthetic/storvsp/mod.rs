@@ -9,7 +9,9 @@
 //!   with fixed-format sense data for every error;
 //! - [`worker`]: [`StorvspWorker`], which owns the channel's two rings, drains requests in batches,
 //!   executes them (inline or on a small thread pool, completing out of order), and writes completions,
-//!   keeping them pending while the guest's ring is full.
+//!   keeping them pending while the guest's ring is full;
+//! - [`executor`]: executing SRBs (inline or on the pool) with their panics contained: a request whose
+//!   backend panics fails alone, as a HARDWARE ERROR.
 //!
 //! Everything the guest controls is validated here: no request can reach host memory outside guest RAM,
 //! bytes outside a disk image, or make the worker panic or stall.
@@ -17,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod device;
+pub mod executor;
 pub mod handshake;
 pub mod request;
 pub mod scsi;

@@ -411,7 +411,7 @@ impl ScsiController {
 /// Sense data for a backend failure.
 fn disk_error(error: DiskError, write: bool) -> ScsiOutcome {
     let source = std::error::Error::source(&error).map(ToString::to_string);
-    tracing::warn!(%error, ?source, write, "storvsp: disk backend error");
+    crate::guest_warn!(%error, ?source, write, "storvsp: disk backend error");
     match error {
         DiskError::OutOfRange { .. } => ScsiOutcome::illegal(AdditionalSense::LBA_OUT_OF_RANGE),
         DiskError::ReadOnly => {

@@ -17,21 +17,21 @@
 //! to the queue depth.
 
 use std::collections::VecDeque;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{RecvTimeoutError, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use storvsp_protocol::{
-    sense_buffer_size, srb_flags, vstor_packet_size, NtStatus, Operation, ProtocolVersion,
-    SrbStatus, VstorPacket, SENSE_BUFFER_SIZE,
+    sense_buffer_size, vstor_packet_size, NtStatus, Operation, ProtocolVersion, SrbStatus,
+    VstorPacket,
 };
 use vmbus::mem::RingMemory;
 use vmbus::ring::{RingConsumer, RingError, RingProducer};
 
+use super::executor::{Done, Job, Pool, Shared};
 use super::handshake::Handshake;
-use super::request::{decode, DataBuffer, Inbound, Segment};
-use super::scsi::{ExecStorage, ScsiController, ScsiOutcome};
+use super::request::{decode, Inbound, Segment};
+use super::scsi::{ExecStorage, ScsiController};
 use super::{LunMap, StorvspConfig};
 use crate::guest_memory::GuestMemoryMmap;
 
@@ -70,6 +70,8 @@ pub struct StorvspStats {
     pub poll_spins: u64,
     /// Most requests executing at once.
     pub max_in_flight: u64,
+    /// Requests whose execution panicked (each completed as a failed I/O).
+    pub io_panics: u64,
 }
 
 /// What the caller must do after [`StorvspWorker::poll`].
@@ -92,140 +94,6 @@ pub struct PollResult {
     pub more: bool,
     /// A ring failed after a protocol violation by the guest: the channel is dead.
     pub failed: bool,
-}
-
-/// A request on its way to an executor.
-struct Job {
-    trans_id: u64,
-    packet: VstorPacket,
-    segments: Vec<Segment>,
-    data_len: u64,
-    sense_len: usize,
-}
-
-/// A completion waiting to be written.
-struct Done {
-    trans_id: u64,
-    packet: VstorPacket,
-    bytes: u64,
-    good: bool,
-    /// The request's segment list, back for reuse (empty for control requests).
-    segments: Vec<Segment>,
-}
-
-/// What executors share.
-struct Shared {
-    controller: ScsiController,
-    memory: GuestMemoryMmap,
-    notifier: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
-}
-
-impl Shared {
-    fn notify(&self) {
-        let notifier = self
-            .notifier
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        if let Some(f) = notifier {
-            f();
-        }
-    }
-
-    /// Runs an SRB and builds its completion.
-    fn execute(&self, job: Job, storage: &mut ExecStorage) -> Done {
-        let mut srb = job.packet.srb();
-        let requested = u64::from(srb.data_transfer_length.get());
-        let outcome = if requested > job.data_len {
-            tracing::debug!(
-                requested,
-                buffer = job.data_len,
-                "storvsp: data_transfer_length beyond the buffer"
-            );
-            ScsiOutcome::srb(SrbStatus::INVALID_REQUEST)
-        } else {
-            let buf = DataBuffer::new(&self.memory, &job.segments, requested);
-            self.controller.execute(&srb, &buf, storage)
-        };
-        srb.srb_status = outcome.srb_status.0;
-        srb.scsi_status = outcome.scsi_status.0;
-        srb.data_transfer_length.set(outcome.transferred);
-        srb.cdb_or_sense = [0; SENSE_BUFFER_SIZE];
-        srb.sense_info_length = 0;
-        if let Some(sense) = outcome.sense {
-            let allowed = usize::from(job.packet.srb().sense_info_length).min(job.sense_len);
-            let autosense = srb.srb_flags.get() & srb_flags::DISABLE_AUTOSENSE == 0;
-            let bytes = sense.to_bytes();
-            let n = bytes.len().min(allowed);
-            if autosense && n > 0 {
-                srb.cdb_or_sense[..n].copy_from_slice(&bytes[..n]);
-                srb.sense_info_length = n as u8;
-            } else {
-                srb.srb_status &= !SrbStatus::AUTOSENSE_VALID;
-            }
-        }
-        let mut packet = job.packet;
-        packet.operation.set(Operation::COMPLETE_IO.0);
-        packet.set_status(NtStatus::SUCCESS);
-        packet.set_srb(&srb);
-        Done {
-            trans_id: job.trans_id,
-            packet,
-            bytes: u64::from(outcome.transferred),
-            good: outcome.is_good(),
-            segments: job.segments,
-        }
-    }
-}
-
-/// Executor threads: jobs in through one queue, completions out through another.
-struct Pool {
-    jobs: Option<SyncSender<Job>>,
-    done: Receiver<Done>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Pool {
-    /// `threads` executors; at most `depth` requests are ever in flight, so neither queue blocks.
-    fn start(shared: &Arc<Shared>, threads: usize, depth: usize) -> std::io::Result<Self> {
-        let (job_tx, job_rx) = mpsc::sync_channel::<Job>(depth);
-        let (done_tx, done_rx) = mpsc::sync_channel::<Done>(depth);
-        let job_rx = Arc::new(Mutex::new(job_rx));
-        let mut handles = Vec::with_capacity(threads);
-        for i in 0..threads {
-            let job_rx = job_rx.clone();
-            let done_tx = done_tx.clone();
-            let shared = shared.clone();
-            // Serves the same partition as the device thread starting it.
-            let handle = crate::device_threads::spawn(format!("storvsp-io-{i}"), move || {
-                let mut storage = ExecStorage::new(shared.controller.max_transfer());
-                loop {
-                    let job = job_rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                    let Ok(job) = job else { return };
-                    if done_tx.send(shared.execute(job, &mut storage)).is_err() {
-                        return;
-                    }
-                    shared.notify();
-                }
-            })?;
-            handles.push(handle);
-        }
-        Ok(Self {
-            jobs: Some(job_tx),
-            done: done_rx,
-            threads: handles,
-        })
-    }
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        // Closing the job queue ends every thread once it finishes its current job.
-        self.jobs = None;
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
 }
 
 /// The host end of one storvsc channel.
@@ -388,8 +256,24 @@ impl<M: RingMemory> StorvspWorker<M> {
                 self.complete(done);
                 true
             }
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => false,
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => {
+                self.lose_pool();
+                false
+            }
         }
+    }
+
+    /// Every pool thread is gone (which contained panics never cause): the requests they held cannot
+    /// complete, so stop waiting for them — a caller that waited would otherwise return at once, over
+    /// and over — and run later requests inline.
+    fn lose_pool(&mut self) {
+        crate::guest_error!(
+            lost = self.in_flight,
+            "storvsp: the I/O pool is gone; its requests are lost, later ones run inline"
+        );
+        self.in_flight = 0;
+        self.pool = None;
     }
 
     /// The rings (for diagnostics and tests).
@@ -433,7 +317,7 @@ impl<M: RingMemory> StorvspWorker<M> {
     }
 
     fn fail(&mut self, what: &str, error: RingError) {
-        tracing::warn!(%error, what, "storvsp: ring failed; channel stopped");
+        crate::guest_warn!(%error, what, "storvsp: ring failed; channel stopped");
         self.failed = true;
     }
 
@@ -441,6 +325,7 @@ impl<M: RingMemory> StorvspWorker<M> {
     fn complete(&mut self, mut done: Done) {
         self.stats.bytes += done.bytes;
         self.stats.failed_requests += u64::from(!done.good);
+        self.stats.io_panics += u64::from(done.panicked);
         let mut segments = std::mem::take(&mut done.segments);
         if segments.capacity() > 0 && self.spare_segments.len() < self.config.queue_depth {
             segments.clear();
@@ -451,9 +336,15 @@ impl<M: RingMemory> StorvspWorker<M> {
 
     /// Moves finished pooled requests to the completion queue.
     fn collect(&mut self) {
-        while let Some(done) = self.pool.as_ref().and_then(|p| p.done.try_recv().ok()) {
-            self.in_flight -= 1;
-            self.complete(done);
+        while let Some(pool) = &self.pool {
+            match pool.done.try_recv() {
+                Ok(done) => {
+                    self.in_flight -= 1;
+                    self.complete(done);
+                }
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Disconnected) => return self.lose_pool(),
+            }
         }
     }
 
@@ -568,6 +459,7 @@ impl<M: RingMemory> StorvspWorker<M> {
                         packet: reply,
                         bytes: 0,
                         good: true,
+                        panicked: false,
                         segments: Vec::new(),
                     });
                     return;
@@ -615,7 +507,7 @@ impl<M: RingMemory> StorvspWorker<M> {
                             self.stats.max_in_flight.max(self.in_flight as u64);
                         return;
                     }
-                    // The pool is gone (a thread panicked) or unexpectedly full: run it here instead.
+                    // The pool is gone or unexpectedly full: run it here instead.
                     Err(TrySendError::Disconnected(job) | TrySendError::Full(job)) => {
                         return self.run_inline(job)
                     }
@@ -626,7 +518,7 @@ impl<M: RingMemory> StorvspWorker<M> {
     }
 
     fn run_inline(&mut self, job: Job) {
-        let done = self.shared.execute(job, &mut self.storage);
+        let done = self.shared.execute_contained(job, &mut self.storage);
         self.complete(done);
     }
 
@@ -659,6 +551,7 @@ impl<M: RingMemory> StorvspWorker<M> {
             packet: reply,
             bytes: 0,
             good: false,
+            panicked: false,
             segments: Vec::new(),
         });
     }

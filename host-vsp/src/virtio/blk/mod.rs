@@ -135,7 +135,8 @@ struct Shared {
     id: [u8; ID_LEN],
     transport: Mutex<MmioTransport>,
     mem: OnceLock<GuestMemoryMmap>,
-    /// Reused by every chain processed (locked with the transport).
+    /// Reused by every chain processed; its lock serializes queue passes (taken before the
+    /// transport lock, which a pass holds only between disk I/Os).
     requests: Mutex<request::RequestStorage>,
     irq: OnceLock<Arc<dyn Interrupt>>,
     kick: EventFd,
@@ -424,13 +425,21 @@ impl Shared {
 
     /// One pass over the queue; `keep_suppressed`: leave the driver's notifications off afterwards
     /// (poll mode) instead of re-enabling them with a re-check.
+    ///
+    /// Passes are serialized by the request storage lock, held for the whole pass. The transport
+    /// lock — which every MMIO register access takes — is held only to take the next chain and to
+    /// publish its completion, never across the disk I/O in between: a guest reading a register
+    /// while a slow request runs is not stalled behind it. A reset, or the queue going unready,
+    /// while a request runs changes the transport's queue generation; the request's completion is
+    /// then dropped (the queue it belonged to is gone) and the pass ends.
     fn process(&self, keep_suppressed: bool) -> usize {
         let Some(mem) = self.mem.get() else { return 0 };
+        let mut storage = self.requests.lock().unwrap_or_else(PoisonError::into_inner);
         let mut t = self.transport();
         if !t.running() {
             return 0;
         }
-        let mut storage = self.requests.lock().unwrap_or_else(PoisonError::into_inner);
+        let generation = t.queue_generation();
         let mut done = 0;
         let mut broken = false;
         'outer: loop {
@@ -439,6 +448,11 @@ impl Shared {
                 break;
             }
             loop {
+                // A driver that keeps the queue full would otherwise keep the pass going forever:
+                // look at stop before every chain.
+                if self.stop.load(Ordering::Acquire) {
+                    break 'outer;
+                }
                 let next = match t.queue.iter(mem) {
                     Ok(mut it) => it.next(),
                     Err(_) => {
@@ -448,8 +462,14 @@ impl Shared {
                 };
                 let Some(chain) = next else { break };
                 let head = chain.head_index();
+                drop(t);
                 let c = request::process(mem, chain, &*self.disk, &self.id, &mut storage);
                 self.count(&c);
+                t = self.transport();
+                if t.queue_generation() != generation || !t.running() {
+                    // Reset (or re-set-up) while the request ran: its queue is gone.
+                    return done;
+                }
                 if t.queue.add_used(mem, head, c.used_len).is_err() {
                     broken = true;
                     break 'outer;
@@ -477,8 +497,8 @@ impl Shared {
         } else {
             false
         };
-        drop(storage);
         drop(t);
+        drop(storage);
         if interrupt {
             self.interrupt();
         }
@@ -489,7 +509,7 @@ impl Shared {
         self.counters.interrupts.fetch_add(1, Ordering::Relaxed);
         if let Some(irq) = self.irq.get() {
             if let Err(error) = irq.trigger() {
-                tracing::warn!(%error, "virtio-blk interrupt");
+                crate::guest_warn!(%error, "virtio-blk interrupt");
             }
         }
     }

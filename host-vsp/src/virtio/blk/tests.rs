@@ -579,3 +579,199 @@ fn the_worker_serves_notifies_and_triggers_the_interrupt() {
     assert_eq!(irq.read().unwrap(), 1);
     drv.dev.stop();
 }
+
+/// A RAM disk whose reads block until the test releases them, saying when one has started.
+struct GatedDisk {
+    disk: RamDisk,
+    entered: std::sync::Mutex<std::sync::mpsc::Sender<()>>,
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl BlockBackend for GatedDisk {
+    fn capacity(&self) -> u64 {
+        self.disk.capacity()
+    }
+    fn read_only(&self) -> bool {
+        false
+    }
+    fn read_vectored(
+        &self,
+        offset: u64,
+        bufs: &crate::backend::IoBuffers<'_>,
+    ) -> Result<(), crate::backend::DiskError> {
+        let _ = self.entered.lock().unwrap().send(());
+        let _ = self
+            .release
+            .lock()
+            .unwrap()
+            .recv_timeout(std::time::Duration::from_secs(30));
+        self.disk.read_vectored(offset, bufs)
+    }
+    fn write_vectored(
+        &self,
+        offset: u64,
+        bufs: &crate::backend::IoBuffers<'_>,
+        fua: bool,
+    ) -> Result<(), crate::backend::DiskError> {
+        self.disk.write_vectored(offset, bufs, fua)
+    }
+    fn flush(&self) -> Result<(), crate::backend::DiskError> {
+        self.disk.flush()
+    }
+    fn discard(&self, offset: u64, len: u64) -> Result<(), crate::backend::DiskError> {
+        self.disk.discard(offset, len)
+    }
+}
+
+#[test]
+fn registers_answer_while_a_slow_request_runs_and_a_reset_meanwhile_drops_its_completion() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let (entered_tx, entered) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel();
+    let disk = Arc::new(GatedDisk {
+        disk: RamDisk::new(1 << 20),
+        entered: std::sync::Mutex::new(entered_tx),
+        release: std::sync::Mutex::new(release_rx),
+    });
+    let mut drv = Driver::new(disk, ALL);
+    let notify = EventFd::new(EFD_NONBLOCK).unwrap();
+    let kick = notify.try_clone().unwrap();
+    drv.dev.start(Some(notify)).unwrap();
+    drv.request(0, req_type::IN, 0, BUFS, 4096, BUFS + 0x8000);
+    kick.write(1).unwrap();
+    entered
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the worker started the read");
+    // The read is blocked in the backend. A vCPU's register accesses must not wait for it.
+    let dev = &drv.dev;
+    let answered = std::thread::scope(|s| {
+        let (tx, rx) = mpsc::channel();
+        s.spawn(move || {
+            let status = r32(dev, regs::STATUS);
+            let isr = r32(dev, regs::INTERRUPT_STATUS);
+            let _ = tx.send((status, isr));
+        });
+        let answered = rx.recv_timeout(Duration::from_secs(10));
+        // Release the read either way, so a failing run ends instead of hanging.
+        let _ = release.send(());
+        answered
+    });
+    let (status, isr) = answered.expect("an MMIO read waited for the disk I/O");
+    assert_ne!(status & ds::DRIVER_OK, 0);
+    assert_eq!(isr, 0, "nothing completed yet");
+    // Let it complete.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while drv.used().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the read never completed"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+
+    // A second read, and a reset while it runs: its completion goes nowhere.
+    drv.request(3, req_type::IN, 8, BUFS, 4096, BUFS + 0x8000);
+    kick.write(1).unwrap();
+    entered.recv_timeout(Duration::from_secs(10)).unwrap();
+    w32(&drv.dev, regs::STATUS, 0);
+    let _ = release.send(());
+    while drv.dev.stats().requests < 2 {
+        assert!(std::time::Instant::now() < deadline, "the read never ended");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drv.dev.stop();
+    assert!(
+        drv.used().is_empty(),
+        "a completion landed in a reset queue"
+    );
+    assert_eq!(drv.dev.device_status(), 0);
+}
+
+/// A RAM disk that plays a guest keeping the queue busy: every read it serves publishes descriptor
+/// chain 0 again, until its budget runs out.
+struct RefillingDisk {
+    disk: RamDisk,
+    ram: TestRam,
+    avail_idx: std::sync::atomic::AtomicU16,
+    budget: std::sync::atomic::AtomicU64,
+}
+
+impl BlockBackend for RefillingDisk {
+    fn capacity(&self) -> u64 {
+        self.disk.capacity()
+    }
+    fn read_only(&self) -> bool {
+        false
+    }
+    fn read_vectored(
+        &self,
+        offset: u64,
+        bufs: &crate::backend::IoBuffers<'_>,
+    ) -> Result<(), crate::backend::DiskError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self
+            .budget
+            .fetch_update(SeqCst, SeqCst, |b| b.checked_sub(1))
+            .is_ok()
+        {
+            let idx = self.avail_idx.fetch_add(1, SeqCst);
+            let slot = AVAIL + 4 + 2 * u64::from(idx % QSIZE);
+            self.ram.write(slot, &0u16.to_le_bytes()).unwrap();
+            self.ram
+                .write(AVAIL + 2, &idx.wrapping_add(1).to_le_bytes())
+                .unwrap();
+        }
+        self.disk.read_vectored(offset, bufs)
+    }
+    fn write_vectored(
+        &self,
+        offset: u64,
+        bufs: &crate::backend::IoBuffers<'_>,
+        fua: bool,
+    ) -> Result<(), crate::backend::DiskError> {
+        self.disk.write_vectored(offset, bufs, fua)
+    }
+    fn flush(&self) -> Result<(), crate::backend::DiskError> {
+        self.disk.flush()
+    }
+    fn discard(&self, offset: u64, len: u64) -> Result<(), crate::backend::DiskError> {
+        self.disk.discard(offset, len)
+    }
+}
+
+#[test]
+fn a_driver_that_never_lets_the_queue_drain_cannot_keep_the_worker_from_stopping() {
+    use std::sync::atomic::Ordering::SeqCst;
+    const BUDGET: u64 = 2_000_000;
+    let ram = TestRam::new(RAM).unwrap();
+    let disk = Arc::new(RefillingDisk {
+        disk: RamDisk::new(1 << 20),
+        ram: ram.clone(),
+        avail_idx: std::sync::atomic::AtomicU16::new(1),
+        budget: std::sync::atomic::AtomicU64::new(BUDGET),
+    });
+    let mut drv = Driver::with_ram(disk.clone(), ALL, ram);
+    let notify = EventFd::new(EFD_NONBLOCK).unwrap();
+    let kick = notify.try_clone().unwrap();
+    drv.dev.start(Some(notify)).unwrap();
+    drv.request(0, req_type::IN, 0, BUFS, 512, BUFS + 0x8000);
+    kick.write(1).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while drv.dev.stats().requests < 1000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flood never started"
+        );
+        std::thread::yield_now();
+    }
+    // One kick, and the queue never empties: the worker is inside one pass. Stop must end it.
+    drv.dev.stop();
+    let left = disk.budget.load(SeqCst);
+    let served = drv.dev.stats().requests;
+    eprintln!("stopped after {served} requests with {left} of {BUDGET} refills left");
+    assert!(
+        left > 0,
+        "the worker stopped only when the driver stopped refilling ({served} requests)"
+    );
+}

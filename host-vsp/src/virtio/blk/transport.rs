@@ -97,6 +97,9 @@ pub struct MmioTransport {
     desc: [u32; 2],
     driver: [u32; 2],
     device: [u32; 2],
+    /// Bumped whenever queue 0 is reset, set ready or unready: a request taken from the queue
+    /// completes into it only if the generation is still the one it was taken in.
+    queue_generation: u64,
     /// The device side of queue 0.
     pub queue: Queue,
 }
@@ -123,6 +126,7 @@ impl MmioTransport {
             desc: [0; 2],
             driver: [0; 2],
             device: [0; 2],
+            queue_generation: 0,
             queue: Queue::new(QUEUE_MAX).expect("QUEUE_MAX is a valid power of two"),
         }
     }
@@ -130,6 +134,11 @@ impl MmioTransport {
     /// Features the driver accepted (meaningful once FEATURES_OK is set).
     pub fn driver_features(&self) -> u64 {
         self.driver_features
+    }
+
+    /// The queue's generation (see the field); changes on reset and on QueueReady writes.
+    pub fn queue_generation(&self) -> u64 {
+        self.queue_generation
     }
 
     /// Device status byte.
@@ -167,6 +176,7 @@ impl MmioTransport {
         self.driver = [0; 2];
         self.device = [0; 2];
         self.queue.reset();
+        self.queue_generation = self.queue_generation.wrapping_add(1);
     }
 
     /// A guest read of `data.len()` bytes at `offset` into the window.
@@ -244,8 +254,10 @@ impl MmioTransport {
             regs::QUEUE_READY if q0 => {
                 if value == 1 && !self.queue.ready() {
                     self.activate_queue(mem);
+                    self.queue_generation = self.queue_generation.wrapping_add(1);
                 } else if value == 0 {
                     self.queue.set_ready(false);
+                    self.queue_generation = self.queue_generation.wrapping_add(1);
                 }
             }
             regs::QUEUE_NOTIFY if value == 0 => return Some(TransportEvent::Notify),

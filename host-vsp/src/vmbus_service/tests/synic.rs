@@ -1,10 +1,12 @@
 //! A [`Synic`] with no hypervisor behind it: posted messages queue up per VP and SINT for the test
 //! to deliver, event-flag signals are recorded, and every connection id gets a real [`EventFd`] (the
-//! same one again when the id is asked for again), which the test writes to play HvSignalEvent.
+//! same one again when the id is asked for again), which the test writes to play HvSignalEvent. A
+//! test may also react to every signal on the signalling thread ([`FakeSynic::on_signal`]), e.g. to
+//! play a guest that answers an interrupt at once.
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use vmm_sys_util::eventfd::EventFd;
@@ -30,11 +32,23 @@ struct State {
     fail_event_for: bool,
 }
 
+/// What a test runs on every `signal_event` (with the event flag).
+pub type SignalHook = Arc<dyn Fn(u32) + Send + Sync>;
+
 /// See the module documentation.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct FakeSynic {
     state: Mutex<State>,
     changed: Condvar,
+    hook: Mutex<Option<SignalHook>>,
+}
+
+impl std::fmt::Debug for FakeSynic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeSynic")
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
 }
 
 impl FakeSynic {
@@ -77,6 +91,11 @@ impl FakeSynic {
         self.lock().fail_event_for = fail;
     }
 
+    /// Run `hook` on every later `signal_event`, on the signalling (device) thread; `None` stops it.
+    pub fn on_signal(&self, hook: Option<SignalHook>) {
+        *self.hook.lock().unwrap_or_else(|e| e.into_inner()) = hook;
+    }
+
     /// The guest's HvSignalEvent on `connection_id`.
     pub fn signal_host(&self, connection_id: u32) {
         let state = self.lock();
@@ -113,6 +132,10 @@ impl Synic for FakeSynic {
     fn signal_event(&self, vp: u32, sint: u8, flag: u32) -> Result<EventDelivery, SynicError> {
         self.lock().signals.push((vp, sint, flag));
         self.changed.notify_all();
+        let hook = self.hook.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(hook) = hook {
+            hook(flag);
+        }
         Ok(EventDelivery::Set)
     }
 
