@@ -15,6 +15,11 @@ pub struct ProducerStats {
     pub signals: u64,
     /// Writes refused with [`RingError::Full`].
     pub full: u64,
+    /// Times `pending_send_sz` was set to ask the reader for space. Can exceed `full`: a write
+    /// that sets it and then, re-checking, finds the space freed meanwhile goes ahead — and the
+    /// reader that freed it may already have seen the request and signalled (a harmless spare
+    /// wake-up).
+    pub space_requests: u64,
 }
 
 /// Result of a successful write.
@@ -136,6 +141,7 @@ impl<M: RingMemory> RingProducer<M> {
             self.mem
                 .store_u32(PENDING_SEND_SIZE_OFFSET, total, Ordering::Relaxed);
             self.pending_set = true;
+            self.stats.space_requests += 1;
             // Pairs with the reader's fence between publishing read_index and loading
             // pending_send_sz: either it sees our request, or we see its new read_index.
             fence(Ordering::SeqCst);

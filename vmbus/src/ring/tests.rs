@@ -158,7 +158,8 @@ fn roundtrip_inband_packet() {
             packets: 1,
             bytes: 56,
             signals: 1,
-            full: 0
+            full: 0,
+            space_requests: 0
         }
     );
     assert_eq!(
