@@ -243,7 +243,10 @@ fn add_disk(shared: &Shared, name: &str, req: DiskRequest) -> Result<u32> {
     let stats = device.stats();
     let relid = shared
         .vmbus
-        .add_device(Arc::new(device))
+        .add_device(crate::inject::wrap_device(
+            &names.iter().map(|d| d.0.clone()).collect::<Vec<_>>(),
+            Arc::new(device),
+        ))
         .with_context(|| format!("offering SCSI controller {index}"))?;
     tracing::info!(disk = name, relid, controller = index, path = %disk.path.display(), "disk added");
     controllers.push(Controller {

@@ -1,17 +1,26 @@
 //! Fault injection for the service's own tests, in debug builds only: `VIRIDIAN_INJECT=KIND:DISK`
-//! wraps disk `DISK`'s backend so that its first write does `KIND` on the device thread serving it —
-//! `panic` (a device-thread panic, which the VMBus service must contain) or `forbidden-syscall`
-//! (an `openat`, which the device filter must refuse). Release builds ignore the variable.
+//! makes disk `DISK` misbehave on the device thread serving it —
+//! - `panic`: the controller's device thread panics when the guest closes its channel (a device
+//!   failure the VMBus service must contain: report it and rescind the channel);
+//! - `io-panic`: the backend panics on its first write (a request failure storvsp must contain:
+//!   the request fails with HARDWARE ERROR, the device goes on);
+//! - `forbidden-syscall`: the backend's first write makes an `openat`, which the device filter
+//!   must refuse.
+//!
+//! Release builds ignore the variable.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use host_vsp::backend::{BlockBackend, DiskError, IoBuffers};
+use host_vsp::vmbus_service::{HostChannel, VmbusDevice};
+use vmbus::server::OfferConfig;
 
-/// What the first write does.
+/// What goes wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
-    Panic,
+    DevicePanic,
+    IoPanic,
     ForbiddenSyscall,
 }
 
@@ -26,16 +35,17 @@ fn fault_for(disk: &str) -> Option<Fault> {
         return None;
     }
     match kind {
-        "panic" => Some(Fault::Panic),
+        "panic" => Some(Fault::DevicePanic),
+        "io-panic" => Some(Fault::IoPanic),
         "forbidden-syscall" => Some(Fault::ForbiddenSyscall),
         _ => None,
     }
 }
 
-/// `backend`, wrapped if a fault is injected into `disk`.
+/// `backend`, wrapped if a backend fault is injected into `disk`.
 pub fn wrap(disk: &str, backend: Arc<dyn BlockBackend>) -> Arc<dyn BlockBackend> {
     match fault_for(disk) {
-        Some(fault) => {
+        Some(fault @ (Fault::IoPanic | Fault::ForbiddenSyscall)) => {
             tracing::warn!(disk, ?fault, "fault injection armed");
             Arc::new(Faulty {
                 inner: backend,
@@ -43,7 +53,38 @@ pub fn wrap(disk: &str, backend: Arc<dyn BlockBackend>) -> Arc<dyn BlockBackend>
                 fired: AtomicBool::new(false),
             })
         }
-        None => backend,
+        _ => backend,
+    }
+}
+
+/// `device` (the controller of `disks`), wrapped if a device panic is injected into one of them.
+pub fn wrap_device(disks: &[String], device: Arc<dyn VmbusDevice>) -> Arc<dyn VmbusDevice> {
+    if disks
+        .iter()
+        .any(|d| fault_for(d) == Some(Fault::DevicePanic))
+    {
+        tracing::warn!(?disks, "fault injection armed: device panic on close");
+        Arc::new(PanicOnClose(device))
+    } else {
+        device
+    }
+}
+
+/// A device whose thread panics once the guest closed its channel.
+struct PanicOnClose(Arc<dyn VmbusDevice>);
+
+impl VmbusDevice for PanicOnClose {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    fn offer(&self) -> OfferConfig {
+        self.0.offer()
+    }
+
+    fn serve(&self, channel: HostChannel) {
+        self.0.serve(channel);
+        panic!("injected device-thread panic");
     }
 }
 
@@ -74,7 +115,7 @@ impl BlockBackend for Faulty {
     ) -> Result<(), DiskError> {
         if !self.fired.swap(true, Ordering::AcqRel) {
             match self.fault {
-                Fault::Panic => panic!("injected device-thread panic"),
+                Fault::IoPanic | Fault::DevicePanic => panic!("injected I/O panic"),
                 Fault::ForbiddenSyscall => {
                     let refused = std::fs::File::open("/etc/hostname")
                         .err()

@@ -316,7 +316,10 @@ impl Machine {
             let (device, names) = controller_device(index, &disks);
             let stats = device.stats();
             let relid = vmbus
-                .add_device(Arc::new(device))
+                .add_device(crate::inject::wrap_device(
+                    &names.iter().map(|d| d.0.clone()).collect::<Vec<_>>(),
+                    Arc::new(device),
+                ))
                 .with_context(|| format!("offering SCSI controller {index}"))?;
             controllers.push(Controller {
                 index,

@@ -125,6 +125,7 @@ pub fn status(shared: &Shared) -> Value {
                 // storvsp counts per controller: a controller's disks share these.
                 "requests": s.worker.requests,
                 "failed_requests": s.worker.failed_requests,
+                "io_panics": s.worker.io_panics,
                 "bytes": s.worker.bytes,
             }));
         }

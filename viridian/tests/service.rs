@@ -424,10 +424,9 @@ fn a_device_thread_panic_is_contained_the_heartbeat_goes_on_and_status_shows_the
         &[("VIRIDIAN_INJECT", "panic:b")],
     );
     service.wait_line("serve-disk-verified relid=1");
-    // b's first write panics its device thread: the service rescinds the channel, the guest gives
-    // the request up and goes on.
-    let failed = service.wait_line("serve-disk-failed relid=2");
-    assert!(failed.contains("rescinded"), "{failed}");
+    // b's device thread panics when the guest closes its channel after the check: the service
+    // reports it and rescinds the channel, and the guest lets the relid go.
+    service.wait_line("serve-disk-verified relid=2");
     service.wait_line("serve-disk-rescinded relid=2");
     let status = heartbeats_go_on(&service, 5);
     assert_eq!(status["heartbeat"]["health"], "healthy", "{status}");
@@ -447,6 +446,35 @@ fn a_device_thread_panic_is_contained_the_heartbeat_goes_on_and_status_shows_the
         .clone();
     assert!(b["failed"].as_str().unwrap().contains("injected"), "{b}");
     assert_ne!(b["state"], "open", "{b}");
+    service.ctl(&["shutdown"]);
+    assert_eq!(service.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn a_panic_in_a_disk_request_fails_only_that_request_with_the_device_going_on() {
+    if !kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = two_disk_config(dir.path());
+    let mut service = Service::start_with(
+        &config,
+        &dir.path().join("api.sock"),
+        &[],
+        &[("VIRIDIAN_INJECT", "io-panic:b")],
+    );
+    service.wait_line("serve-disk-verified relid=1");
+    let failed = service.wait_line("serve-disk-failed relid=2");
+    assert!(failed.contains("write failed"), "{failed}");
+    let status = heartbeats_go_on(&service, 3);
+    assert!(
+        status["device_failures"].as_array().unwrap().is_empty(),
+        "{status}"
+    );
+    let b = &status["disks"].as_array().unwrap()[1];
+    assert_eq!(b["name"], "b");
+    assert_eq!(b["io_panics"], 1, "{b}");
+    assert_eq!(b["failed_requests"], 1, "{b}");
     service.ctl(&["shutdown"]);
     assert_eq!(service.wait_exit().code(), Some(0));
 }
