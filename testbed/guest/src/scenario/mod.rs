@@ -10,6 +10,7 @@ use crate::println;
 pub mod bench;
 pub mod block;
 mod boot;
+mod net;
 mod serve;
 mod vmbus;
 mod vmbus_model;
@@ -19,7 +20,7 @@ pub type Outcome = Result<(), String>;
 
 /// Every scenario family, asked in order; one line each.
 const FAMILIES: &[fn(&str, &str) -> Option<Outcome>] =
-    &[boot::run, block::run, bench::run, vmbus::run, serve::run];
+    &[boot::run, block::run, bench::run, vmbus::run, serve::run, net::run];
 
 /// Run every scenario named in `cmdline` (tokens `name` or `name:args`, separated by spaces).
 pub fn run_all(cmdline: &str) -> u32 {
