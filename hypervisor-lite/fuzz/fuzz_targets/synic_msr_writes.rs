@@ -171,7 +171,8 @@ fuzz_target!(|data: &[u8]| {
                 };
                 let n = usize::from(input.u8() % 32);
                 let mut bytes = [0u8; 32];
-                bytes[..n].copy_from_slice(input.bytes(n));
+                let given = input.bytes(n);
+                bytes[..given.len()].copy_from_slice(given);
                 let _ = ram.write(at, &bytes[..n.max(4)]);
             }
             _ => wrmsr(&hv, vp, MSR_EOM, 0),
