@@ -251,7 +251,15 @@ fn virtio_seeds() {
     write(
         t,
         "get_id_and_flush",
-        &[setup, &get_id.concat(), push, notify, &header(2, 0), push, notify],
+        &[
+            setup,
+            &get_id.concat(),
+            push,
+            notify,
+            &header(2, 0),
+            push,
+            notify,
+        ],
     );
     // An indirect table at 0x7000 with the same three-descriptor read.
     let mut table = Vec::new();
