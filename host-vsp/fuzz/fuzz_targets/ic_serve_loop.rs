@@ -3,11 +3,13 @@
 //! (see `host_vsp_fuzz::VmbusGuest`), fed guest→host packets the input chooses.
 //!
 //! Input: a setup byte (bit 0: shutdown IC instead of heartbeat; bits 1–3: heartbeats planned;
-//! bits 4–5: burst − 1), then steps `[op, ...]`: answer the host's next request correctly and then
-//! flip some of its bytes; a negotiate response with garbage version counts and versions; a raw
-//! packet of any type and bytes; a scribble on the guest→host ring's control page; a host-side
+//! bits 4–5: burst − 1; bit 6: before the open, scribble `[offset, u32]` on the host→guest ring's
+//! control page), then steps `[op, ...]`: answer the host's next request correctly and then flip
+//! some of its bytes; a negotiate response with garbage version counts and versions; a raw packet
+//! of any type and bytes; a scribble on either ring's control page; a host-side
 //! shutdown request; or a short wait for the device. After the steps the harness closes the
-//! channel: the serve loop must return within the service's stop timeout, and no device thread
+//! channel: the serve loop must return within the service's stop timeout (5 s; the service counts
+//! devices that miss it), and no device thread
 //! may have panicked (the service catches device panics, so the harness checks its counter).
 #![no_main]
 
@@ -16,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use host_vsp::synthetic::ic::IcVsp;
-use host_vsp_fuzz::{GuestRing, Input, VmbusGuest, PATIENCE};
+use host_vsp_fuzz::{GuestRing, Input, VmbusGuest};
 use ic_protocol::{
     flags, negotiate, parse, IcMessageType, FRAMEWORK_VERSIONS, HEADER_SIZE, HEARTBEAT_VERSIONS,
     SHUTDOWN_VERSIONS,
@@ -102,7 +104,12 @@ fuzz_target!(|data: &[u8]| {
     });
     let control = vsp.control();
     let mut guest = VmbusGuest::connect(vec![vsp]);
-    let mut ring = guest.open_first().expect("the IC channel opens");
+    let scribble = (setup & 0x40 != 0).then(|| (u64::from(input.u8() % 17) * 4, input.u32()));
+    // A scribble that breaks the ring's write index makes the open fail: nothing to serve.
+    let Some(mut ring) = guest.open_first(scribble) else {
+        guest.service.shutdown();
+        return;
+    };
     let mut next_id = 1u64;
     while !input.is_empty() {
         match input.u8() % 8 {
@@ -137,10 +144,16 @@ fuzz_target!(|data: &[u8]| {
                 next_id += 1;
             }
             5 => {
-                // The guest scribbles on its own ring's control page (indices, mask, pending size).
-                let offset = u64::from(input.u8() % 17) * 4;
+                // The guest scribbles on a ring control page (indices, mask, pending size).
+                let selector = input.u8();
+                let pfn = if selector & 0x80 == 0 {
+                    ring.to_host_pfn
+                } else {
+                    ring.from_host_pfn
+                };
+                let offset = u64::from(selector % 17) * 4;
                 let value = input.u32();
-                let gpa = GuestAddress(ring.to_host_pfn * 4096 + offset);
+                let gpa = GuestAddress(pfn * 4096 + offset);
                 guest.memory.write_obj(value, gpa).unwrap();
                 guest.synic.signal_host(ring.connection_id);
             }
@@ -148,7 +161,6 @@ fuzz_target!(|data: &[u8]| {
             _ => std::thread::sleep(Duration::from_micros(200)),
         }
     }
-    let started = Instant::now();
     guest.close(ring.relid);
     let stats = &guest.service.stats;
     assert_eq!(
@@ -162,10 +174,5 @@ fuzz_target!(|data: &[u8]| {
         "the serve loop did not stop"
     );
     assert!(!control.snapshot().serving, "still serving after close");
-    assert!(
-        started.elapsed() < PATIENCE,
-        "close took {:?}",
-        started.elapsed()
-    );
     guest.service.shutdown();
 });

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use host_vsp::vmbus_service::{
     EventDelivery, GuestPages, ServiceConfig, Synic, SynicError, VmbusDevice, VmbusService,
 };
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmbus::client::{Client, ClientAction, ClientConfig};
 use vmbus::gpadl::GpaRange;
 use vmbus::mem::PAGE_SIZE;
@@ -124,7 +124,7 @@ pub const GUEST_PAGES: u64 = 64;
 /// Pages of each ring of a channel [`VmbusGuest::open`] opens.
 pub const RING_PAGES: usize = 4;
 /// How long the guest waits for the service or a device before giving up on a step.
-pub const PATIENCE: Duration = Duration::from_secs(2);
+pub const PATIENCE: Duration = Duration::from_secs(10);
 
 /// The guest ends of one open channel.
 #[derive(Debug)]
@@ -135,6 +135,8 @@ pub struct GuestRing {
     pub connection_id: u32,
     /// First page of the guest→host ring (its control page).
     pub to_host_pfn: u64,
+    /// First page of the host→guest ring (its control page).
+    pub from_host_pfn: u64,
     /// Guest→host ring.
     pub to_host: RingProducer<GuestPages>,
     /// Host→guest ring.
@@ -232,7 +234,9 @@ impl VmbusGuest {
     }
 
     /// Opens the first offer on a fresh ring GPADL (pages from 16 on); `None` if the service refused.
-    pub fn open_first(&mut self) -> Option<GuestRing> {
+    /// `scribble`: `(offset, value)` the guest writes into the host→guest ring's control page after
+    /// initialising it and before the open (the page is the guest's to write at any time).
+    pub fn open_first(&mut self, scribble: Option<(u64, u32)>) -> Option<GuestRing> {
         let offer = *self.client.offers().next()?;
         let relid = offer.child_relid;
         let pfns: Vec<u64> = (16..16 + 2 * RING_PAGES as u64).collect();
@@ -240,6 +244,10 @@ impl VmbusGuest {
         for half in [halves.0, halves.1] {
             let pages = GuestPages::new(&self.memory, half).unwrap();
             initialize_control_page(&pages, FEATURE_PENDING_SEND_SIZE).unwrap();
+        }
+        if let Some((offset, value)) = scribble {
+            let gpa = GuestAddress(halves.1[0] * PAGE_SIZE as u64 + offset);
+            self.memory.write_obj(value, gpa).unwrap();
         }
         let gpadl = self
             .client
@@ -256,6 +264,7 @@ impl VmbusGuest {
             relid,
             connection_id: offer.connection_id,
             to_host_pfn: pfns[0],
+            from_host_pfn: halves.1[0],
             to_host: RingProducer::new(GuestPages::new(&self.memory, halves.0).unwrap()).unwrap(),
             from_host: RingConsumer::new(GuestPages::new(&self.memory, halves.1).unwrap()).unwrap(),
         })
