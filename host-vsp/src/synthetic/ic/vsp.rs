@@ -168,11 +168,13 @@ impl VmbusDevice for IcVsp {
         let mut ids = TransIds(0);
         let mut shutdown_sent = false;
         self.control.update(|s| s.serving = true);
+        // A channel that cannot even take the first request is broken like any other: idle until
+        // closed, so `serving` goes false when the channel does.
         let Ok(n) = host.negotiate_request(&mut request) else {
-            return;
+            return self.idle(&mut channel);
         };
         if !self.send_batch(&mut channel, &mut ids, &[&request[..n]]) {
-            return;
+            return self.idle(&mut channel);
         }
         loop {
             // Take every answer (interrupts masked while draining; re-checked on unmask).
