@@ -57,8 +57,9 @@ fn answer(request: &[u8], shutdown_ic: bool) -> Vec<u8> {
 fn next_request(ring: &mut GuestRing) -> Option<(u64, Vec<u8>)> {
     let deadline = Instant::now() + Duration::from_millis(5);
     let mut buf = vec![0u8; 4096];
+    let from_host = ring.from_host.as_mut()?;
     loop {
-        match ring.from_host.read_packet(&mut buf) {
+        match from_host.read_packet(&mut buf) {
             Ok(Some(read)) => {
                 let payload = buf[read.info.data_offset()..read.info.len].to_vec();
                 return Some((read.info.desc.trans_id, payload));

@@ -139,8 +139,9 @@ pub struct GuestRing {
     pub from_host_pfn: u64,
     /// Guest→host ring.
     pub to_host: RingProducer<GuestPages>,
-    /// Host→guest ring.
-    pub from_host: RingConsumer<GuestPages>,
+    /// Host→guest ring; `None` when the guest broke its own read index before the open (the host
+    /// may still have opened the channel: its end only checks the write index).
+    pub from_host: Option<RingConsumer<GuestPages>>,
 }
 
 /// A guest: the real client, its memory and the service it talks to.
@@ -253,20 +254,32 @@ impl VmbusGuest {
             .client
             .create_gpadl(relid, GpaRange::whole_pages(&pfns).unwrap())
             .unwrap();
-        self.pump_until(|a| matches!(a, ClientAction::GpadlCreated { status: 0, .. }))
-            .then_some(())?;
+        let mut status = None;
+        self.pump_until(|a| {
+            if let ClientAction::GpadlCreated { status: s, .. } = a {
+                status = Some(*s);
+            }
+            status.is_some()
+        });
+        (status? == 0).then_some(())?;
         self.client
             .open_channel(relid, gpadl, RING_PAGES as u32, 0, &[])
             .unwrap();
-        self.pump_until(|a| matches!(a, ClientAction::ChannelOpened { status: 0, .. }))
-            .then_some(())?;
+        let mut status = None;
+        self.pump_until(|a| {
+            if let ClientAction::ChannelOpened { status: s, .. } = a {
+                status = Some(*s);
+            }
+            status.is_some()
+        });
+        (status? == 0).then_some(())?;
         Some(GuestRing {
             relid,
             connection_id: offer.connection_id,
             to_host_pfn: pfns[0],
             from_host_pfn: halves.1[0],
             to_host: RingProducer::new(GuestPages::new(&self.memory, halves.0).unwrap()).unwrap(),
-            from_host: RingConsumer::new(GuestPages::new(&self.memory, halves.1).unwrap()).unwrap(),
+            from_host: RingConsumer::new(GuestPages::new(&self.memory, halves.1).unwrap()).ok(),
         })
     }
 
