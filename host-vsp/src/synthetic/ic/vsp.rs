@@ -189,6 +189,8 @@ impl VmbusDevice for IcVsp {
         let mut shutdown_sent = false;
         let mut last_periodic: Option<Instant> = None;
         self.control.update(|s| s.serving = true);
+        // A channel that cannot even take the first request is broken like any other: idle until
+        // closed, so `serving` goes false when the channel does.
         let Ok(n) = host.negotiate_request(&mut request) else {
             return self.idle(&mut channel);
         };

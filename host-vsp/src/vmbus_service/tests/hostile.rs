@@ -1,7 +1,10 @@
 //! A hostile or careless guest: ring GPADLs outside RAM, bad ring splits, garbage in the ring control
-//! pages, UNLOAD with everything open, and posts that must be refused without touching open channels.
+//! pages, UNLOAD with everything open, posts that must be refused without touching open channels, and
+//! an IC channel whose host→guest ring is broken before it opens.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
 
 use vmbus::client::ClientAction;
 use vmbus::gpadl::{GpaRange, GpadlMessages};
@@ -18,6 +21,7 @@ use vmbus::ring::{initialize_control_page, FEATURE_PENDING_SEND_SIZE, READ_INDEX
 use super::super::{ChannelState, GpadlAccessError, GuestPages};
 use super::echo_device::{EchoDevice, ECHO, OK, READ, SUBCHANNELS};
 use super::guest::{eventually, Guest, MEMORY_PAGES, RING_PAGES, RING_SPLIT};
+use crate::synthetic::ic::IcVsp;
 
 fn open_message(relid: u32, gpadl: u32, target_vp: u32, split: u32) -> OpenChannel {
     OpenChannel::new(
@@ -366,4 +370,33 @@ fn bytes<T: ChannelMessage>(message: &T) -> Vec<u8> {
 
 fn close(relid: u32) -> Vec<u8> {
     bytes(&CloseChannel::new(relid))
+}
+
+/// The guest breaks its read index of the host→guest ring before opening an IC channel: the host's
+/// end only checks the write index, so the open succeeds and the IC VSP's first request fails with a
+/// fatal ring error. The VSP must report it and, once the channel is closed, no longer claim to be
+/// serving it (found by the `ic_serve_loop` fuzz target).
+#[test]
+fn an_ic_whose_first_request_cannot_be_written_stops_serving_when_closed() {
+    let ic = Arc::new(IcVsp::heartbeat(Guid::new(0x4842, 1, 1, [0; 8]), 4, 2));
+    let control = ic.control();
+    let mut g = Guest::start(vec![ic]);
+    let relid = g.connect()[0].child_relid;
+    let (gpadl, pfns) = g.ring_gpadl(relid);
+    let read_index = pfns[RING_SPLIT] * PAGE_SIZE as u64 + READ_INDEX_OFFSET as u64;
+    g.write_memory(read_index, &0x0706_0020u32.to_le_bytes());
+    g.client
+        .open_channel(relid, gpadl, RING_SPLIT as u32, 0, &[])
+        .unwrap();
+    g.pump_until("OPENCHANNEL_RESULT", |g| {
+        g.events
+            .contains(&ClientAction::ChannelOpened { relid, status: 0 })
+    });
+    assert!(control
+        .wait_until(Duration::from_secs(10), |s| s.errors > 0)
+        .is_some_and(|s| s.last_error.unwrap().contains("outbound ring")));
+    g.close(relid);
+    let state = control.snapshot();
+    assert!(!state.serving, "{state:?}");
+    assert_eq!(g.service.stats.stuck_devices.load(Ordering::Relaxed), 0);
 }
