@@ -85,9 +85,7 @@ impl Stack {
         Ok(())
     }
 
-    /// Waits for the host when smoltcp has no timer due soon; spins (no exit) while one is. The
-    /// TCP steps never sleep: they poll (bounded by the step's deadline) — a sleeping guest can
-    /// miss its wake-up there (under investigation), and a streaming one has work anyway.
+    /// Waits for the host when smoltcp has no timer due soon; spins (no exit) while one is.
     fn idle(&mut self) -> Result<(), String> {
         self.check_deadline()?;
         match self.iface.poll_delay(now(), &self.sockets) {
@@ -283,7 +281,7 @@ fn tcp_send(stack: &mut Stack, bytes: u64) -> Outcome {
             break;
         }
         if !stack.turn()? {
-            stack.check_deadline()?;
+            stack.idle()?;
         }
     }
     stack.sockets.remove(handle);
@@ -323,7 +321,7 @@ fn tcp_recv(stack: &mut Stack) -> Outcome {
                     stack.nic.stats()
                 ));
             }
-            stack.check_deadline()?;
+            stack.idle()?;
         }
     }
     // Let the FIN exchange finish.
@@ -334,7 +332,7 @@ fn tcp_recv(stack: &mut Stack) -> Outcome {
             break;
         }
         if !stack.turn()? {
-            stack.check_deadline()?;
+            stack.idle()?;
         }
     }
     stack.sockets.remove(handle);
