@@ -486,4 +486,13 @@ mod tests {
         assert_eq!(config.disks[1].name.as_deref(), Some("data"));
         assert_eq!(config.disks[1].controller, Some(1));
     }
+
+    #[test]
+    fn the_example_config_loads_as_it_is() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/two-disks.toml");
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.disks.len(), 2);
+        assert!(config.api.socket.is_some());
+        assert_eq!(config.guest.cmdline, "serve");
+    }
 }
