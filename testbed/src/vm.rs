@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use host_kvm::fault_port::FaultLog;
 use host_vsp::device_threads::DeviceThreads;
 use host_vsp::vmbus_service::{VmbusDevice, VmbusService};
 use hypervisor_lite::hv::{HvConfig, HvPartition};
@@ -108,28 +109,6 @@ impl GuestVmConfig {
     ) -> &mut Self {
         self.attach.push(Box::new(hook));
         self
-    }
-}
-
-/// Exceptions the guest reported on [`FAULT_PORT`].
-#[derive(Debug, Default)]
-struct FaultLog {
-    words: Mutex<Vec<u32>>,
-}
-
-impl PortHandler for FaultLog {
-    fn read(&self, _vcpu: &mut VcpuCtx, _port: u16, data: &mut [u8]) {
-        data.fill(0xff);
-    }
-
-    fn write(&self, _vcpu: &mut VcpuCtx, _port: u16, data: &[u8]) {
-        let mut word = [0u8; 4];
-        let n = data.len().min(4);
-        word[..n].copy_from_slice(&data[..n]);
-        let mut words = self.words.lock().unwrap_or_else(|e| e.into_inner());
-        if words.len() < 3 * 16 {
-            words.push(u32::from_le_bytes(word));
-        }
     }
 }
 
@@ -378,16 +357,7 @@ impl GuestVm {
         let stopping = std::time::Instant::now();
         self.vmbus.shutdown();
         let vmbus_shutdown = stopping.elapsed();
-        let words = self
-            .faults
-            .words
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let faults = words
-            .chunks_exact(3)
-            .map(|w| (w[0], u64::from(w[1]) | (u64::from(w[2]) << 32)))
-            .collect();
+        let faults = self.faults.faults();
         let marks =
             std::mem::take(&mut *self.marks.marks.lock().unwrap_or_else(|e| e.into_inner()));
         Ok(GuestRun {

@@ -10,14 +10,13 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use host_kvm::fault_port::FaultLog;
 use host_vsp::backend::{BlockBackend, FileDisk, FileDiskOptions};
 use host_vsp::synthetic::ic::{IcControl, IcVsp};
 use host_vsp::synthetic::storvsp::{LunMap, StorvspConfig, StorvspDevice, StorvspDeviceStats};
 use host_vsp::vmbus_service::VmbusService;
 use hypervisor_lite::hv::{HvConfig, HvPartition};
-use hypervisor_lite::{
-    GuestRam, Partition, PartitionConfig, PortHandler, StatsProbe, StopHandle, VcpuCtx, VcpuOutcome,
-};
+use hypervisor_lite::{GuestRam, Partition, PartitionConfig, StatsProbe, StopHandle, VcpuOutcome};
 use vmbus::protocol::Guid;
 
 use crate::config::{Config, DiskConfig};
@@ -178,39 +177,6 @@ impl Shared {
     /// The controllers (locked).
     pub fn controllers(&self) -> MutexGuard<'_, Vec<Controller>> {
         self.controllers.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// CPU exceptions the guest kernel reports on its fault port: (vector, RIP).
-#[derive(Debug, Default)]
-struct FaultLog {
-    words: Mutex<Vec<u32>>,
-}
-
-impl PortHandler for FaultLog {
-    fn read(&self, _vcpu: &mut VcpuCtx, _port: u16, data: &mut [u8]) {
-        data.fill(0xff);
-    }
-
-    fn write(&self, _vcpu: &mut VcpuCtx, _port: u16, data: &[u8]) {
-        let mut word = [0u8; 4];
-        let n = data.len().min(4);
-        word[..n].copy_from_slice(&data[..n]);
-        let mut words = self.words.lock().unwrap_or_else(|e| e.into_inner());
-        // Bounded whatever the guest writes.
-        if words.len() < 3 * 16 {
-            words.push(u32::from_le_bytes(word));
-        }
-    }
-}
-
-impl FaultLog {
-    fn faults(&self) -> Vec<(u32, u64)> {
-        let words = self.words.lock().unwrap_or_else(|e| e.into_inner());
-        words
-            .chunks_exact(3)
-            .map(|w| (w[0], u64::from(w[1]) | (u64::from(w[2]) << 32)))
-            .collect()
     }
 }
 

@@ -396,6 +396,21 @@ fn two_disk_config(dir: &Path) -> PathBuf {
     )
 }
 
+/// A service running [`two_disk_config`] with `fault` injected (`VIRIDIAN_INJECT`), once the
+/// guest has checked disk a (relid 1); the directory holds the images and lives as long as it.
+fn two_disks_with_fault(fault: &str) -> (tempfile::TempDir, Service) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = two_disk_config(dir.path());
+    let mut service = Service::start_with(
+        &config,
+        &dir.path().join("api.sock"),
+        &[],
+        &[("VIRIDIAN_INJECT", fault)],
+    );
+    service.wait_line("serve-disk-verified relid=1");
+    (dir, service)
+}
+
 /// Waits until the guest answered `more` heartbeats beyond what it had answered at the call.
 fn heartbeats_go_on(service: &Service, more: u64) -> Value {
     let start = service.status()["heartbeat"]["answered"].as_u64().unwrap();
@@ -415,15 +430,7 @@ fn a_device_thread_panic_is_contained_the_heartbeat_goes_on_and_status_shows_the
     if !kvm() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let config = two_disk_config(dir.path());
-    let mut service = Service::start_with(
-        &config,
-        &dir.path().join("api.sock"),
-        &[],
-        &[("VIRIDIAN_INJECT", "panic:b")],
-    );
-    service.wait_line("serve-disk-verified relid=1");
+    let (_dir, mut service) = two_disks_with_fault("panic:b");
     // b's device thread panics when the guest closes its channel after the check: the service
     // reports it and rescinds the channel, and the guest lets the relid go.
     service.wait_line("serve-disk-verified relid=2");
@@ -455,15 +462,7 @@ fn a_panic_in_a_disk_request_fails_only_that_request_with_the_device_going_on() 
     if !kvm() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let config = two_disk_config(dir.path());
-    let mut service = Service::start_with(
-        &config,
-        &dir.path().join("api.sock"),
-        &[],
-        &[("VIRIDIAN_INJECT", "io-panic:b")],
-    );
-    service.wait_line("serve-disk-verified relid=1");
+    let (_dir, mut service) = two_disks_with_fault("io-panic:b");
     let failed = service.wait_line("serve-disk-failed relid=2");
     assert!(failed.contains("write failed"), "{failed}");
     let status = heartbeats_go_on(&service, 3);
@@ -484,15 +483,7 @@ fn a_forbidden_syscall_from_a_device_thread_is_refused_and_only_its_request_fail
     if !kvm() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let config = two_disk_config(dir.path());
-    let mut service = Service::start_with(
-        &config,
-        &dir.path().join("api.sock"),
-        &[],
-        &[("VIRIDIAN_INJECT", "forbidden-syscall:b")],
-    );
-    service.wait_line("serve-disk-verified relid=1");
+    let (_dir, mut service) = two_disks_with_fault("forbidden-syscall:b");
     let refused = service.wait_line("injected forbidden syscall");
     assert!(refused.contains("was refused"), "{refused}");
     assert!(
