@@ -17,8 +17,6 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
-#[macro_use]
-mod open_enum;
 pub mod ndis;
 pub mod nvsp;
 pub mod ppi;

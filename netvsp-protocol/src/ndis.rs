@@ -3,6 +3,7 @@
 //! sizes — task offload capabilities (`NDIS_OFFLOAD`) and parameters, receive-side scaling
 //! capabilities and parameters.
 
+use vmbus::open_enum;
 use zerocopy::byteorder::little_endian::{U16, U32};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 

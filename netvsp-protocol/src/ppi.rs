@@ -2,6 +2,7 @@
 //! LSO, VLAN, hash, RSC fragment id), the bit layouts of their values, a checked walker over a PPI
 //! area and an encoder for one record.
 
+use vmbus::open_enum;
 use zerocopy::byteorder::little_endian::{U16, U32};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 

@@ -14,8 +14,7 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
-#[macro_use]
-mod open_enum;
+use vmbus::open_enum;
 pub mod scsi;
 mod srb;
 

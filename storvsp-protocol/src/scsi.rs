@@ -1,6 +1,7 @@
 //! SCSI constants both ends of the channel use (SPC/SBC): operation codes, status bytes, sense keys,
 //! additional sense codes, VPD page codes, and fixed-format sense data ([`FixedSense`]).
 
+use vmbus::open_enum;
 open_enum! {
     /// SCSI status byte.
     pub struct ScsiStatus(u8) {

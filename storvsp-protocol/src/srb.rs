@@ -1,6 +1,7 @@
 //! The SCSI request block carried by `EXECUTE_SRB` (`struct vmscsi_request`), its status codes, data
 //! direction and flags.
 
+use vmbus::open_enum;
 use zerocopy::byteorder::little_endian::{U16, U32};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 

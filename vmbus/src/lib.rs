@@ -16,6 +16,7 @@
 extern crate alloc;
 
 pub mod mem;
+mod open_enum;
 pub mod packet;
 pub mod ring;
 

@@ -3,6 +3,7 @@
 //! sub-channels. Every message is a `u32` [`MessageType`] followed by a type-specific body
 //! (Linux's `struct nvsp_message`, [`NVSP_MESSAGE_SIZE`] bytes with the largest body).
 
+use vmbus::open_enum;
 use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligned};
 

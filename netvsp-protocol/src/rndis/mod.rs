@@ -5,6 +5,7 @@
 //! comes from the peer: the helpers return [`RndisError`] and never panic.
 
 use core::ops::Range;
+use vmbus::open_enum;
 
 use zerocopy::byteorder::little_endian::U32;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};

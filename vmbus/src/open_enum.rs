@@ -1,6 +1,9 @@
 //! `open_enum!`: numeric wire codes as transparent newtypes with named constants, so any value a
-//! peer sends is representable and unknown ones print as numbers.
+//! peer sends is representable and unknown ones print as numbers. Exported for every protocol
+//! crate on VMBus (storvsp-protocol, netvsp-protocol).
 
+/// Declares a numeric wire code as a transparent newtype with named constants (see the module).
+#[macro_export]
 macro_rules! open_enum {
     (
         $(#[$meta:meta])*
