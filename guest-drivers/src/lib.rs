@@ -6,6 +6,10 @@
 //! - the VMBus client and the VSC drivers build on it ([`storvsc`], [`netvsc`] with a smoltcp device);
 //! - [`virtio`] and [`virtio_blk`]: virtio 1.x (split virtqueue, virtio-mmio) and the virtio-blk baseline,
 //!   written from the specification with Linux's notification discipline.
+//!
+//! The crate's README is the guest SDK: what a guest kernel must provide (the `Platform`,
+//! `EventSignal`, `PortIo` and `IdentityMapped` contracts) and a compiled example bringing up a
+//! VMBus disk and NIC.
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;
@@ -20,3 +24,7 @@ pub mod storvsc_disk;
 pub mod virtio;
 pub mod virtio_blk;
 pub mod vmbus_client;
+
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
