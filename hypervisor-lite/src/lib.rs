@@ -5,7 +5,7 @@
 //! Core modules: [`memory`] (guest RAM), [`partition`] (building and running a VM), [`vcpu`] (run loop, handler
 //! context, outcomes), [`devices`] (port/MMIO/MSR handler traits), [`irq`] (ioeventfd, MSI, irqfd), [`stats`]
 //! (user exits and KVM statistics), [`boot`] (boot area and initial registers), [`loader`] (ELF), [`serial`]
-//! (COM1), [`testing`] (test-guest paths and the KVM skip rule).
+//! (COM1), [`testing`] (test-guest paths and the KVM skip rule), [`tsc`] (the host TSC rate).
 
 pub mod boot;
 pub mod devices;
@@ -19,6 +19,7 @@ pub mod partition;
 pub mod serial;
 pub mod stats;
 pub mod testing;
+pub mod tsc;
 pub mod vcpu;
 
 pub use boot::BootMode;

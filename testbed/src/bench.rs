@@ -23,7 +23,7 @@ pub mod vmbus;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use host_vsp::backend::{BlockBackend, DiskError};
@@ -149,24 +149,8 @@ pub enum DataError {
     },
 }
 
-/// Measure the TSC rate against the monotonic clock over about 20 ms (the guest's TSC runs at the
-/// host's rate here).
-pub fn calibrate_tsc() -> u64 {
-    fn tsc() -> u64 {
-        // SAFETY: RDTSC only reads the time-stamp counter; it has no memory effects.
-        unsafe { core::arch::x86_64::_rdtsc() }
-    }
-    let mut rates: Vec<u64> = (0..3)
-        .map(|_| {
-            let (t0, c0) = (Instant::now(), tsc());
-            std::thread::sleep(Duration::from_millis(7));
-            let (c1, t1) = (tsc(), Instant::now());
-            (c1.wrapping_sub(c0) as f64 / (t1 - t0).as_secs_f64()) as u64
-        })
-        .collect();
-    rates.sort_unstable();
-    rates[1]
-}
+/// Measure the TSC rate (the guest's TSC runs at the host's rate here).
+pub use hypervisor_lite::tsc::calibrate_tsc;
 
 /// The sectors `[start, end)` the specs can touch on a disk of `capacity_sectors`.
 pub fn span(specs: &[WorkloadSpec], capacity_sectors: u64) -> Result<(u64, u64), PlanError> {

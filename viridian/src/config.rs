@@ -68,6 +68,9 @@ pub struct Config {
     /// Disks, each a synthetic SCSI LUN.
     #[serde(default, rename = "disk")]
     pub disks: Vec<DiskConfig>,
+    /// Network adapters, each a synthetic NIC on a TAP interface.
+    #[serde(default, rename = "net")]
+    pub nets: Vec<NetConfig>,
     /// The directory relative paths are resolved against (the config file's).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -206,6 +209,42 @@ pub struct DiskConfig {
     pub lun: u8,
     /// Create the image, sparse, with this size (MiB) if it does not exist.
     pub create_size_mib: Option<u64>,
+}
+
+/// One `[[net]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// The name status uses (default `net<N>`).
+    pub name: Option<String>,
+    /// The TAP interface (created in the service's network namespace if it does not exist).
+    pub tap: String,
+    /// The adapter's MAC address, `xx:xx:xx:xx:xx:xx` (default 00:15:5d:00:00:N+1).
+    pub mac: Option<String>,
+}
+
+impl NetConfig {
+    /// The MAC (set for every adapter once loaded).
+    pub fn mac_bytes(&self) -> [u8; 6] {
+        self.mac
+            .as_deref()
+            .and_then(parse_mac)
+            .unwrap_or([0x00, 0x15, 0x5d, 0, 0, 1])
+    }
+}
+
+/// `xx:xx:xx:xx:xx:xx` as bytes.
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
 }
 
 fn builtin() -> String {
@@ -369,6 +408,31 @@ impl Config {
                 None => {}
             }
         }
+        for (i, net) in self.nets.iter_mut().enumerate() {
+            let key = |field: &str| format!("net[{i}].{field}");
+            if net.tap.is_empty() || net.tap.len() > 15 || net.tap.contains(['/', ' ']) {
+                return Err(invalid(
+                    &key("tap"),
+                    format!("`{}` is not an interface name", net.tap),
+                ));
+            }
+            let mac = match &net.mac {
+                Some(text) => parse_mac(text).ok_or_else(|| {
+                    invalid(&key("mac"), format!("`{text}` is not xx:xx:xx:xx:xx:xx"))
+                })?,
+                None => [0x00, 0x15, 0x5d, 0, 0, i as u8 + 1],
+            };
+            if mac[0] & 1 != 0 || mac == [0; 6] {
+                return Err(invalid(&key("mac"), "must be a unicast address".into()));
+            }
+            net.mac = Some(
+                mac.iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":"),
+            );
+            net.name.get_or_insert_with(|| format!("net{i}"));
+        }
         Ok(())
     }
 
@@ -485,6 +549,30 @@ mod tests {
         assert_eq!(config.disks[0].name.as_deref(), Some("disk0"));
         assert_eq!(config.disks[1].name.as_deref(), Some("data"));
         assert_eq!(config.disks[1].controller, Some(1));
+    }
+
+    #[test]
+    fn network_adapters_get_names_and_macs_and_bad_ones_name_their_key() {
+        let config =
+            parse("[[net]]\ntap = \"vtap0\"\n[[net]]\ntap = \"t1\"\nmac = \"02:00:00:00:00:09\"\n")
+                .unwrap();
+        assert_eq!(config.nets[0].name.as_deref(), Some("net0"));
+        assert_eq!(config.nets[0].mac_bytes(), [0x00, 0x15, 0x5d, 0, 0, 1]);
+        assert_eq!(config.nets[1].mac_bytes(), [2, 0, 0, 0, 0, 9]);
+        for (text, key) in [
+            ("[[net]]\ntap = \"a-much-too-long-name\"\n", "net[0].tap"),
+            (
+                "[[net]]\ntap = \"t\"\nmac = \"01:00:00:00:00:01\"\n",
+                "net[0].mac",
+            ),
+            ("[[net]]\ntap = \"t\"\nmac = \"zz\"\n", "net[0].mac"),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::Invalid { key: k, .. } if k == key),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! | kind | threads | beyond the common set |
 //! |---|---|---|
 //! | [`Kind::Console`] | the console forwarder | nothing (sleep and write) |
-//! | [`Kind::Device`] | the VMBus service thread, every device thread (host-vsp's `DeviceThreads` hook) | vectored disk I/O, `fdatasync`, `ioctl` only `KVM_SIGNAL_MSI`/`KVM_IOEVENTFD`/`KVM_IRQFD` |
+//! | [`Kind::Device`] | the VMBus service thread, every device thread (host-vsp's `DeviceThreads` hook) | vectored disk and TAP I/O, `fdatasync`, `ioctl` only `KVM_SIGNAL_MSI`/`KVM_IOEVENTFD`/`KVM_IRQFD` and a TAP's `SIOCGIFFLAGS`/`TUNGETIFF` |
 //! | [`Kind::Api`] | the API threads | Unix-socket calls, opening and creating images for hot-add, `unlink`, threads, the same `ioctl`s as devices |
 //! | [`Kind::Vcpu`] | the vCPU threads and the main thread that starts and waits for them | any `ioctl` on the KVM fds, threads (device threads start on the vCPU thread that opens their channel, inheriting this filter under their own) |
 //!
@@ -117,6 +117,9 @@ pub const KVM_IOEVENTFD: u64 = kvm_iow(0x79, std::mem::size_of::<kvm_bindings::k
 /// `KVM_IRQFD`: registering an interrupt event fd.
 pub const KVM_IRQFD: u64 = kvm_iow(0x76, std::mem::size_of::<kvm_bindings::kvm_irqfd>());
 
+/// `SIOCGIFFLAGS`: a TAP backend reading its link state.
+const SIOCGIFFLAGS: u64 = 0x8913;
+
 /// Calls every thread makes: memory, signals, futexes, time, thread exit, its own logging.
 const COMMON: &[i64] = &[
     libc::SYS_futex,
@@ -164,6 +167,8 @@ const DEVICE: &[i64] = &[
     libc::SYS_fallocate,
     libc::SYS_lseek,
     libc::SYS_eventfd2,
+    // TAP frames in (one readv into the receive section and the spill buffer).
+    libc::SYS_readv,
 ];
 
 /// Starting threads.
@@ -248,10 +253,16 @@ fn rules(
         // The vCPU and main threads hold the KVM fds: every KVM ioctl.
         rules.insert(libc::SYS_ioctl, Vec::new());
     } else if kind != Kind::Console {
-        let ioctls = [KVM_SIGNAL_MSI, KVM_IOEVENTFD, KVM_IRQFD]
-            .into_iter()
-            .map(|request| SeccompRule::new(vec![dword_eq(1, request)?]))
-            .collect::<Result<Vec<_>, seccompiler::BackendError>>()?;
+        let ioctls = [
+            KVM_SIGNAL_MSI,
+            KVM_IOEVENTFD,
+            KVM_IRQFD,
+            SIOCGIFFLAGS,
+            libc::TUNGETIFF,
+        ]
+        .into_iter()
+        .map(|request| SeccompRule::new(vec![dword_eq(1, request)?]))
+        .collect::<Result<Vec<_>, seccompiler::BackendError>>()?;
         rules.insert(libc::SYS_ioctl, ioctls);
     }
     if let Some(Identity { uid, gid }) = identity {

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use host_kvm::fault_port::FaultLog;
 use host_vsp::backend::{BlockBackend, FileDisk, FileDiskOptions};
+use host_vsp::net::TapNet;
 use host_vsp::synthetic::ic::{IcControl, IcVsp};
+use host_vsp::synthetic::netvsp::{NetvspConfig, NetvspDevice, NetvspStatsHandle};
 use host_vsp::synthetic::storvsp::{LunMap, StorvspConfig, StorvspDevice, StorvspDeviceStats};
 use host_vsp::vmbus_service::VmbusService;
 use hypervisor_lite::hv::{HvConfig, HvPartition};
@@ -76,6 +78,20 @@ pub struct Controller {
     pub stats: Arc<Mutex<StorvspDeviceStats>>,
 }
 
+/// One synthetic NIC on a TAP interface.
+pub struct NetAdapter {
+    /// Its name in the config.
+    pub name: String,
+    /// The TAP interface.
+    pub tap: String,
+    /// Its MAC address.
+    pub mac: String,
+    /// Its VMBus channel.
+    pub relid: u32,
+    /// Its counters.
+    pub stats: NetvspStatsHandle,
+}
+
 /// What other threads share with the guest's run.
 pub struct Shared {
     /// When the guest was started.
@@ -90,6 +106,8 @@ pub struct Shared {
     pub vmbus: Arc<VmbusService>,
     /// The SCSI controllers.
     pub controllers: Mutex<Vec<Controller>>,
+    /// The network adapters.
+    pub nets: Vec<NetAdapter>,
     /// The heartbeat IC, if offered.
     pub heartbeat: Option<Arc<IcControl>>,
     /// The shutdown IC, if offered.
@@ -199,6 +217,17 @@ fn controller_instance(index: u32) -> Guid {
     )
 }
 
+/// The instance GUID of network adapter `index`.
+fn nic_instance(index: u32) -> Guid {
+    let i = index.to_le_bytes();
+    Guid::new(
+        0x5649_5249,
+        0x4449,
+        0x414e,
+        [b'N', b'I', b'C', b'0', i[0], i[1], i[2], i[3]],
+    )
+}
+
 const HEARTBEAT_INSTANCE: Guid = Guid::new(0x5649_5249, 0x4449, 0x414e, *b"HEARTBT\0");
 const SHUTDOWN_INSTANCE: Guid = Guid::new(0x5649_5249, 0x4449, 0x414e, *b"SHUTDWN\0");
 
@@ -295,6 +324,29 @@ impl Machine {
                 stats,
             });
         }
+        let mut nets = Vec::new();
+        for (i, net) in config.nets.iter().enumerate() {
+            let name = net.name.clone().unwrap_or_default();
+            let tap = TapNet::open(&net.tap)
+                .with_context(|| format!("network adapter `{name}`: TAP interface {}", net.tap))?;
+            let device = NetvspDevice::new(
+                nic_instance(i as u32),
+                Box::new(tap),
+                NetvspConfig::new(net.mac_bytes()),
+            )
+            .with_context(|| format!("network adapter `{name}`"))?;
+            let stats = device.stats();
+            let relid = vmbus
+                .add_device(Arc::new(device))
+                .with_context(|| format!("offering network adapter `{name}`"))?;
+            nets.push(NetAdapter {
+                name,
+                tap: net.tap.clone(),
+                mac: net.mac.clone().unwrap_or_default(),
+                relid,
+                stats,
+            });
+        }
         let heartbeat_interval = Duration::from_millis(config.ic.heartbeat_interval_ms);
         let heartbeat = if config.ic.heartbeat {
             let ic = IcVsp::heartbeat_every(HEARTBEAT_INSTANCE, heartbeat_interval);
@@ -317,10 +369,23 @@ impl Machine {
             None
         };
 
+        // The builtin kernel has no timer of its own: tell it the TSC rate (its clock).
+        let cmdline = if config.guest.kernel == "builtin" {
+            format!(
+                "bench-tsc:{} {}",
+                hypervisor_lite::tsc::calibrate_tsc(),
+                config.guest.cmdline
+            )
+        } else {
+            config.guest.cmdline.clone()
+        };
+        if cmdline.len() > guest_abi::MAX_CMDLINE {
+            bail!("the guest command line is too long once the TSC rate is added");
+        }
         let ram = partition.ram();
-        let info = guest_abi::BootInfo::new(ram_bytes, config.guest.cmdline.len() as u64);
+        let info = guest_abi::BootInfo::new(ram_bytes, cmdline.len() as u64);
         ram.write_obj(guest_abi::BOOT_INFO_GPA, &info)?;
-        ram.write(guest_abi::CMDLINE_GPA, config.guest.cmdline.as_bytes())?;
+        ram.write(guest_abi::CMDLINE_GPA, cmdline.as_bytes())?;
         let shared = Arc::new(Shared {
             started: Mutex::new(None),
             state: Mutex::new(RunState::Created),
@@ -329,6 +394,7 @@ impl Machine {
             stop: partition.stop_handle(),
             vmbus,
             controllers: Mutex::new(controllers),
+            nets,
             heartbeat,
             shutdown,
             heartbeat_interval,

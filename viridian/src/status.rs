@@ -143,6 +143,27 @@ pub fn status(shared: &Shared) -> Value {
             }));
         }
     }
+    let nets: Vec<Value> = shared
+        .nets
+        .iter()
+        .map(|n| {
+            let s = n.stats.get();
+            let w = &s.netvsp;
+            json!({
+                "name": n.name,
+                "tap": n.tap,
+                "mac": n.mac,
+                "relid": n.relid,
+                "state": channel_state(shared, n.relid),
+                "failed": failed(shared, n.relid),
+                "tx_frames": w.tx_frames, "tx_bytes": w.tx_bytes,
+                "rx_frames": w.rx_frames, "rx_bytes": w.rx_bytes,
+                "rx_dropped": w.rx_dropped_filtered + w.rx_dropped_no_buffer + w.rx_dropped_too_large,
+                "tx_dropped": w.tx_dropped_backend_full + w.tx_dropped_bad_length + w.tx_dropped_not_initialized,
+                "counters": channel_json(&s.channel),
+            })
+        })
+        .collect();
     let failures: Vec<Value> = shared
         .vmbus
         .failures()
@@ -155,6 +176,7 @@ pub fn status(shared: &Shared) -> Value {
         "vcpus": vcpus,
         "channels": channels,
         "disks": disks,
+        "nets": nets,
         "heartbeat": heartbeat(shared),
         "device_failures": failures,
     })

@@ -10,6 +10,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use super::tap::TUN_DEVICE;
 
@@ -147,4 +148,106 @@ impl Drop for Netns {
             .args(["netns", "delete", &self.name])
             .status();
     }
+}
+
+/// Sends `count` ICMP echo requests to `dst` from a raw socket of the calling thread's namespace
+/// (run it inside [`Netns::run`]; needs root), each waited for (at most 5 s), with the payload and
+/// checksum of each reply checked; returns the round-trip times. This machine has no `ping`.
+pub fn ping(dst: [u8; 4], count: u16) -> Vec<Duration> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: socket(2) with constant arguments; the descriptor is owned from here on.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+    assert!(
+        fd >= 0,
+        "raw ICMP socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&socket);
+    let timeout = libc::timeval {
+        tv_sec: 5,
+        tv_usec: 0,
+    };
+    // SAFETY: a valid timeval of the size given, for a socket we own.
+    let rc = unsafe {
+        libc::setsockopt(
+            raw,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    let guest = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(dst),
+        },
+        sin_zero: [0; 8],
+    };
+    let id = std::process::id() as u16;
+    let mut rtts = Vec::new();
+    for seq in 0..count {
+        let mut request = [0u8; 64];
+        request[0] = 8; // echo request
+        request[4..6].copy_from_slice(&id.to_be_bytes());
+        request[6..8].copy_from_slice(&seq.to_be_bytes());
+        for (i, b) in request[8..].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let sum = checksum(&request);
+        request[2..4].copy_from_slice(&sum.to_be_bytes());
+        let sent = Instant::now();
+        // SAFETY: `request` and `guest` are valid for the lengths given.
+        let n = unsafe {
+            libc::sendto(
+                raw,
+                request.as_ptr().cast(),
+                request.len(),
+                0,
+                (&guest as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(n, 64, "sendto: {}", std::io::Error::last_os_error());
+        // Replies (and our own requests, on a raw socket) until the matching one, bounded.
+        for _ in 0..64 {
+            let mut reply = [0u8; 256];
+            // SAFETY: `reply` is valid for its length.
+            let n = unsafe { libc::recv(raw, reply.as_mut_ptr().cast(), reply.len(), 0) };
+            assert!(
+                n > 0,
+                "no echo reply for seq {seq}: {}",
+                std::io::Error::last_os_error()
+            );
+            let ihl = usize::from(reply[0] & 0x0f) * 4;
+            let icmp = &reply[ihl..n as usize];
+            if icmp.len() == 64
+                && icmp[0] == 0
+                && icmp[4..6] == id.to_be_bytes()
+                && icmp[6..8] == seq.to_be_bytes()
+            {
+                assert_eq!(&icmp[8..], &request[8..], "echoed payload");
+                assert_eq!(checksum(icmp), 0, "reply checksum");
+                rtts.push(sent.elapsed());
+                break;
+            }
+        }
+    }
+    rtts
+}
+
+/// The Internet checksum of `bytes` (0 when `bytes` carries a correct one).
+pub fn checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }

@@ -365,7 +365,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::net::netns::Netns;
+    use crate::net::netns::{checksum, Netns};
 
     const OUR_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x10, 0x00, 0x02];
     const OUR_IP: [u8; 4] = [198, 18, 0, 2];
@@ -412,17 +412,6 @@ mod tests {
         // SAFETY: one valid pollfd that lives across the call.
         let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
         n == 1 && pfd.revents & libc::POLLIN != 0
-    }
-
-    fn checksum(bytes: &[u8]) -> u16 {
-        let mut sum: u32 = bytes
-            .chunks(2)
-            .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-            .sum();
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        !(sum as u16)
     }
 
     fn ethernet(dst: [u8; 6], ethertype: u16) -> Vec<u8> {

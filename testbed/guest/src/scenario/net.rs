@@ -54,7 +54,8 @@ fn err(e: impl ToString) -> String {
     e.to_string()
 }
 
-fn now() -> Instant {
+/// smoltcp's clock: the TSC at the rate `bench-tsc` gave.
+pub(super) fn now() -> Instant {
     let hz = tsc_hz().max(1);
     Instant::from_micros((u128::from(tsc()) * 1_000_000 / u128::from(hz)) as i64)
 }

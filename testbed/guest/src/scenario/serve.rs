@@ -1,7 +1,9 @@
-//! `serve[:verify-writes]` — the kernel as a long-running guest of the `viridian` service: it serves
+//! `serve[:OPTIONS]` — the kernel as a long-running guest of the `viridian` service: it serves
 //! the heartbeat and shutdown integration components, checks every synthetic SCSI disk it is offered
 //! (at boot and hot-added later), notices rescinded disks, and returns (the kernel powers off with
-//! exit code 0) once the host asks it to shut down.
+//! exit code 0) once the host asks it to shut down. OPTIONS, comma-separated: `verify-writes`
+//! (below) and `ip=A.B.C.D/N`, which brings up the first synthetic NIC with smoltcp at that address
+//! (it then answers ARP and ICMP echo while serving; needs `bench-tsc`).
 //!
 //! A disk check reads the disk's first [`CHECK_BYTES`] and prints their FNV-1a hash
 //! (`serve-disk relid=R blocks=B hash=H`). With `verify-writes` the guest also writes a pattern naming
@@ -16,6 +18,10 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use guest_drivers::ic::{IcDriver, IcKind};
+use guest_drivers::netvsc::nic::VmbusNetTransport;
+use guest_drivers::netvsc::{NetvscConfig, NetvscNic};
+use smoltcp::iface::{Config, Interface, SocketSet};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 use guest_drivers::platform::Platform;
 use guest_drivers::storvsc::Completion;
 use guest_drivers::storvsc_disk::StorvscDisk;
@@ -48,15 +54,82 @@ fn err(e: impl ToString) -> String {
 }
 
 fn serve(args: &str) -> Outcome {
-    let verify_writes = match args {
-        "" => false,
-        "verify-writes" => true,
-        other => return Err(format!("serve: unknown option `{other}`")),
-    };
-    with_connection(|conn| serve_on(conn, verify_writes))?
+    let mut verify_writes = false;
+    let mut ip = None;
+    for option in args.split(',').filter(|o| !o.is_empty()) {
+        match option.split_once('=') {
+            None if option == "verify-writes" => verify_writes = true,
+            Some(("ip", value)) => ip = Some(parse_cidr(value)?),
+            _ => return Err(format!("serve: unknown option `{option}`")),
+        }
+    }
+    with_connection(|conn| serve_on(conn, verify_writes, ip))?
 }
 
-fn serve_on(conn: &mut Conn, verify_writes: bool) -> Outcome {
+/// `A.B.C.D/N`.
+fn parse_cidr(text: &str) -> Result<IpCidr, String> {
+    let bad = || format!("serve: `{text}` is not A.B.C.D/N");
+    let (addr, len) = text.split_once('/').ok_or_else(bad)?;
+    let mut octets = [0u8; 4];
+    let mut parts = addr.split('.');
+    for o in &mut octets {
+        *o = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+    }
+    let len: u8 = len.parse().map_err(|_| bad())?;
+    if parts.next().is_some() || len > 32 {
+        return Err(bad());
+    }
+    Ok(IpCidr::new(IpAddress::v4(octets[0], octets[1], octets[2], octets[3]), len))
+}
+
+/// The NIC and its smoltcp interface (no sockets: the interface itself answers ARP and ICMP echo).
+struct Nic {
+    nic: NetvscNic<VmbusNetTransport<'static, Kernel>>,
+    iface: Interface,
+    sockets: SocketSet<'static>,
+}
+
+impl Nic {
+    fn open(conn: &mut Conn, ip: IpCidr) -> Result<Option<Self>, String> {
+        let Some(offer) = conn.find_offer(interface::NETWORK) else {
+            return Ok(None);
+        };
+        if crate::scenario::bench::tsc_hz() == 0 {
+            return Err("serve: ip= needs bench-tsc".into());
+        }
+        let relid = offer.child_relid;
+        let mut nic = NetvscNic::open_vmbus(conn, &KERNEL, relid, 128, NetvscConfig::default())
+            .map_err(err)?;
+        let mac = nic.info().mac;
+        let config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
+        let mut iface = Interface::new(config, &mut nic, super::net::now());
+        iface.update_ip_addrs(|addrs| {
+            let _ = addrs.push(ip);
+        });
+        println!("serve-nic relid={relid} mac={mac:02x?} ip={ip}");
+        Ok(Some(Self {
+            nic,
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+        }))
+    }
+
+    /// Host packets in, smoltcp, replies out. Returns whether anything happened.
+    fn turn(&mut self) -> Result<bool, String> {
+        let packets = self.nic.poll().map_err(err)?;
+        let changed = self
+            .iface
+            .poll(super::net::now(), &mut self.nic, &mut self.sockets);
+        self.nic.flush().map_err(err)?;
+        Ok(packets > 0 || changed != smoltcp::iface::PollResult::None)
+    }
+}
+
+fn serve_on(conn: &mut Conn, verify_writes: bool, ip: Option<IpCidr>) -> Outcome {
+    let mut nic = match ip {
+        Some(ip) => Nic::open(conn, ip)?,
+        None => None,
+    };
     let mut ics: Vec<(Channel, IcDriver)> = Vec::new();
     for (if_type, kind, pages) in [
         (interface::HEARTBEAT, IcKind::Heartbeat, 8),
@@ -87,6 +160,9 @@ fn serve_on(conn: &mut Conn, verify_writes: bool) -> Outcome {
                 channel.flush(conn.hypercalls()).map_err(err)?;
             }
             shutdown |= shut;
+        }
+        if let Some(nic) = nic.as_mut() {
+            progressed |= nic.turn()?;
         }
         if shutdown {
             println!("serve-shutdown heartbeats={}", stats.heartbeats);
