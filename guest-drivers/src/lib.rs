@@ -4,6 +4,7 @@
 //! - [`hv`]: Hyper-V enlightenment detection (CPUID leaves), the hypercall page, SynIC setup and message
 //!   receive/EOM;
 //! - the VMBus client and the VSC drivers build on it ([`storvsc`], [`netvsc`] with a smoltcp device);
+//! - [`net`]: [`net::GuestNic`], what every NIC driver offers a guest's network stack;
 //! - [`virtio`] and [`virtio_blk`]: virtio 1.x (split virtqueue, virtio-mmio) and the virtio-blk baseline,
 //!   written from the specification with Linux's notification discipline.
 //!
@@ -17,6 +18,7 @@ extern crate alloc;
 pub mod ata;
 pub mod hv;
 pub mod ic;
+pub mod net;
 pub mod netvsc;
 pub mod platform;
 pub mod storvsc;

@@ -108,3 +108,42 @@ impl<T: NetTransport> Device for NetvscNic<T> {
         caps
     }
 }
+
+impl<T: NetTransport> crate::net::GuestNic for NetvscNic<T> {
+    type Error = super::NicError;
+
+    fn mac(&self) -> [u8; 6] {
+        self.info().mac
+    }
+
+    fn mtu(&self) -> usize {
+        self.info().mtu as usize
+    }
+
+    fn link_up(&self) -> bool {
+        NetvscNic::link_up(self)
+    }
+
+    fn poll(&mut self) -> Result<usize, Self::Error> {
+        NetvscNic::poll(self)
+    }
+
+    fn flush(&mut self) -> Result<(), Self::Error> {
+        NetvscNic::flush(self).map(drop)
+    }
+
+    fn wait(&mut self) {
+        NetvscNic::wait(self);
+    }
+
+    fn counters(&self) -> crate::net::NicCounters {
+        let s = self.stats();
+        crate::net::NicCounters {
+            tx_frames: s.tx_frames,
+            tx_busy: s.tx_busy,
+            rx_frames: s.rx_frames,
+            rx_dropped: s.rx_dropped,
+            rx_errors: s.rx_errors,
+        }
+    }
+}

@@ -1,9 +1,13 @@
-//! `net:<steps>` — TCP/IP over the synthetic NIC: the first network offer is opened with
-//! guest-drivers' netvsc, smoltcp runs on it with address 198.18.0.2/24, and the comma-separated
-//! steps talk to servers the host runs at 198.18.0.1 (inside the test's own network namespace):
+//! `net:[dev=NAME,]<steps>` — TCP/IP over a NIC: `dev` picks the driver (`netvsc`, the default,
+//! opens the first network offer with guest-drivers' netvsc), smoltcp runs on it with address
+//! 198.18.0.2/24 through [`GuestNic`], and the comma-separated steps talk to servers the host runs
+//! at 198.18.0.1 (inside the test's own network namespace):
 //!
 //! - `udp=N`: N request/response round trips to the UDP echo server on port 7001, each reply
-//!   checked against its request;
+//!   checked against its request, their latencies reported as p50/p99 (TSC, in ns);
+//! - `udp-flood=N`: N 64-byte UDP datagrams to port 7004 (one way, as fast as the NIC takes them,
+//!   each carrying its sequence number), then `end` datagrams until the host's `done` arrives on
+//!   port 7104;
 //! - `tcp-send=MIB`: connect to port 7002 and send MIB MiB of the pattern stream, then close;
 //! - `tcp-recv=MIB`: connect to port 7003 and receive until the host closes, hashing the bytes
 //!   (the host sends MIB MiB of the same pattern);
@@ -19,7 +23,7 @@ use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
 
-use guest_drivers::netvsc::nic::VmbusNetTransport;
+use guest_drivers::net::GuestNic;
 use guest_drivers::netvsc::{NetvscConfig, NetvscNic};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::{tcp, udp};
@@ -28,7 +32,6 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpo
 use vmbus::protocol::interface;
 
 use super::Outcome;
-use crate::platform::Kernel;
 use crate::println;
 use crate::scenario::bench::{tsc, tsc_hz};
 use crate::vmbus_global::{with_connection, KERNEL};
@@ -39,8 +42,6 @@ const STEP_SECONDS: u64 = 60;
 const HOST: IpAddress = IpAddress::v4(198, 18, 0, 1);
 /// TCP buffers: smoltcp's window stays under the NIC's receive queue.
 const TCP_BUFFER: usize = 64 << 10;
-
-type Nic = NetvscNic<VmbusNetTransport<'static, Kernel>>;
 
 /// Run `name` if it is the network scenario.
 pub fn run(name: &str, args: &str) -> Option<Outcome> {
@@ -61,14 +62,14 @@ pub(super) fn now() -> Instant {
 }
 
 /// The NIC, smoltcp's interface and sockets, and the loop that moves them.
-struct Stack {
-    nic: Nic,
+struct Stack<N: GuestNic> {
+    nic: N,
     iface: Interface,
     sockets: SocketSet<'static>,
     deadline: u64,
 }
 
-impl Stack {
+impl<N: GuestNic> Stack<N> {
     /// One turn: host packets in, smoltcp, frames out (one signal at most). Returns whether
     /// smoltcp did anything.
     fn turn(&mut self) -> Result<bool, String> {
@@ -105,55 +106,79 @@ impl Stack {
     }
 }
 
-fn net(steps: &str) -> Outcome {
+fn net(args: &str) -> Outcome {
     if tsc_hz() == 0 {
         return Err("net needs bench-tsc".into());
     }
-    with_connection(|conn| {
-        let offer = conn
-            .find_offer(interface::NETWORK)
-            .ok_or("no network adapter offered")?;
-        let nic = NetvscNic::open_vmbus(conn, &KERNEL, offer.child_relid, 128, NetvscConfig::default())
+    let (device, steps) = match args.split_once(',') {
+        Some((first, rest)) if first.starts_with("dev=") => (&first[4..], rest),
+        _ if args.starts_with("dev=") => (&args[4..], ""),
+        _ => ("netvsc", args),
+    };
+    match device {
+        "netvsc" => with_connection(|conn| {
+            let offer = conn
+                .find_offer(interface::NETWORK)
+                .ok_or("no network adapter offered")?;
+            let nic = NetvscNic::open_vmbus(
+                conn,
+                &KERNEL,
+                offer.child_relid,
+                128,
+                NetvscConfig::default(),
+            )
             .map_err(err)?;
-        let info = nic.info();
-        println!(
-            "net-mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} net-mtu={} net-link={}",
-            info.mac[0], info.mac[1], info.mac[2], info.mac[3], info.mac[4], info.mac[5],
-            info.mtu,
-            u8::from(nic.link_up())
-        );
-        let mut nic = nic;
-        let config = Config::new(HardwareAddress::Ethernet(EthernetAddress(info.mac)));
-        let mut iface = Interface::new(config, &mut nic, now());
-        iface.update_ip_addrs(|addrs| {
-            let _ = addrs.push(IpCidr::new(IpAddress::v4(198, 18, 0, 2), 24));
-        });
-        let mut stack = Stack {
-            nic,
-            iface,
-            sockets: SocketSet::new(Vec::new()),
-            deadline: 0,
-        };
-        for (k, step) in steps.split(',').filter(|s| !s.is_empty()).enumerate() {
-            let (name, value) = step.split_once('=').unwrap_or((step, ""));
-            stack.start_step();
-            crate::arch::mark(1000 + 2 * k as u32);
-            match name {
-                "udp" => udp_round_trips(&mut stack, count(value)?)?,
-                "tcp-send" => tcp_send(&mut stack, count(value)? << 20)?,
-                "tcp-recv" => tcp_recv(&mut stack)?,
-                "until-bye" => until_bye(&mut stack)?,
-                other => return Err(format!("unknown net step `{other}`")),
-            }
-            crate::arch::mark(1001 + 2 * k as u32);
+            run_steps(nic, steps)
+        })?,
+        other => Err(format!("unknown network device `{other}`")),
+    }
+}
+
+/// Brings smoltcp up on `nic` (198.18.0.2/24) and runs the comma-separated `steps`.
+fn run_steps<N: GuestNic>(mut nic: N, steps: &str) -> Outcome {
+    let mac = nic.mac();
+    println!(
+        "net-mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} net-mtu={} net-link={}",
+        mac[0],
+        mac[1],
+        mac[2],
+        mac[3],
+        mac[4],
+        mac[5],
+        nic.mtu(),
+        u8::from(nic.link_up())
+    );
+    let config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
+    let mut iface = Interface::new(config, &mut nic, now());
+    iface.update_ip_addrs(|addrs| {
+        let _ = addrs.push(IpCidr::new(IpAddress::v4(198, 18, 0, 2), 24));
+    });
+    let mut stack = Stack {
+        nic,
+        iface,
+        sockets: SocketSet::new(Vec::new()),
+        deadline: 0,
+    };
+    for (k, step) in steps.split(',').filter(|s| !s.is_empty()).enumerate() {
+        let (name, value) = step.split_once('=').unwrap_or((step, ""));
+        stack.start_step();
+        crate::arch::mark(1000 + 2 * k as u32);
+        match name {
+            "udp" => udp_round_trips(&mut stack, count(value)?)?,
+            "udp-flood" => udp_flood(&mut stack, count(value)?)?,
+            "tcp-send" => tcp_send(&mut stack, count(value)? << 20)?,
+            "tcp-recv" => tcp_recv(&mut stack)?,
+            "until-bye" => until_bye(&mut stack)?,
+            other => return Err(format!("unknown net step `{other}`")),
         }
-        let s = stack.nic.stats();
-        println!(
-            "net-tx-frames={} net-rx-frames={} net-rx-dropped={} net-tx-busy={} net-rx-errors={}",
-            s.tx_frames, s.rx_frames, s.rx_dropped, s.tx_busy, s.rx_errors
-        );
-        Ok(())
-    })?
+        crate::arch::mark(1001 + 2 * k as u32);
+    }
+    let s = stack.nic.counters();
+    println!(
+        "net-tx-frames={} net-rx-frames={} net-rx-dropped={} net-tx-busy={} net-rx-errors={}",
+        s.tx_frames, s.rx_frames, s.rx_dropped, s.tx_busy, s.rx_errors
+    );
+    Ok(())
 }
 
 fn count(value: &str) -> Result<u64, String> {
@@ -182,7 +207,7 @@ impl Hash {
     }
 }
 
-fn udp_socket(stack: &mut Stack, port: u16) -> Result<SocketHandle, String> {
+fn udp_socket<N: GuestNic>(stack: &mut Stack<N>, port: u16) -> Result<SocketHandle, String> {
     let rx = udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 8], vec![0; 8192]);
     let tx = udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 8], vec![0; 8192]);
     let mut socket = udp::Socket::new(rx, tx);
@@ -190,13 +215,15 @@ fn udp_socket(stack: &mut Stack, port: u16) -> Result<SocketHandle, String> {
     Ok(stack.sockets.add(socket))
 }
 
-fn udp_round_trips(stack: &mut Stack, n: u64) -> Outcome {
+fn udp_round_trips<N: GuestNic>(stack: &mut Stack<N>, n: u64) -> Outcome {
     let handle = udp_socket(stack, 7101)?;
     let peer = IpEndpoint::new(HOST, 7001);
     let mut request = [0u8; 64];
     let mut reply = [0u8; 64];
     let mut resent = 0u64;
+    let mut latencies = Vec::with_capacity(n as usize);
     for seq in 0..n {
+        let started = tsc();
         request[..8].copy_from_slice(&seq.to_le_bytes());
         for (i, b) in request[8..].iter_mut().enumerate() {
             *b = pattern(seq + i as u64);
@@ -219,6 +246,7 @@ fn udp_round_trips(stack: &mut Stack, n: u64) -> Outcome {
                 if len != request.len() || reply != request {
                     return Err(format!("udp reply {seq} differs from its request"));
                 }
+                latencies.push(tsc() - started);
                 break;
             }
             // Poll while a request is out (a lost one is resent; no interrupt would come).
@@ -228,11 +256,61 @@ fn udp_round_trips(stack: &mut Stack, n: u64) -> Outcome {
         }
     }
     stack.sockets.remove(handle);
-    println!("net-udp-roundtrips={n} net-udp-resent={resent}");
+    latencies.sort_unstable();
+    let ns = |q: usize| {
+        let t = latencies.get((latencies.len() * q / 100).min(latencies.len().saturating_sub(1)));
+        t.map_or(0, |t| u128::from(*t) * 1_000_000_000 / u128::from(tsc_hz()))
+    };
+    println!(
+        "net-udp-roundtrips={n} net-udp-resent={resent} net-udp-p50-ns={} net-udp-p99-ns={}",
+        ns(50),
+        ns(99)
+    );
     Ok(())
 }
 
-fn tcp_socket(stack: &mut Stack, port: u16, local: u16) -> Result<SocketHandle, String> {
+/// `udp-flood=N`: N 64-byte datagrams one way, then `end` until the host answers `done`.
+fn udp_flood<N: GuestNic>(stack: &mut Stack<N>, n: u64) -> Outcome {
+    let rx = udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 1024]);
+    let tx = udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 64], vec![0; 64 * 64]);
+    let mut socket = udp::Socket::new(rx, tx);
+    socket.bind(7104).map_err(err)?;
+    let handle = stack.sockets.add(socket);
+    let peer = IpEndpoint::new(HOST, 7004);
+    let mut datagram = [0u8; 64];
+    let mut sent = 0u64;
+    let mut ends = 0u64;
+    let mut last_end = 0u64;
+    loop {
+        let socket = stack.sockets.get_mut::<udp::Socket>(handle);
+        while sent < n && socket.can_send() {
+            datagram[..8].copy_from_slice(&sent.to_le_bytes());
+            socket.send_slice(&datagram, peer).map_err(err)?;
+            sent += 1;
+        }
+        let mut buf = [0u8; 8];
+        if let Ok((len, _)) = socket.recv_slice(&mut buf) {
+            if &buf[..len] == b"done" {
+                break;
+            }
+        }
+        // Once all are out, `end` every 50 ms until the host says it has counted.
+        if sent == n && socket.can_send() && tsc() - last_end > tsc_hz() / 20 {
+            socket.send_slice(b"end", peer).map_err(err)?;
+            ends += 1;
+            last_end = tsc();
+        }
+        // Polls, never sleeps: a lost `end` is sent again, and no interrupt would come.
+        if !stack.turn()? {
+            stack.check_deadline()?;
+        }
+    }
+    stack.sockets.remove(handle);
+    println!("net-udp-flood-sent={sent} net-udp-flood-ends={ends}");
+    Ok(())
+}
+
+fn tcp_socket<N: GuestNic>(stack: &mut Stack<N>, port: u16, local: u16) -> Result<SocketHandle, String> {
     let rx = tcp::SocketBuffer::new(vec![0; TCP_BUFFER]);
     let tx = tcp::SocketBuffer::new(vec![0; TCP_BUFFER]);
     let mut socket = tcp::Socket::new(rx, tx);
@@ -248,7 +326,7 @@ fn tcp_socket(stack: &mut Stack, port: u16, local: u16) -> Result<SocketHandle, 
     Ok(handle)
 }
 
-fn tcp_send(stack: &mut Stack, bytes: u64) -> Outcome {
+fn tcp_send<N: GuestNic>(stack: &mut Stack<N>, bytes: u64) -> Outcome {
     let handle = tcp_socket(stack, 7002, 7102)?;
     let mut hash = Hash::new();
     let mut sent = 0u64;
@@ -290,7 +368,7 @@ fn tcp_send(stack: &mut Stack, bytes: u64) -> Outcome {
     Ok(())
 }
 
-fn tcp_recv(stack: &mut Stack) -> Outcome {
+fn tcp_recv<N: GuestNic>(stack: &mut Stack<N>) -> Outcome {
     let handle = tcp_socket(stack, 7003, 7103)?;
     let mut hash = Hash::new();
     let mut received = 0u64;
@@ -319,7 +397,7 @@ fn tcp_recv(stack: &mut Stack) -> Outcome {
                 return Err(format!(
                     "tcp-recv timed out: state {:?}, {received} bytes, nic {:?}",
                     socket.state(),
-                    stack.nic.stats()
+                    stack.nic.counters()
                 ));
             }
             stack.idle()?;
@@ -341,7 +419,7 @@ fn tcp_recv(stack: &mut Stack) -> Outcome {
     Ok(())
 }
 
-fn until_bye(stack: &mut Stack) -> Outcome {
+fn until_bye<N: GuestNic>(stack: &mut Stack<N>) -> Outcome {
     let handle = udp_socket(stack, 7009)?;
     let mut buf = [0u8; 16];
     loop {
