@@ -11,6 +11,7 @@ pub mod bench;
 pub mod block;
 mod boot;
 mod net;
+mod net_loop;
 mod serve;
 mod vmbus;
 mod vmbus_model;

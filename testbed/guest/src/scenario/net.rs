@@ -9,8 +9,10 @@
 //!   each carrying its sequence number), then `end` datagrams until the host's `done` arrives on
 //!   port 7104;
 //! - `tcp-send=MIB`: connect to port 7002 and send MIB MiB of the pattern stream, then close;
-//! - `tcp-recv=MIB`: connect to port 7003 and receive until the host closes, hashing the bytes
-//!   (the host sends MIB MiB of the same pattern);
+//! - `tcp-recv[=MIB]`: connect to port 7003 and receive until the host closes, checking and
+//!   hashing the bytes (the pattern stream; MIB tells the loopback floor's in-guest source how
+//!   many MiB to send, a real host decides itself);
+//! - `dev=loopback` runs the same steps against [`LoopPeer`] on the in-guest loopback floor;
 //! - `until-bye`: keep the interface running (ARP, ICMP echo) until a UDP datagram `bye` arrives
 //!   on port 7009.
 //!
@@ -31,6 +33,7 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint};
 use vmbus::protocol::interface;
 
+use super::net_loop::{LoopNic, LoopPeer};
 use super::Outcome;
 use crate::println;
 use crate::scenario::bench::{tsc, tsc_hz};
@@ -41,7 +44,7 @@ const STEP_SECONDS: u64 = 60;
 /// The host's address in the test network.
 const HOST: IpAddress = IpAddress::v4(198, 18, 0, 1);
 /// TCP buffers: smoltcp's window stays under the NIC's receive queue.
-const TCP_BUFFER: usize = 64 << 10;
+pub(super) const TCP_BUFFER: usize = 64 << 10;
 
 /// Run `name` if it is the network scenario.
 pub fn run(name: &str, args: &str) -> Option<Outcome> {
@@ -67,6 +70,8 @@ struct Stack<N: GuestNic> {
     iface: Interface,
     sockets: SocketSet<'static>,
     deadline: u64,
+    /// The host's servers played in the guest (the loopback floor only).
+    peer: Option<LoopPeer>,
 }
 
 impl<N: GuestNic> Stack<N> {
@@ -75,6 +80,9 @@ impl<N: GuestNic> Stack<N> {
     fn turn(&mut self) -> Result<bool, String> {
         self.nic.poll().map_err(err)?;
         let changed = self.iface.poll(now(), &mut self.nic, &mut self.sockets);
+        if let Some(peer) = &mut self.peer {
+            peer.serve(&mut self.sockets);
+        }
         self.nic.flush().map_err(err)?;
         Ok(changed != smoltcp::iface::PollResult::None)
     }
@@ -130,12 +138,17 @@ fn net(args: &str) -> Outcome {
             .map_err(err)?;
             run_steps(nic, steps)
         })?,
+        "loopback" => run_steps(LoopNic::default(), steps),
         other => Err(format!("unknown network device `{other}`")),
     }
 }
 
-/// Brings smoltcp up on `nic` (198.18.0.2/24) and runs the comma-separated `steps`.
-fn run_steps<N: GuestNic>(mut nic: N, steps: &str) -> Outcome {
+/// Brings smoltcp up on `nic` (198.18.0.2/24) and runs the comma-separated `steps`, each
+/// reported as `net-step=K name=NAME cycles=C tx=T rx=R` (TSC cycles, frames the NIC sent and
+/// received during it). The loopback floor (a [`LoopNic`]) also owns the host's address and plays
+/// its servers ([`LoopPeer`]).
+fn run_steps<N: GuestNic + 'static>(mut nic: N, steps: &str) -> Outcome {
+    let looped = (&nic as &dyn core::any::Any).is::<LoopNic>();
     let mac = nic.mac();
     println!(
         "net-mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} net-mtu={} net-link={}",
@@ -152,16 +165,27 @@ fn run_steps<N: GuestNic>(mut nic: N, steps: &str) -> Outcome {
     let mut iface = Interface::new(config, &mut nic, now());
     iface.update_ip_addrs(|addrs| {
         let _ = addrs.push(IpCidr::new(IpAddress::v4(198, 18, 0, 2), 24));
+        if looped {
+            let _ = addrs.push(IpCidr::new(HOST, 24));
+        }
     });
+    let mut sockets = SocketSet::new(Vec::new());
+    let peer = looped.then(|| LoopPeer::new(&mut sockets));
     let mut stack = Stack {
         nic,
         iface,
-        sockets: SocketSet::new(Vec::new()),
+        sockets,
         deadline: 0,
+        peer,
     };
     for (k, step) in steps.split(',').filter(|s| !s.is_empty()).enumerate() {
         let (name, value) = step.split_once('=').unwrap_or((step, ""));
         stack.start_step();
+        if let (Some(peer), "tcp-recv") = (&mut stack.peer, name) {
+            peer.set_source_bytes(count(value)? << 20);
+        }
+        let before = stack.nic.counters();
+        let started = tsc();
         crate::arch::mark(1000 + 2 * k as u32);
         match name {
             "udp" => udp_round_trips(&mut stack, count(value)?)?,
@@ -172,6 +196,22 @@ fn run_steps<N: GuestNic>(mut nic: N, steps: &str) -> Outcome {
             other => return Err(format!("unknown net step `{other}`")),
         }
         crate::arch::mark(1001 + 2 * k as u32);
+        let cycles = tsc() - started;
+        let after = stack.nic.counters();
+        println!(
+            "net-step={k} name={name} cycles={cycles} tx={} rx={}",
+            after.tx_frames - before.tx_frames,
+            after.rx_frames - before.rx_frames
+        );
+    }
+    if let Some(peer) = &stack.peer {
+        if let Some(at) = peer.tcp_sink_error {
+            return Err(format!("loopback tcp sink: byte {at} differs"));
+        }
+        println!(
+            "net-peer-udp-sink={} net-peer-tcp-sink={} net-peer-tcp-sink-hash={:016x}",
+            peer.sink_datagrams, peer.tcp_sink_bytes, peer.tcp_sink_hash.0
+        );
     }
     let s = stack.nic.counters();
     println!(
@@ -188,19 +228,20 @@ fn count(value: &str) -> Result<u64, String> {
 }
 
 /// The pattern stream both ends use: byte i of the stream.
-fn pattern(i: u64) -> u8 {
+pub(super) fn pattern(i: u64) -> u8 {
     (i.wrapping_mul(0x9E37_79B9) >> 13) as u8
 }
 
 /// FNV-1a over a stream, one chunk at a time.
-struct Hash(u64);
+#[derive(Debug)]
+pub(super) struct Hash(pub u64);
 
 impl Hash {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self(0xcbf2_9ce4_8422_2325)
     }
 
-    fn update(&mut self, bytes: &[u8]) {
+    pub(super) fn update(&mut self, bytes: &[u8]) {
         for b in bytes {
             self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
         }
