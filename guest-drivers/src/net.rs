@@ -26,6 +26,9 @@ pub struct NicCounters {
     pub rx_dropped: u64,
     /// Malformed completions, descriptors or messages from the device (skipped).
     pub rx_errors: u64,
+    /// Notifications the driver sent the device: VMBus signals, virtio kicks, transmit-tail
+    /// register writes.
+    pub signals: u64,
 }
 
 /// A NIC a guest network stack runs on.

@@ -301,6 +301,7 @@ pub fn run_device(
     opts: &BenchOptions,
 ) -> DeviceRun {
     let row = |spec: &WorkloadSpec, outcome| Row {
+        kind: crate::report::Kind::Block,
         device: kit.name().to_string(),
         baseline: kit.baseline(),
         workload: spec.name.clone(),

@@ -21,7 +21,7 @@ use workload::WorkloadResult;
 use crate::cpu::CpuWindow;
 
 /// The numbers of one device × workload.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Measurement {
     /// I/Os completed.
     pub ios: u64,
@@ -103,6 +103,15 @@ impl Measurement {
         }
     }
 
+    /// Gigabits (10^9 bits) of payload per second.
+    pub fn gbit_per_s(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.bytes as f64 * 8.0 / 1e9 / self.seconds
+        } else {
+            0.0
+        }
+    }
+
     /// Megabytes (10^6 bytes) per second.
     pub fn mb_per_s(&self) -> f64 {
         if self.seconds > 0.0 {
@@ -138,9 +147,32 @@ pub const TRANSITIONS: [&str; 4] = ["user exits", "VM exits", "interrupts", "gue
 /// Names of [`Measurement::cpu_per_io`]'s entries.
 pub const CPU_SPLIT: [&str; 3] = ["host CPU", "vCPU thread", "device threads"];
 
+/// What a row measured: block I/O (counts per I/O) or network traffic (counts per packet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A disk workload: `ios` are I/Os.
+    Block,
+    /// A network workload ([`crate::net`]): `ios` are packets (frames both ways through the
+    /// NIC), `bytes` the payload the workload moved, latencies those of request/response only
+    /// (NaN, reported as null, where the workload has none).
+    Net,
+}
+
+impl Kind {
+    /// The JSON name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Block => "block",
+            Kind::Net => "net",
+        }
+    }
+}
+
 /// One line of the report.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
+    /// Block or network.
+    pub kind: Kind,
     /// The device (kit) name.
     pub device: String,
     /// The in-guest baseline rather than a device.
@@ -165,7 +197,9 @@ impl Row {
 }
 
 fn fixed(v: f64) -> String {
-    if v == 0.0 {
+    if v.is_nan() {
+        "-".into()
+    } else if v == 0.0 {
         "0".into()
     } else if v >= 100.0 {
         format!("{v:.0}")
@@ -176,57 +210,132 @@ fn fixed(v: f64) -> String {
     }
 }
 
-/// The rows as an aligned text table, failed rows with their reason, and a footnote for baselines.
+/// The rows as aligned text tables — block rows, then network rows under their own header —
+/// failed rows with their reason, and footnotes.
 pub fn table(rows: &[Row]) -> String {
-    let header = [
-        "device",
-        "workload",
-        "I/Os",
-        "QD",
-        "MiB",
-        "s",
-        "IOPS",
-        "MB/s",
-        "p50 µs",
-        "p99 µs",
-        "user exits",
-        "/IO",
-        "VM exits",
-        "/IO",
-        "irqs",
-        "/IO",
-        "signals",
-        "/IO",
-        "cpu µs/IO",
-        "vcpu",
-        "dev",
-    ];
+    let block: Vec<&Row> = rows.iter().filter(|r| r.kind == Kind::Block).collect();
+    let net: Vec<&Row> = rows.iter().filter(|r| r.kind == Kind::Net).collect();
+    let mut out = String::new();
+    if !block.is_empty() || net.is_empty() {
+        out.push_str(&grid(&BLOCK_HEADER, &block, block_cells));
+        if block.iter().any(|r| r.baseline) {
+            out.push_str(
+                "* in-guest baseline: the workload served from guest RAM inside the guest, no device \
+                 and no exit — the floor every device is compared with\n",
+            );
+        }
+        out.push_str(
+            "cpu µs/IO: host CPU time per I/O over the window = vcpu (the vCPU thread: guest code, \
+             exits and device models run on it, as IDE is) + dev (the device threads)\n",
+        );
+    }
+    if !net.is_empty() {
+        if !block.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&grid(&NET_HEADER, &net, net_cells));
+        if net.iter().any(|r| r.baseline) {
+            out.push_str(
+                "* in-guest baseline: the same traffic over a loopback inside the guest, no NIC and \
+                 no exit — the floor every NIC is compared with\n",
+            );
+        }
+        out.push_str(
+            "pkt: a frame through the NIC, either way; Gbit/s: the workload's payload; cpu µs/pkt = \
+             vcpu + dev as for I/Os\n",
+        );
+    }
+    out
+}
+
+const BLOCK_HEADER: [&str; 21] = [
+    "device",
+    "workload",
+    "I/Os",
+    "QD",
+    "MiB",
+    "s",
+    "IOPS",
+    "MB/s",
+    "p50 µs",
+    "p99 µs",
+    "user exits",
+    "/IO",
+    "VM exits",
+    "/IO",
+    "irqs",
+    "/IO",
+    "signals",
+    "/IO",
+    "cpu µs/IO",
+    "vcpu",
+    "dev",
+];
+
+const NET_HEADER: [&str; 19] = [
+    "device",
+    "workload",
+    "pkts",
+    "s",
+    "pps",
+    "Gbit/s",
+    "p50 µs",
+    "p99 µs",
+    "user exits",
+    "/pkt",
+    "VM exits",
+    "/pkt",
+    "irqs",
+    "/pkt",
+    "signals",
+    "/pkt",
+    "cpu µs/pkt",
+    "vcpu",
+    "dev",
+];
+
+fn block_cells(m: &Measurement) -> Vec<String> {
+    vec![
+        m.ios.to_string(),
+        m.achieved_qd.to_string(),
+        format!("{:.1}", m.bytes as f64 / (1 << 20) as f64),
+        format!("{:.3}", m.seconds),
+        format!("{:.0}", m.iops()),
+        format!("{:.1}", m.mb_per_s()),
+        fixed(m.lat_p50_us),
+        fixed(m.lat_p99_us),
+    ]
+}
+
+fn net_cells(m: &Measurement) -> Vec<String> {
+    vec![
+        m.ios.to_string(),
+        format!("{:.3}", m.seconds),
+        format!("{:.0}", m.iops()),
+        format!("{:.3}", m.gbit_per_s()),
+        fixed(m.lat_p50_us),
+        fixed(m.lat_p99_us),
+    ]
+}
+
+/// One aligned table: `header`, then per row its label, workload, `lead` cells, the four
+/// transition counts with their per-unit ratio, and the CPU split; failed rows last.
+fn grid(header: &[&str], rows: &[&Row], lead: fn(&Measurement) -> Vec<String>) -> String {
     let mut cells: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     let mut failures = Vec::new();
     for row in rows {
         let mut line = vec![row.label(), row.workload.clone()];
         match &row.outcome {
             Ok(m) => {
-                line.extend([
-                    m.ios.to_string(),
-                    m.achieved_qd.to_string(),
-                    format!("{:.1}", m.bytes as f64 / (1 << 20) as f64),
-                    format!("{:.3}", m.seconds),
-                    format!("{:.0}", m.iops()),
-                    format!("{:.1}", m.mb_per_s()),
-                    fixed(m.lat_p50_us),
-                    fixed(m.lat_p99_us),
-                ]);
+                line.extend(lead(m));
                 for count in [m.user_exits, m.vm_exits, m.interrupts, m.guest_signals] {
                     line.push(count.to_string());
                     line.push(fixed(m.per_io(count)));
                 }
                 line.extend(m.cpu_per_io().map(fixed));
+                cells.push(line);
             }
-            Err(why) => failures.push((line.clone(), why.clone())),
-        }
-        if row.outcome.is_ok() {
-            cells.push(line);
+            Err(why) => failures.push((line, why.clone())),
         }
     }
     let columns = header.len();
@@ -234,7 +343,9 @@ pub fn table(rows: &[Row]) -> String {
         .map(|c| {
             cells
                 .iter()
-                .map(|r| r[c].chars().count())
+                .chain(failures.iter().map(|(l, _)| l))
+                .filter_map(|r| r.get(c))
+                .map(|cell| cell.chars().count())
                 .max()
                 .unwrap_or(0)
         })
@@ -268,93 +379,113 @@ pub fn table(rows: &[Row]) -> String {
             w1 = widths[1]
         );
     }
-    if rows.iter().any(|r| r.baseline) {
-        out.push_str(
-            "* in-guest baseline: the workload served from guest RAM inside the guest, no device and no \
-             exit — the floor every device is compared with\n",
-        );
-    }
-    out.push_str(
-        "cpu µs/IO: host CPU time per I/O over the window = vcpu (the vCPU thread: guest code, exits and \
-         device models run on it, as IDE is) + dev (the device threads)\n",
-    );
     out
 }
 
-/// The rows as a JSON array of objects (failed rows: `status` "failed", `error`, numbers null).
+/// The rows as a JSON array of objects, each with its `kind` (`block`: counts per I/O; `net`:
+/// counts per packet, see [`Kind::Net`]); failed rows: `status` "failed", `error`, numbers null.
 pub fn json(rows: &[Row]) -> Value {
     Value::Array(
         rows.iter()
             .map(|row| {
-                let mut o = json!({
-                    "device": row.device,
-                    "baseline": row.baseline,
-                    "workload": row.workload,
-                    "spec": row.spec,
-                });
-                let fields = match &row.outcome {
-                    Ok(m) => json!({
-                        "status": "ok",
-                        "error": null,
-                        "ios": m.ios,
-                        "bytes": m.bytes,
-                        "seconds": m.seconds,
-                        "iops": m.iops(),
-                        "mb_per_s": m.mb_per_s(),
-                        "lat_p50_us": m.lat_p50_us,
-                        "lat_p99_us": m.lat_p99_us,
-                        "lat_max_us": m.lat_max_us,
-                        "user_exits": m.user_exits,
-                        "vm_exits": m.vm_exits,
-                        "interrupts": m.interrupts,
-                        "guest_signals": m.guest_signals,
-                        "guest_interrupts": m.guest_interrupts,
-                        "achieved_qd": m.achieved_qd,
-                        "user_exits_per_io": m.per_io(m.user_exits),
-                        "vm_exits_per_io": m.per_io(m.vm_exits),
-                        "interrupts_per_io": m.per_io(m.interrupts),
-                        "guest_signals_per_io": m.per_io(m.guest_signals),
-                        "host_cpu_us_per_io": m.host_cpu_us_per_io,
-                        "vcpu_cpu_us_per_io": m.vcpu_cpu_us_per_io,
-                        "device_cpu_us_per_io": m.device_cpu_us_per_io,
-                    }),
-                    Err(why) => {
-                        let mut f = json!({ "status": "failed", "error": why });
-                        for key in [
-                            "ios",
-                            "bytes",
-                            "seconds",
-                            "iops",
-                            "mb_per_s",
-                            "lat_p50_us",
-                            "lat_p99_us",
-                            "lat_max_us",
-                            "user_exits",
-                            "vm_exits",
-                            "interrupts",
-                            "guest_signals",
-                            "guest_interrupts",
-                            "achieved_qd",
-                            "user_exits_per_io",
-                            "vm_exits_per_io",
-                            "interrupts_per_io",
-                            "guest_signals_per_io",
-                            "host_cpu_us_per_io",
-                            "vcpu_cpu_us_per_io",
-                            "device_cpu_us_per_io",
-                        ] {
-                            f[key] = Value::Null;
+                let mut o = serde_json::Map::new();
+                o.insert("kind".into(), row.kind.as_str().into());
+                o.insert("device".into(), row.device.clone().into());
+                o.insert("baseline".into(), row.baseline.into());
+                o.insert("workload".into(), row.workload.clone().into());
+                o.insert("spec".into(), row.spec.clone().into());
+                match &row.outcome {
+                    Ok(m) => {
+                        o.insert("status".into(), "ok".into());
+                        o.insert("error".into(), Value::Null);
+                        for (key, value) in numbers(row.kind, m) {
+                            o.insert(key.into(), value);
                         }
-                        f
                     }
-                };
-                if let (Some(o), Value::Object(f)) = (o.as_object_mut(), fields) {
-                    o.extend(f);
+                    Err(why) => {
+                        o.insert("status".into(), "failed".into());
+                        o.insert("error".into(), why.clone().into());
+                        // Only the field names of a measurement of nothing are used.
+                        for (key, _) in numbers(row.kind, &Measurement::default()) {
+                            o.insert(key.into(), Value::Null);
+                        }
+                    }
                 }
-                o
+                Value::Object(o)
             })
             .collect(),
     )
+}
+
+/// A finite number, or null (a latency the workload does not have).
+fn num(v: f64) -> Value {
+    serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number)
+}
+
+/// The numeric fields of a row of `kind`, in document order.
+fn numbers(kind: Kind, m: &Measurement) -> Vec<(&'static str, Value)> {
+    let transitions = |unit: &'static [&'static str; 7]| {
+        vec![
+            (unit[0], num(m.per_io(m.user_exits))),
+            (unit[1], num(m.per_io(m.vm_exits))),
+            (unit[2], num(m.per_io(m.interrupts))),
+            (unit[3], num(m.per_io(m.guest_signals))),
+            (unit[4], num(m.host_cpu_us_per_io)),
+            (unit[5], num(m.vcpu_cpu_us_per_io)),
+            (unit[6], num(m.device_cpu_us_per_io)),
+        ]
+    };
+    let counts = [
+        ("user_exits", json!(m.user_exits)),
+        ("vm_exits", json!(m.vm_exits)),
+        ("interrupts", json!(m.interrupts)),
+        ("guest_signals", json!(m.guest_signals)),
+        ("guest_interrupts", json!(m.guest_interrupts)),
+    ];
+    let mut out = match kind {
+        Kind::Block => vec![
+            ("ios", json!(m.ios)),
+            ("bytes", json!(m.bytes)),
+            ("seconds", num(m.seconds)),
+            ("iops", num(m.iops())),
+            ("mb_per_s", num(m.mb_per_s())),
+            ("lat_p50_us", num(m.lat_p50_us)),
+            ("lat_p99_us", num(m.lat_p99_us)),
+            ("lat_max_us", num(m.lat_max_us)),
+            ("achieved_qd", json!(m.achieved_qd)),
+        ],
+        Kind::Net => vec![
+            ("packets", json!(m.ios)),
+            ("bytes", json!(m.bytes)),
+            ("seconds", num(m.seconds)),
+            ("pps", num(m.iops())),
+            ("gbit_per_s", num(m.gbit_per_s())),
+            ("lat_p50_us", num(m.lat_p50_us)),
+            ("lat_p99_us", num(m.lat_p99_us)),
+        ],
+    };
+    out.extend(counts);
+    out.extend(match kind {
+        Kind::Block => transitions(&[
+            "user_exits_per_io",
+            "vm_exits_per_io",
+            "interrupts_per_io",
+            "guest_signals_per_io",
+            "host_cpu_us_per_io",
+            "vcpu_cpu_us_per_io",
+            "device_cpu_us_per_io",
+        ]),
+        Kind::Net => transitions(&[
+            "user_exits_per_packet",
+            "vm_exits_per_packet",
+            "interrupts_per_packet",
+            "guest_signals_per_packet",
+            "host_cpu_us_per_packet",
+            "vcpu_cpu_us_per_packet",
+            "device_cpu_us_per_packet",
+        ]),
+    });
+    out
 }
 
 #[cfg(test)]
@@ -384,6 +515,7 @@ pub(crate) mod tests {
     pub(crate) fn rows() -> Vec<Row> {
         vec![
             Row {
+                kind: Kind::Block,
                 device: "ramdisk".into(),
                 baseline: true,
                 workload: "rr4k-qd1".into(),
@@ -396,6 +528,7 @@ pub(crate) mod tests {
                 }),
             },
             Row {
+                kind: Kind::Block,
                 device: "vmbus".into(),
                 baseline: false,
                 workload: "rr4k-qd1".into(),
@@ -403,6 +536,7 @@ pub(crate) mod tests {
                 outcome: Ok(measurement(1000, 10, 2500, 1000, 1000)),
             },
             Row {
+                kind: Kind::Block,
                 device: "ide".into(),
                 baseline: false,
                 workload: "rw4k-qd32".into(),
@@ -533,5 +667,113 @@ pub(crate) mod tests {
         // It is valid JSON text.
         let text = serde_json::to_string_pretty(&v).unwrap();
         assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), v);
+    }
+
+    pub(crate) fn net_rows() -> Vec<Row> {
+        let row = |device: &str, baseline, workload: &str, m| Row {
+            kind: Kind::Net,
+            device: device.into(),
+            baseline,
+            workload: workload.into(),
+            spec: format!("{workload}:test"),
+            outcome: m,
+        };
+        vec![
+            row(
+                "netvsc",
+                false,
+                "tcp-stream-tx",
+                Ok(Measurement {
+                    bytes: 8 << 20,
+                    seconds: 0.25,
+                    lat_p50_us: f64::NAN,
+                    lat_p99_us: f64::NAN,
+                    ..measurement(10_000, 0, 400, 200, 100)
+                }),
+            ),
+            row(
+                "e1000",
+                false,
+                "udp-rr",
+                Ok(measurement(2_000, 6_000, 9_000, 2_000, 2_000)),
+            ),
+            row("virtio-net", false, "udp-rr", Err("no reply".into())),
+        ]
+    }
+
+    #[test]
+    fn net_rows_get_their_own_table_fields_and_nulls() {
+        let mut rows = rows();
+        rows.extend(net_rows());
+        let t = table(&rows);
+        let (block, net) = t.split_once("\n\n").expect("two tables");
+        assert!(
+            block.starts_with("device") && !block.contains("netvsc"),
+            "{t}"
+        );
+        let lines: Vec<&str> = net.lines().collect();
+        assert!(
+            lines[0].starts_with("device") && lines[0].contains("pps"),
+            "{t}"
+        );
+        assert!(
+            lines[0].contains("Gbit/s") && lines[0].contains("cpu µs/pkt"),
+            "{t}"
+        );
+        let stream: Vec<&str> = lines[2].split_whitespace().collect();
+        // 10 000 packets in 0.25 s, 8 MiB of payload: 40 000 pps, 0.268 Gbit/s, no latency.
+        assert_eq!(
+            &stream[..8],
+            [
+                "netvsc",
+                "tcp-stream-tx",
+                "10000",
+                "0.250",
+                "40000",
+                "0.268",
+                "-",
+                "-"
+            ],
+            "{t}"
+        );
+        assert!(net.contains("FAILED: no reply"), "{t}");
+
+        let v = json(&rows);
+        let a = v.as_array().unwrap();
+        assert!(a[..3].iter().all(|o| o["kind"] == "block"));
+        let n = &a[3];
+        assert_eq!(n["kind"], "net");
+        assert_eq!(n["packets"], 10_000);
+        assert_eq!(n["pps"], 40_000.0);
+        assert!((n["gbit_per_s"].as_f64().unwrap() - 0.268_435_456).abs() < 1e-9);
+        assert!(n["lat_p50_us"].is_null() && n["lat_p99_us"].is_null());
+        assert_eq!(n["vm_exits_per_packet"], 0.04);
+        assert_eq!(n["interrupts_per_packet"], 0.02);
+        assert_eq!(n["guest_signals_per_packet"], 0.01);
+        assert_eq!(n["host_cpu_us_per_packet"], 5.5);
+        assert!(n.get("ios").is_none() && n.get("iops").is_none());
+        assert_eq!(a[4]["user_exits_per_packet"], 3.0);
+        assert_eq!(a[4]["lat_p50_us"], 12.5);
+        assert_eq!(a[5]["status"], "failed");
+        assert!(a[5]["packets"].is_null() && a[5]["user_exits_per_packet"].is_null());
+        assert!(a[5].get("ios").is_none());
+
+        let svg = svg::chart(&rows);
+        for title in [
+            ">Mode transitions per I/O",
+            ">Network: mode transitions per packet",
+            ">Network: host CPU time per packet",
+        ] {
+            assert!(svg.contains(title), "{title}");
+        }
+        assert!(
+            svg.contains("e1000 udp-rr user exits: 3.0<"),
+            "the e1000 bar"
+        );
+        assert_eq!(
+            svg.matches(">FAILED<").count(),
+            4,
+            "a failed row of each kind in its two panels"
+        );
     }
 }

@@ -144,6 +144,7 @@ impl<T: NetTransport> crate::net::GuestNic for NetvscNic<T> {
             rx_frames: s.rx_frames,
             rx_dropped: s.rx_dropped,
             rx_errors: s.rx_errors,
+            signals: s.signals,
         }
     }
 }

@@ -155,6 +155,8 @@ pub struct NicStats {
     pub rx_completed: u64,
     /// Link state indications.
     pub link_events: u64,
+    /// Signals sent to the host (at most one per flush).
+    pub signals: u64,
 }
 
 /// Received frames waiting for the stack, in fixed slots.
@@ -476,7 +478,9 @@ impl<T: NetTransport> NetvscNic<T> {
 
     /// Tells the host about everything queued since the last flush (at most one signal).
     pub fn flush(&mut self) -> Result<bool, NicError> {
-        Ok(self.tx.transport.flush()?)
+        let signaled = self.tx.transport.flush()?;
+        self.stats.signals += u64::from(signaled);
+        Ok(signaled)
     }
 
     /// Takes the next received frame, if any.

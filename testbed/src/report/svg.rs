@@ -1,12 +1,12 @@
-//! A hand-written SVG chart of two panels of grouped bars: mode transitions per I/O (user exits, VM
-//! exits, interrupts, guest signals) and host CPU µs per I/O (total, vCPU thread, device threads). In
-//! each, one cluster per workload, one group of bars per device inside it, on a logarithmic y axis with a
-//! line per decade. Zero values (which a log axis cannot draw) get a "0" at the baseline; failed devices
+//! A hand-written SVG chart of panels of grouped bars: for block rows, mode transitions per I/O (user
+//! exits, VM exits, interrupts, guest signals) and host CPU µs per I/O (total, vCPU thread, device
+//! threads); for network rows the same two per packet, below. In each, one cluster per workload, one
+//! group of bars per device inside it, on a logarithmic y axis with a line per decade. Zero values (which a log axis cannot draw) get a "0" at the baseline; failed devices
 //! get "FAILED" instead of bars.
 
 use std::fmt::Write as _;
 
-use super::{Measurement, Row, CPU_SPLIT, TRANSITIONS};
+use super::{Kind, Measurement, Row, CPU_SPLIT, TRANSITIONS};
 
 /// One colour per transition kind, in [`TRANSITIONS`] order.
 const COLORS: [&str; 4] = ["#d62728", "#ff7f0e", "#1f77b4", "#2ca02c"];
@@ -116,8 +116,8 @@ fn cpu(m: &Measurement) -> Vec<f64> {
     m.cpu_per_io().to_vec()
 }
 
-/// The chart's panels, top to bottom.
-const PANELS: [Panel; 2] = [
+/// The block rows' panels, top to bottom.
+const BLOCK_PANELS: [Panel; 2] = [
     Panel {
         title: "Mode transitions per I/O (log scale)",
         axis: "transitions per I/O",
@@ -134,30 +134,66 @@ const PANELS: [Panel; 2] = [
     },
 ];
 
+/// The network rows' panels, below the block rows'.
+const NET_PANELS: [Panel; 2] = [
+    Panel {
+        title: "Network: mode transitions per packet (log scale)",
+        axis: "transitions per packet",
+        series: &TRANSITIONS,
+        colors: &COLORS,
+        values: transitions,
+    },
+    Panel {
+        title: "Network: host CPU time per packet in µs (log scale)",
+        axis: "host CPU µs per packet",
+        series: &CPU_SPLIT,
+        colors: &CPU_COLORS,
+        values: cpu,
+    },
+];
+
 /// The rows grouped by workload, in first-seen order.
 type Clusters<'a> = Vec<(&'a str, Vec<&'a Row>)>;
 
-/// The chart for `rows` as an SVG document.
-pub fn chart(rows: &[Row]) -> String {
-    let mut workloads: Vec<&str> = Vec::new();
-    for r in rows {
-        if !workloads.contains(&r.workload.as_str()) {
-            workloads.push(&r.workload);
+/// The rows of `kind` grouped by workload, in first-seen order.
+fn clusters(rows: &[Row], kind: Kind) -> Clusters<'_> {
+    let mut clusters: Clusters = Vec::new();
+    for r in rows.iter().filter(|r| r.kind == kind) {
+        match clusters.iter_mut().find(|(w, _)| *w == r.workload) {
+            Some((_, devices)) => devices.push(r),
+            None => clusters.push((&r.workload, vec![r])),
         }
     }
+    clusters
+}
+
+/// The chart for `rows` as an SVG document.
+pub fn chart(rows: &[Row]) -> String {
     let group_width = 4.0 * BAR + 3.0 * BAR_GAP;
-    let clusters: Clusters = workloads
+    let block = clusters(rows, Kind::Block);
+    let net = clusters(rows, Kind::Net);
+    let mut sections: Vec<(&[Panel], &Clusters)> = Vec::new();
+    if !block.is_empty() || net.is_empty() {
+        sections.push((&BLOCK_PANELS, &block));
+    }
+    if !net.is_empty() {
+        sections.push((&NET_PANELS, &net));
+    }
+    let plot_width = |clusters: &Clusters| {
+        clusters
+            .iter()
+            .map(|(_, devs)| devs.len() as f64 * (group_width + DEVICE_GAP) - DEVICE_GAP)
+            .sum::<f64>()
+            + WORKLOAD_GAP * (clusters.len() as f64 + 1.0)
+    };
+    let widest = sections
         .iter()
-        .map(|w| (*w, rows.iter().filter(|r| r.workload == *w).collect()))
-        .collect();
-    let plot_width: f64 = clusters
-        .iter()
-        .map(|(_, devs)| devs.len() as f64 * (group_width + DEVICE_GAP) - DEVICE_GAP)
-        .sum::<f64>()
-        + WORKLOAD_GAP * (clusters.len() as f64 + 1.0);
-    let width = (LEFT + plot_width.max(200.0) + RIGHT).max(640.0);
+        .map(|(_, c)| plot_width(c))
+        .fold(200.0, f64::max);
+    let width = (LEFT + widest + RIGHT).max(640.0);
     let panel_height = TOP + PLOT_HEIGHT + LABELS;
-    let height = panel_height * PANELS.len() as f64 + FOOTER;
+    let panels: usize = sections.iter().map(|(p, _)| p.len()).sum();
+    let height = panel_height * panels as f64 + FOOTER;
 
     let mut s = String::new();
     let _ = writeln!(
@@ -165,26 +201,33 @@ pub fn chart(rows: &[Row]) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif">"#
     );
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    for (i, p) in PANELS.iter().enumerate() {
-        panel(
-            &mut s,
-            p,
-            &clusters,
-            panel_height * i as f64,
-            width,
-            group_width,
-        );
+    let mut i = 0;
+    for (section, clusters) in &sections {
+        for p in section.iter() {
+            panel(
+                &mut s,
+                p,
+                clusters,
+                panel_height * i as f64,
+                width,
+                group_width,
+            );
+            i += 1;
+        }
     }
     let mut notes = Vec::new();
     if rows.iter().any(|r| r.baseline) {
-        notes.push("* in-guest baseline: served from guest RAM, no device.");
+        notes.push(
+            "* in-guest baseline: served from guest RAM (block) or a loopback in the guest (network), \
+             no device.",
+        );
     }
     notes.push(
         "\"0\" at the axis: no such transition (or no device-thread CPU) in the measured window.",
     );
     notes.push(
         "host CPU = vCPU thread (guest code, exits and device models run on it, as IDE is) + device \
-         threads (VMBus, storvsp, virtio-blk).",
+         threads (VMBus, storvsp, netvsp, virtio).",
     );
     for (i, note) in notes.iter().rev().enumerate() {
         let _ = writeln!(

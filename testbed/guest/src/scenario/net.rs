@@ -144,8 +144,8 @@ fn net(args: &str) -> Outcome {
 }
 
 /// Brings smoltcp up on `nic` (198.18.0.2/24) and runs the comma-separated `steps`, each
-/// reported as `net-step=K name=NAME cycles=C tx=T rx=R` (TSC cycles, frames the NIC sent and
-/// received during it). The loopback floor (a [`LoopNic`]) also owns the host's address and plays
+/// reported as `net-step=K name=NAME cycles=C tx=T rx=R signals=S` (TSC cycles, frames the NIC
+/// sent and received and the notifications it sent the device during it). The loopback floor (a [`LoopNic`]) also owns the host's address and plays
 /// its servers ([`LoopPeer`]).
 fn run_steps<N: GuestNic + 'static>(mut nic: N, steps: &str) -> Outcome {
     let looped = (&nic as &dyn core::any::Any).is::<LoopNic>();
@@ -199,9 +199,10 @@ fn run_steps<N: GuestNic + 'static>(mut nic: N, steps: &str) -> Outcome {
         let cycles = tsc() - started;
         let after = stack.nic.counters();
         println!(
-            "net-step={k} name={name} cycles={cycles} tx={} rx={}",
+            "net-step={k} name={name} cycles={cycles} tx={} rx={} signals={}",
             after.tx_frames - before.tx_frames,
-            after.rx_frames - before.rx_frames
+            after.rx_frames - before.rx_frames,
+            after.signals - before.signals
         );
     }
     if let Some(peer) = &stack.peer {
