@@ -86,3 +86,41 @@ mod tests {
         assert_eq!(LOG_GPA + LOG_LEN, 0x10_0000);
     }
 }
+
+/// The network test bench both ends run: addresses (198.18.0.0/15 only), the host's server ports
+/// and the byte stream the TCP steps carry, checked at both ends.
+pub mod net {
+    /// The guest's address (a /24).
+    pub const GUEST_IP: [u8; 4] = [198, 18, 0, 2];
+    /// The host's address on the TAP (a /24); the loopback floor takes it too.
+    pub const HOST_IP: [u8; 4] = [198, 18, 0, 1];
+    /// The host's UDP echo server (`udp=N`).
+    pub const ECHO_PORT: u16 = 7001;
+    /// The host's TCP sink (`tcp-send`).
+    pub const TCP_SINK_PORT: u16 = 7002;
+    /// The host's TCP source (`tcp-recv`).
+    pub const TCP_SOURCE_PORT: u16 = 7003;
+    /// The host's UDP sink (`udp-flood`), which answers `end` with `done`.
+    pub const FLOOD_PORT: u16 = 7004;
+    /// The guest's port for the flood: the host's `done` arrives there.
+    pub const FLOOD_REPLY_PORT: u16 = 7104;
+    /// The guest's port for `until-bye`.
+    pub const BYE_PORT: u16 = 7009;
+    /// Payload bytes of a `udp-flood` datagram and of a `udp` request.
+    pub const DATAGRAM: usize = 64;
+
+    /// Byte `i` of the TCP steps' stream.
+    pub const fn pattern(i: u64) -> u8 {
+        (i.wrapping_mul(0x9E37_79B9) >> 13) as u8
+    }
+
+    /// FNV-1a's starting value.
+    pub const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+    /// FNV-1a of `bytes` continuing from `hash` (the stream's hash both ends print).
+    pub fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
+        bytes.iter().fold(hash, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    }
+}

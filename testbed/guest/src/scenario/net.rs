@@ -25,6 +25,10 @@ use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
 
+use guest_abi::net::{
+    fnv1a, BYE_PORT, DATAGRAM, ECHO_PORT, FLOOD_PORT, FLOOD_REPLY_PORT, FNV_START, GUEST_IP, HOST_IP,
+    TCP_SINK_PORT, TCP_SOURCE_PORT,
+};
 use guest_drivers::net::GuestNic;
 use guest_drivers::netvsc::{NetvscConfig, NetvscNic};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
@@ -42,7 +46,7 @@ use crate::vmbus_global::{with_connection, KERNEL};
 /// Longest any step may take.
 const STEP_SECONDS: u64 = 60;
 /// The host's address in the test network.
-const HOST: IpAddress = IpAddress::v4(198, 18, 0, 1);
+const HOST: IpAddress = IpAddress::v4(HOST_IP[0], HOST_IP[1], HOST_IP[2], HOST_IP[3]);
 /// TCP buffers: smoltcp's window stays under the NIC's receive queue.
 pub(super) const TCP_BUFFER: usize = 64 << 10;
 
@@ -164,7 +168,8 @@ fn run_steps<N: GuestNic + 'static>(mut nic: N, steps: &str) -> Outcome {
     let config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
     let mut iface = Interface::new(config, &mut nic, now());
     iface.update_ip_addrs(|addrs| {
-        let _ = addrs.push(IpCidr::new(IpAddress::v4(198, 18, 0, 2), 24));
+        let [a, b, c, d] = GUEST_IP;
+        let _ = addrs.push(IpCidr::new(IpAddress::v4(a, b, c, d), 24));
         if looped {
             let _ = addrs.push(IpCidr::new(HOST, 24));
         }
@@ -228,10 +233,7 @@ fn count(value: &str) -> Result<u64, String> {
         .map_err(|_| format!("`{value}` is not a count"))
 }
 
-/// The pattern stream both ends use: byte i of the stream.
-pub(super) fn pattern(i: u64) -> u8 {
-    (i.wrapping_mul(0x9E37_79B9) >> 13) as u8
-}
+pub(super) use guest_abi::net::pattern;
 
 /// FNV-1a over a stream, one chunk at a time.
 #[derive(Debug)]
@@ -239,13 +241,11 @@ pub(super) struct Hash(pub u64);
 
 impl Hash {
     pub(super) fn new() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
+        Self(FNV_START)
     }
 
     pub(super) fn update(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        self.0 = fnv1a(self.0, bytes);
     }
 }
 
@@ -259,9 +259,9 @@ fn udp_socket<N: GuestNic>(stack: &mut Stack<N>, port: u16) -> Result<SocketHand
 
 fn udp_round_trips<N: GuestNic>(stack: &mut Stack<N>, n: u64) -> Outcome {
     let handle = udp_socket(stack, 7101)?;
-    let peer = IpEndpoint::new(HOST, 7001);
-    let mut request = [0u8; 64];
-    let mut reply = [0u8; 64];
+    let peer = IpEndpoint::new(HOST, ECHO_PORT);
+    let mut request = [0u8; DATAGRAM];
+    let mut reply = [0u8; DATAGRAM];
     let mut resent = 0u64;
     let mut latencies = Vec::with_capacity(n as usize);
     for seq in 0..n {
@@ -316,10 +316,10 @@ fn udp_flood<N: GuestNic>(stack: &mut Stack<N>, n: u64) -> Outcome {
     let rx = udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 1024]);
     let tx = udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 64], vec![0; 64 * 64]);
     let mut socket = udp::Socket::new(rx, tx);
-    socket.bind(7104).map_err(err)?;
+    socket.bind(FLOOD_REPLY_PORT).map_err(err)?;
     let handle = stack.sockets.add(socket);
-    let peer = IpEndpoint::new(HOST, 7004);
-    let mut datagram = [0u8; 64];
+    let peer = IpEndpoint::new(HOST, FLOOD_PORT);
+    let mut datagram = [0u8; DATAGRAM];
     let mut sent = 0u64;
     let mut ends = 0u64;
     let mut last_end = 0u64;
@@ -369,7 +369,7 @@ fn tcp_socket<N: GuestNic>(stack: &mut Stack<N>, port: u16, local: u16) -> Resul
 }
 
 fn tcp_send<N: GuestNic>(stack: &mut Stack<N>, bytes: u64) -> Outcome {
-    let handle = tcp_socket(stack, 7002, 7102)?;
+    let handle = tcp_socket(stack, TCP_SINK_PORT, 7102)?;
     let mut hash = Hash::new();
     let mut sent = 0u64;
     let mut chunk = vec![0u8; 16 << 10];
@@ -411,7 +411,7 @@ fn tcp_send<N: GuestNic>(stack: &mut Stack<N>, bytes: u64) -> Outcome {
 }
 
 fn tcp_recv<N: GuestNic>(stack: &mut Stack<N>) -> Outcome {
-    let handle = tcp_socket(stack, 7003, 7103)?;
+    let handle = tcp_socket(stack, TCP_SOURCE_PORT, 7103)?;
     let mut hash = Hash::new();
     let mut received = 0u64;
     let mut chunk = vec![0u8; 16 << 10];
@@ -462,7 +462,7 @@ fn tcp_recv<N: GuestNic>(stack: &mut Stack<N>) -> Outcome {
 }
 
 fn until_bye<N: GuestNic>(stack: &mut Stack<N>) -> Outcome {
-    let handle = udp_socket(stack, 7009)?;
+    let handle = udp_socket(stack, BYE_PORT)?;
     let mut buf = [0u8; 16];
     loop {
         let socket = stack.sockets.get_mut::<udp::Socket>(handle);

@@ -11,6 +11,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::convert::Infallible;
 
+use guest_abi::net::{ECHO_PORT, FLOOD_PORT, TCP_SINK_PORT, TCP_SOURCE_PORT};
 use guest_drivers::net::{GuestNic, NicCounters};
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
@@ -150,8 +151,8 @@ impl LoopPeer {
             socket
         };
         Self {
-            echo: sockets.add(udp(7001)),
-            sink: sockets.add(udp(7004)),
+            echo: sockets.add(udp(ECHO_PORT)),
+            sink: sockets.add(udp(FLOOD_PORT)),
             tcp_sink: sockets.add(tcp()),
             tcp_source: sockets.add(tcp()),
             sink_datagrams: 0,
@@ -189,7 +190,7 @@ impl LoopPeer {
         }
         let socket = sockets.get_mut::<tcp::Socket>(self.tcp_sink);
         if !socket.is_open() {
-            let _ = socket.listen(7002);
+            let _ = socket.listen(TCP_SINK_PORT);
         }
         while socket.can_recv() {
             let Ok(n) = socket.recv_slice(&mut buf) else {
@@ -209,7 +210,7 @@ impl LoopPeer {
         }
         let socket = sockets.get_mut::<tcp::Socket>(self.tcp_source);
         if !socket.is_open() {
-            let _ = socket.listen(7003);
+            let _ = socket.listen(TCP_SOURCE_PORT);
         }
         if socket.state() == tcp::State::Established {
             while socket.can_send() && self.source_sent < self.source_bytes {
