@@ -4,9 +4,11 @@
 //!
 //! [`GuestVm`] is the one way to boot the guest: it loads the ELF, writes the boot info (scenario command
 //! line), wires the enlightenments and reports the guest's console, exit code and faults.
+//! [`bench`] makes the block rows, [`net`] the network rows, [`report`] renders both.
 
 pub mod bench;
 pub mod cpu;
+pub mod net;
 pub mod probe;
 pub mod report;
 pub mod vm;

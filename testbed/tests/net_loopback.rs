@@ -46,4 +46,6 @@ fn loopback_floor_runs_every_net_step_without_an_exit_or_interrupt() {
     println!("{}", steps.join("\n"));
     assert_eq!(steps.len(), 4, "{}", run.console);
     assert!(steps[1].contains("name=udp-flood"), "{steps:?}");
+    // 2000 datagrams and an `end` or two, and the `done`s: each looped frame counted once.
+    assert!(steps[1].contains(" rx=0 "), "{steps:?}");
 }

@@ -61,8 +61,10 @@ impl<P: Platform> NetTransport for VmbusNetTransport<'_, P> {
         limit: usize,
         f: &mut dyn FnMut(&[u8]),
     ) -> Result<Drained, RingError> {
+        // NAPI style: the host's interrupts stay masked while the guest drains and polls;
+        // only `wait` lets them through again.
         self.channel.take_event_from(&self.flags);
-        self.channel.drain(buf, limit, |_, bytes| f(bytes))
+        self.channel.drain_polling(buf, limit, |_, bytes| f(bytes))
     }
 
     fn flush(&mut self) -> Result<bool, HypercallError> {
@@ -72,7 +74,9 @@ impl<P: Platform> NetTransport for VmbusNetTransport<'_, P> {
     fn wait(&mut self) {
         // Count first: an interrupt after the check below still ends the sleep.
         let seen = self.platform.interrupt_total();
-        if !self.channel.has_data().unwrap_or(true) {
+        // Unmask, then look again: a packet that raced in while masked was not signalled. A
+        // broken ring is not slept on (the next drain reports it).
+        if let Ok(false) = self.channel.rearm() {
             self.platform.wait_for_interrupt(seen);
         }
     }

@@ -67,16 +67,26 @@ impl Netns {
 
     /// Runs `ip -n <namespace> args…`, which must succeed (panics with ip's message otherwise).
     pub fn ip(&self, args: &[&str]) {
+        if let Err(e) = self.try_ip(args) {
+            panic!("{e}");
+        }
+    }
+
+    /// Runs `ip -n <namespace> args…`; an error carries ip's message.
+    pub fn try_ip(&self, args: &[&str]) -> io::Result<()> {
         let out = Command::new("ip")
             .args(["-n", &self.name])
             .args(args)
             .output()
-            .expect("run ip");
-        assert!(
-            out.status.success(),
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot run `ip`: {e}")))?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
     }
 
     /// The MAC address of interface `dev` in the namespace.
