@@ -4,6 +4,21 @@ use kvm_bindings::kvm_segment;
 use proptest::prelude::*;
 
 use super::*;
+use crate::hv::hypercall::{dispatch, HypercallTarget, PostMessageInput, HVCALL_POST_MESSAGE};
+use crate::memory::GuestRam;
+
+/// Accepts everything that reaches it.
+struct Accept;
+
+impl HypercallTarget for Accept {
+    fn post_message(&self, _: u32, _: u32, _: u32, payload: &[u8]) -> HvStatus {
+        assert!(payload.len() <= 240);
+        HvStatus::SUCCESS
+    }
+    fn signal_event(&self, _: u32, _: u32) -> HvStatus {
+        HvStatus::SUCCESS
+    }
+}
 
 fn sregs(efer: u64, cs_l: u8) -> kvm_sregs {
     kvm_sregs {
@@ -140,5 +155,40 @@ proptest! {
         let mut r64 = kvm_regs::default();
         CallingConvention::Bits64.complete_trap(&mut r64, result);
         prop_assert_eq!(r64.rax, v);
+    }
+}
+
+proptest! {
+    /// The whole 32-bit path — decode at the trap, dispatch, write back — is total over arbitrary registers: a
+    /// defined status in EAX, EDX = 0 (no rep calls yet), every other register untouched.
+    #[test]
+    fn bits32_path_is_total(
+        eax in prop_oneof![any::<u64>(), Just(u64::from(HVCALL_POST_MESSAGE)), Just(0x1005D)],
+        ebp in prop_oneof![any::<u64>(), Just(0u64)],
+        ecx in prop_oneof![any::<u64>(), Just(0x4000u64), 0x3FF0u64..0x4010],
+        ebx in prop_oneof![any::<u64>(), Just(0u64), Just(1u64)],
+        esi: u64,
+        edi: u64,
+    ) {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        let block = PostMessageInput {
+            connection_id: 1,
+            reserved: 0,
+            message_type: 1,
+            payload_size: 4,
+            payload: [0x5A; 240],
+        };
+        ram.write_obj(0x4000, &block).unwrap();
+        let before = kvm_regs { rax: eax, rbp: ebp, rcx: ecx, rbx: ebx, rsi: esi, rdi: edi, rdx: 0x4850, ..Default::default() };
+        let call = CallingConvention::Bits32.decode_trap(&before);
+        let status = dispatch(&ram, 0, call, &Accept);
+        prop_assert!([0u16, 2, 3, 4, 5, 0x11, 0x12].contains(&status.0), "{status:?}");
+        let mut after = before;
+        CallingConvention::Bits32.complete_trap(&mut after, HypercallResult::simple(status));
+        prop_assert_eq!((after.rdx, after.rax), (0, u64::from(status.0)));
+        prop_assert_eq!(
+            (after.rbx, after.rcx, after.rsi, after.rdi, after.rbp),
+            (before.rbx, before.rcx, before.rsi, before.rdi, before.rbp)
+        );
     }
 }
