@@ -2,7 +2,8 @@
 //! with the 32-bit convention (EDX:EAX control, EBX:ECX input GPA or fast argument, EDI:ESI output GPA, result in
 //! EDX:EAX), HvPostMessage by GPA to a host handler, fast HvSignalEvent through the doorbell ioeventfd and through a
 //! doorbell exit, slow HvSignalEvent, SynIC message and event interrupts taken by the guest's IDT, hostile inputs
-//! answered with the TLFS status codes, and the exact user exits all of that costs.
+//! answered with the TLFS status codes, and the exact user exits all of that costs. A second guest calls the same
+//! page from 64-bit and from compatibility-mode code of one long-mode guest: the convention follows CS.L per call.
 
 mod hv_support;
 
@@ -150,6 +151,51 @@ fn bit32_guest_detects_enables_posts_signals_and_takes_synic_interrupts() {
             io: 9,
             msr_read: 2,
             msr_write: 7,
+            ..Default::default()
+        }
+    );
+}
+
+#[test]
+fn bit32_compatibility_mode_calls_use_the_32_bit_convention() {
+    if !kvm_or_skip() {
+        return;
+    }
+    // EFER.LMA stays 1 throughout: only CS.L tells the two conventions apart, per call.
+    let (mut partition, hv) = build_in("hv_bit32_compat", BootMode::LongMode64);
+    let posted: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let log = posted.clone();
+    hv.register_post_message(
+        1,
+        Arc::new(move |_, _, payload: &[u8]| {
+            log.lock().unwrap().push(payload.to_vec());
+            HvStatus::SUCCESS
+        }),
+    )
+    .unwrap();
+    let before = partition.stats();
+    run_ok(&mut partition);
+    let exits = partition.stats().delta(&before).vcpus[0].user_exits;
+    let ram = partition.ram();
+    assert_eq!(result(ram, 0), 0, "64-bit HvPostMessage (RAX)");
+    assert_eq!(
+        result(ram, 1),
+        0,
+        "compatibility-mode HvPostMessage (EDX:EAX)"
+    );
+    assert_eq!(
+        result(ram, 2),
+        u64::from(HvStatus::INVALID_PARAMETER.0),
+        "EBX = 1 made the input GPA 4 GiB + x"
+    );
+    assert_eq!(result(ram, 3), 1, "EBX preserved");
+    assert_eq!(*posted.lock().unwrap(), vec![b"ping".to_vec(); 2]);
+    assert_eq!(hv.stats().hypercall_exits, 3);
+    assert_eq!(
+        exits,
+        UserExits {
+            io: 4,
+            msr_write: 2,
             ..Default::default()
         }
     );
