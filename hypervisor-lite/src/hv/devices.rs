@@ -1,6 +1,7 @@
 //! The enlightenments as partition devices: [`HvPartition`] is the partition's [`MsrHandler`] for the synthetic
-//! MSR range and the [`PortHandler`] of the hypercall and doorbell ports. Thin: decode the exit, call the
-//! partition-level object, write the result back into the vCPU's registers.
+//! MSR range and the [`PortHandler`] of the hypercall and doorbell ports. Thin: decode the exit by the caller's
+//! calling convention ([`CallingConvention::of`] its special registers at the trap), call the partition-level
+//! object, write the result back into the vCPU's registers.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -12,7 +13,8 @@ use crate::irq::{InterruptController, IoEventAddress};
 use crate::partition::{Partition, PartitionConfig};
 use crate::vcpu::VcpuCtx;
 
-use super::hypercall::{HvStatus, HypercallRegs};
+use super::abi::{CallingConvention, HypercallResult};
+use super::hypercall::HvStatus;
 use super::msr::SYNTHETIC_MSR_RANGE;
 use super::{HvError, HvPartition, HvPlatform};
 
@@ -62,16 +64,6 @@ impl HvPartition {
         let p = self.config.ports;
         [p.hypercall..p.hypercall + 1, p.doorbell..p.doorbell + 1]
     }
-
-    /// Returns `status` to the guest: RAX for the hypercall-port path, R11 for the doorbell path (the page moves
-    /// R11 into RAX after the doorbell `out`); both are set, both are clobbered by the ABI.
-    fn complete(vcpu: &mut VcpuCtx, mut regs: kvm_bindings::kvm_regs, status: HvStatus) {
-        regs.rax = status.to_rax();
-        regs.r11 = status.to_rax();
-        if let Err(e) = vcpu.set_regs(&regs) {
-            tracing::error!(vp = vcpu.vp_index(), error = %e, "cannot return hypercall status");
-        }
-    }
 }
 
 impl MsrHandler for HvPartition {
@@ -108,25 +100,20 @@ impl PortHandler for HvPartition {
 
     fn write(&self, vcpu: &mut VcpuCtx, port: u16, data: &[u8]) {
         let vp = vcpu.vp_index();
-        let regs = match vcpu.regs() {
-            Ok(r) => r,
-            Err(e) => {
+        let (mut regs, sregs) = match (vcpu.regs(), vcpu.sregs()) {
+            (Ok(r), Ok(s)) => (r, s),
+            (Err(e), _) | (_, Err(e)) => {
                 tracing::error!(vp, port, error = %e, "cannot read registers of a hypercall");
                 return;
             }
         };
+        let convention = CallingConvention::of(&sregs);
         let ports = self.config.ports;
-        let status = if port == ports.hypercall {
-            self.hypercall(
-                vp,
-                HypercallRegs {
-                    control: regs.rcx,
-                    input: regs.r9,
-                    output: regs.r8,
-                },
-            )
+        if port == ports.hypercall {
+            let status = self.hypercall(vp, convention.decode_trap(&regs));
+            convention.complete_trap(&mut regs, HypercallResult::simple(status));
         } else if port == ports.doorbell {
-            match <[u8; 4]>::try_from(data) {
+            let status = match <[u8; 4]>::try_from(data) {
                 Ok(b) => self.doorbell(vp, u32::from_le_bytes(b)),
                 Err(_) => {
                     tracing::warn!(
@@ -136,11 +123,14 @@ impl PortHandler for HvPartition {
                     );
                     HvStatus::INVALID_HYPERCALL_INPUT
                 }
-            }
+            };
+            convention.complete_doorbell(&mut regs, status);
         } else {
             tracing::warn!(vp, port, "write to a port the enlightenments do not own");
             return;
-        };
-        Self::complete(vcpu, regs, status);
+        }
+        if let Err(e) = vcpu.set_regs(&regs) {
+            tracing::error!(vp, error = %e, "cannot return hypercall status");
+        }
     }
 }

@@ -1,17 +1,27 @@
 //! Hypercalls: status codes, the control word, the hypercall page code and the dispatch of HvPostMessage and
 //! HvSignalEvent, validated the way Hyper-V validates guest input.
 //!
-//! # Hypercall page ABI (64-bit guests)
-//! The guest calls offset 0 of its hypercall page with RCX = control (bits 0–15 call code, bit 16 fast),
-//! RDX = input GPA (or first fast argument), R8 = output GPA; the status comes back in RAX. The page clobbers
-//! RCX, RDX, R8–R11 and flags, like Hyper-V's. VMCALL cannot be used on this KVM (it answers unknown hypercalls
-//! itself), so the page traps with port I/O:
-//! - **fast HvSignalEvent** (RCX == 0x1005D and RDX bits 32–63 zero): `out dx, eax` of the connection id
-//!   (EAX = RDX low half) to the *doorbell port*, after clearing R11; then `mov rax, r11`. A connection id the host
-//!   registered with KVM_IOEVENTFD + datamatch completes inside KVM (no user exit, status 0). Any other value exits
-//!   to user space; the host writes the status into R11 (and RAX).
-//! - **everything else**: R9 = RDX, then `out dx, al` to the *hypercall port* (a user exit). The host reads RCX,
-//!   R9 (input GPA or fast argument) and R8, and writes the status into RAX.
+//! # Hypercall page ABI
+//! The guest calls offset 0 of its hypercall page. The page serves both x86 calling conventions; which one a call
+//! uses follows the caller's mode (EFER.LMA and CS.L, see [`super::abi`]), never a configuration:
+//! - **64-bit**: RCX = control (bits 0–15 call code, bit 16 fast), RDX = input GPA (or first fast argument),
+//!   R8 = output GPA; the result comes back in RAX. Clobbers RCX, RDX, R8–R11 and flags, like Hyper-V's.
+//! - **32-bit** (protected or compatibility mode): EDX:EAX = control, EBX:ECX = input GPA (or the 8-byte fast
+//!   argument), EDI:ESI = output GPA; the result comes back in EDX:EAX. Clobbers ECX and flags; EBX, ESI, EDI and
+//!   EBP are preserved.
+//!
+//! The page starts with a mode test valid in both modes (`push rax; xor eax, eax; 48 85 c0; pop rax; jnz`: the
+//! `48` byte is a REX.W prefix of `test rax, rax` in 64-bit mode and `dec eax` before `test eax, eax` in 32-bit
+//! mode) and branches to one body per mode. VMCALL cannot be used on this KVM (it answers unknown hypercalls
+//! itself), so both bodies trap with port I/O:
+//! - **fast HvSignalEvent** (control == 0x1005D and argument bits 32–63 zero): `out dx, eax` of the connection
+//!   id to the *doorbell port*, after clearing the status register (R11, or ECX); then the status register is
+//!   moved into the result. A connection id the host registered with KVM_IOEVENTFD + datamatch completes inside
+//!   KVM (no user exit, status 0). Any other value exits to user space; the host writes the status into the
+//!   status register.
+//! - **everything else**: the page moves RDX into R9 (64-bit) or pushes EBP and moves EDX into it (32-bit), then
+//!   `out dx, al` to the *hypercall port* (a user exit). The host decodes the registers by the caller's mode and
+//!   writes the result value (status bits 0–15, reps completed bits 32–43) into RAX or EDX:EAX.
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -318,8 +328,12 @@ pub const DEFAULT_PORTS: HypercallPorts = HypercallPorts {
     doorbell: 0x4854,
 };
 
-/// Byte offset in the page of the slow path (for tests and documentation).
-pub const PAGE_SLOW_PATH_OFFSET: usize = 0x21;
+/// Byte offset in the page of the 64-bit slow path (for tests and documentation).
+pub const PAGE_SLOW_PATH_OFFSET: usize = 0x2A;
+/// Byte offset in the page of the 32-bit body.
+pub const PAGE_BITS32_OFFSET: usize = 0x34;
+/// Byte offset in the page of the 32-bit slow path.
+pub const PAGE_SLOW32_PATH_OFFSET: usize = 0x52;
 
 /// The contents of the hypercall page for `ports`: the code at offset 0, the rest filled with `int3`.
 pub fn hypercall_page(ports: HypercallPorts) -> [u8; HV_PAGE_SIZE as usize] {
@@ -327,22 +341,49 @@ pub fn hypercall_page(ports: HypercallPorts) -> [u8; HV_PAGE_SIZE as usize] {
     let [db0, db1] = ports.doorbell.to_le_bytes();
     let [hc0, hc1] = ports.hypercall.to_le_bytes();
     #[rustfmt::skip]
-    let code: [u8; 0x2B] = [
-        0x48, 0x81, 0xF9, ctl0, ctl1, ctl2, 0x00, // 00: cmp rcx, 0x1005D
-        0x75, 0x18,                               // 07: jne slow (0x21)
-        0x49, 0x89, 0xD1,                         // 09: mov r9, rdx
-        0x49, 0xC1, 0xE9, 0x20,                   // 0c: shr r9, 32
-        0x75, 0x0F,                               // 10: jnz slow (flag number or reserved bits set)
-        0x89, 0xD0,                               // 12: mov eax, edx          ; connection id
-        0xBA, db0, db1, 0x00, 0x00,               // 14: mov edx, doorbell
-        0x45, 0x31, 0xDB,                         // 19: xor r11d, r11d        ; status if KVM completes it
-        0xEF,                                     // 1c: out dx, eax
-        0x4C, 0x89, 0xD8,                         // 1d: mov rax, r11
-        0xC3,                                     // 20: ret
-        0x49, 0x89, 0xD1,                         // 21: slow: mov r9, rdx     ; input GPA / fast arg
-        0xBA, hc0, hc1, 0x00, 0x00,               // 24: mov edx, hypercall port
-        0xEE,                                     // 29: out dx, al           ; host sets RAX
-        0xC3,                                     // 2a: ret
+    let code: [u8; 0x5D] = [
+        // Both modes: ZF = 1 in 64-bit mode, 0 in 32-bit mode; EAX / RAX restored.
+        0x50,                                     // 00: push rax / push eax
+        0x31, 0xC0,                               // 01: xor eax, eax
+        0x48, 0x85, 0xC0,                         // 03: test rax, rax  |  dec eax; test eax, eax
+        0x58,                                     // 06: pop rax / pop eax
+        0x75, 0x2B,                               // 07: jnz bits32 (0x34)
+        // 64-bit body.
+        0x48, 0x81, 0xF9, ctl0, ctl1, ctl2, 0x00, // 09: cmp rcx, 0x1005D
+        0x75, 0x18,                               // 10: jne slow64 (0x2a)
+        0x49, 0x89, 0xD1,                         // 12: mov r9, rdx
+        0x49, 0xC1, 0xE9, 0x20,                   // 15: shr r9, 32
+        0x75, 0x0F,                               // 19: jnz slow64 (flag number or reserved bits set)
+        0x89, 0xD0,                               // 1b: mov eax, edx          ; connection id
+        0xBA, db0, db1, 0x00, 0x00,               // 1d: mov edx, doorbell
+        0x45, 0x31, 0xDB,                         // 22: xor r11d, r11d        ; status if KVM completes it
+        0xEF,                                     // 25: out dx, eax
+        0x4C, 0x89, 0xD8,                         // 26: mov rax, r11
+        0xC3,                                     // 29: ret
+        0x49, 0x89, 0xD1,                         // 2a: slow64: mov r9, rdx   ; input GPA / fast arg
+        0xBA, hc0, hc1, 0x00, 0x00,               // 2d: mov edx, hypercall port
+        0xEE,                                     // 32: out dx, al           ; host sets RAX
+        0xC3,                                     // 33: ret
+        // 32-bit body.
+        0x3D, ctl0, ctl1, ctl2, 0x00,             // 34: bits32: cmp eax, 0x1005D
+        0x75, 0x17,                               // 39: jne slow32 (0x52)
+        0x85, 0xD2,                               // 3b: test edx, edx         ; control high half
+        0x75, 0x13,                               // 3d: jnz slow32
+        0x85, 0xDB,                               // 3f: test ebx, ebx         ; flag number, reserved
+        0x75, 0x0F,                               // 41: jnz slow32
+        0x89, 0xC8,                               // 43: mov eax, ecx          ; connection id
+        0x31, 0xC9,                               // 45: xor ecx, ecx          ; status if KVM completes it
+        0xBA, db0, db1, 0x00, 0x00,               // 47: mov edx, doorbell
+        0xEF,                                     // 4c: out dx, eax
+        0x89, 0xC8,                               // 4d: mov eax, ecx
+        0x31, 0xD2,                               // 4f: xor edx, edx
+        0xC3,                                     // 51: ret
+        0x55,                                     // 52: slow32: push ebp
+        0x89, 0xD5,                               // 53: mov ebp, edx          ; control high half
+        0xBA, hc0, hc1, 0x00, 0x00,               // 55: mov edx, hypercall port
+        0xEE,                                     // 5a: out dx, al           ; host sets EDX:EAX
+        0x5D,                                     // 5b: pop ebp
+        0xC3,                                     // 5c: ret
     ];
     let mut page = [0xCC; HV_PAGE_SIZE as usize];
     page[..code.len()].copy_from_slice(&code);

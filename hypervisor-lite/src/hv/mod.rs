@@ -5,9 +5,16 @@
 //! connection id) and the host-side API to post SynIC messages and signal events. It reaches KVM only through
 //! [`HvPlatform`] (MSI injection, ioeventfd doorbells), which the partition glue provides.
 //!
+//! Both x86 calling conventions are served by the same hypercall page: 64-bit callers pass RCX/RDX/R8 and get RAX,
+//! 32-bit callers (protected or compatibility mode) pass EDX:EAX control, EBX:ECX input GPA (or fast argument) and
+//! EDI:ESI output GPA, and get the result in EDX:EAX. The convention is decided per call from the vCPU's EFER.LMA
+//! and CS.L at the trap ([`abi`]), so a guest may switch modes at any time.
+//!
 //! Modules: [`cpuid`] (synthetic CPUID leaves), [`devices`] (MSR/port handlers, platform glue), [`msr`] (MSR
-//! numbers, hypercall MSRs), [`hypercall`] (page code, ABI, dispatch), [`synic`] (per-VP SynIC).
+//! numbers, hypercall MSRs), [`hypercall`] (page code, dispatch), [`abi`] (register conventions, result value),
+//! [`synic`] (per-VP SynIC).
 
+pub mod abi;
 pub mod cpuid;
 pub mod devices;
 pub mod hypercall;
@@ -292,8 +299,8 @@ impl HvPartition {
         Ok(())
     }
 
-    /// A hypercall trapped on the hypercall port of `vp` (RCX, R9, R8 as read at the exit). Returns the status for
-    /// RAX.
+    /// A hypercall trapped on the hypercall port of `vp` (control, input and output as [`abi`] decodes them from
+    /// the caller's registers). Returns the status of the result value.
     pub fn hypercall(&self, vp: u32, regs: HypercallRegs) -> HvStatus {
         self.counters
             .hypercall_exits
@@ -314,7 +321,8 @@ impl HvPartition {
         hypercall::dispatch(ram, vp, regs, self)
     }
 
-    /// A doorbell write that reached user space (its connection id has no ioeventfd). Returns the status for R11.
+    /// A doorbell write that reached user space (its connection id has no ioeventfd). Returns the status for the
+    /// page's status register (R11 or ECX).
     pub fn doorbell(&self, vp: u32, connection_id: u32) -> HvStatus {
         self.counters.doorbell_exits.fetch_add(1, Ordering::Relaxed);
         hypercall::signal_event_arg(vp, u64::from(connection_id), self)

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use hypervisor_lite::hv::{HvConfig, HvPartition};
 use hypervisor_lite::testing::guest_elf;
-use hypervisor_lite::{GuestRam, Partition, PartitionConfig, VcpuOutcome};
+use hypervisor_lite::{BootMode, GuestRam, Partition, PartitionConfig, VcpuOutcome};
 
 /// Where the test guests store their results (u64 words).
 pub const RESULTS: u64 = 0x30_0000;
@@ -20,9 +20,14 @@ pub const RAM_BYTES: u64 = 8 << 20;
 
 /// A built (not yet started) one-VP partition running `guest`, with the enlightenments installed and attached.
 pub fn build(guest: &str) -> (Partition, Arc<HvPartition>) {
+    build_in(guest, BootMode::LongMode64)
+}
+
+/// [`build`] with the vCPU starting in `mode`.
+pub fn build_in(guest: &str, mode: BootMode) -> (Partition, Arc<HvPartition>) {
     let hv = HvPartition::new(HvConfig::new(1));
     let mut cfg = PartitionConfig::new(RAM_BYTES, 1);
-    cfg.elf_file(guest_elf(guest)).without_serial();
+    cfg.mode(mode).elf_file(guest_elf(guest)).without_serial();
     hv.install(&mut cfg);
     let partition = cfg.build().expect("build partition");
     hv.attach_to(&partition).expect("attach enlightenments");
