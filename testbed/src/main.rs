@@ -1,10 +1,11 @@
 //! `testbed`: boots the viridian guest kernel once per device, drives the same workloads through each
-//! device and reports IOPS, latency and mode transitions per I/O as a table (stdout), JSON and an SVG
+//! device (and the same traffic through each NIC) and reports throughput, latency and mode transitions
+//! per I/O (per packet) as a table (stdout), JSON and an SVG
 //! chart. Progress and log messages go to stderr. Exit status: 0 all rows measured, 1 some row FAILED,
 //! 2 usage or setup error (one message), 130 interrupted; `testbed --help` says more.
 //!
 //! ```sh
-//! cargo run --release -p testbed -- --json out.json --svg out.svg
+//! cargo run --release -p testbed -- --json out.json --svg out.svg   # block and network rows (root)
 //! cargo run --release -p testbed -- --workload 'rr4k:k=rr,bs=4k,qd=16,n=5000,ms=2000' --devices ramdisk
 //! testbed --image disk.img --workload 'r:k=rr,bs=4k,n=1000' --json - | jq .rows
 //! ```
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use testbed::bench::{self, BenchOptions, DeviceKit};
+use testbed::net::{self, NetKit, NetOptions, NetPlan};
 use testbed::report::document::RunInfo;
 use testbed::report::Row;
 use workload::WorkloadSpec;
@@ -127,14 +129,43 @@ fn devices<'a>(args: &Args, all: &'a [Box<dyn DeviceKit>]) -> Result<Vec<&'a dyn
     Ok(chosen)
 }
 
-/// Check everything, then run every device; setup errors are `Err` (exit 2).
+/// The NICs the command line asks for, in report order.
+fn nics<'a>(args: &Args, all: &'a [Box<dyn NetKit>]) -> Result<Vec<&'a dyn NetKit>> {
+    if args.nics.is_empty() {
+        return Ok(all.iter().map(|k| &**k).collect());
+    }
+    let mut chosen = Vec::new();
+    for name in &args.nics {
+        match all.iter().find(|k| k.name() == name) {
+            Some(k) => chosen.push(&**k),
+            None => bail!(
+                "unknown NIC `{name}` (known: {})",
+                all.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+    Ok(chosen)
+}
+
+/// Check everything, then run every device and NIC; setup errors are `Err` (exit 2).
 fn run(args: &Args, cancel: &Arc<AtomicBool>) -> Result<Finished> {
     output::check(args)?;
     let plan = DiskPlan::from_args(args)?;
-    let specs = workloads(args, plan.bytes())?;
     let all = bench::kits();
-    let kits = devices(args, &all)?;
-    disk::check_workloads(&specs, &kits, plan.bytes())?;
+    let (specs, kits) = if args.block_rows() {
+        let specs = workloads(args, plan.bytes())?;
+        let kits = devices(args, &all)?;
+        disk::check_workloads(&specs, &kits, plan.bytes())?;
+        (specs, kits)
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let all_nics = net::kits();
+    let nic_kits = if args.net_rows() {
+        nics(args, &all_nics)?
+    } else {
+        Vec::new()
+    };
     let writers: Vec<&str> = specs
         .iter()
         .filter(|s| s.kind.writes())
@@ -147,16 +178,19 @@ fn run(args: &Args, cancel: &Arc<AtomicBool>) -> Result<Finished> {
     }
     hypervisor_lite::kvm_setup::open_kvm(Path::new(hypervisor_lite::partition::DEFAULT_KVM_PATH))
         .context("checking KVM")?;
+    let nic_kits = check_namespace(nic_kits)?;
     let disk = disk::open(args, &plan, &writers)?;
 
     let tsc_hz = bench::calibrate_tsc();
     let progress = !args.quiet;
     if progress {
+        let names = |v: Vec<&str>| v.join(", ");
         eprintln!(
-            "testbed: TSC {:.3} GHz; {} workload(s) on {}",
+            "testbed: TSC {:.3} GHz; {} workload(s) on {}; network rows on {}",
             tsc_hz as f64 / 1e9,
             specs.len(),
-            kits.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
+            names(kits.iter().map(|k| k.name()).collect()),
+            names(nic_kits.iter().map(|k| k.name()).collect())
         );
     }
     let opts = BenchOptions {
@@ -185,19 +219,44 @@ fn run(args: &Args, cancel: &Arc<AtomicBool>) -> Result<Finished> {
         }
         let run = bench::run_device(kit, disk.backend.clone(), &specs, &opts);
         if progress {
-            let failed = run.rows.iter().filter(|r| r.outcome.is_err()).count();
-            let state = match (failed, run.interrupted) {
-                (0, false) => "data verified".to_string(),
-                (0, true) => format!("interrupted after {} workload(s)", run.rows.len()),
-                (n, _) => format!("{n} FAILED"),
-            };
-            eprintln!("testbed: {}: done, {state}", kit.name());
+            report_progress(kit.name(), &run.rows, run.interrupted);
         }
         interrupted |= run.interrupted;
         rows.extend(run.rows);
         if run.interrupted {
             break;
         }
+    }
+    let net_opts = NetOptions {
+        tsc_hz,
+        echo: args.echo,
+        plan: NetPlan {
+            flood: args.net_flood,
+            stream_mib: args.net_stream_mib,
+            round_trips: args.net_rr,
+        },
+    };
+    for kit in nic_kits {
+        if interrupted || cancel.load(Ordering::Acquire) {
+            interrupted = true;
+            break;
+        }
+        if progress {
+            let what = if kit.baseline() {
+                " (in-guest baseline, not a NIC)"
+            } else {
+                ""
+            };
+            eprintln!(
+                "testbed: {}{what}: booting the guest for the network rows",
+                kit.name()
+            );
+        }
+        let net_rows = net::run_nic(kit, &net_opts);
+        if progress {
+            report_progress(kit.name(), &net_rows, false);
+        }
+        rows.extend(net_rows);
     }
 
     let info = RunInfo {
@@ -211,6 +270,39 @@ fn run(args: &Args, cancel: &Arc<AtomicBool>) -> Result<Finished> {
         failed: rows.iter().filter(|r| r.outcome.is_err()).count(),
         interrupted,
     })
+}
+
+/// One progress line for a device's or NIC's finished rows.
+fn report_progress(name: &str, rows: &[Row], interrupted: bool) {
+    let failed = rows.iter().filter(|r| r.outcome.is_err()).count();
+    let state = match (failed, interrupted) {
+        (0, false) => "data verified".to_string(),
+        (0, true) => format!("interrupted after {} workload(s)", rows.len()),
+        (n, _) => format!("{n} FAILED"),
+    };
+    eprintln!("testbed: {name}: done, {state}");
+}
+
+/// The NICs that can run: all of them when a network namespace can be made; otherwise none, after
+/// one line saying why (an error under CI=true, where the network rows must run).
+fn check_namespace(kits: Vec<&dyn NetKit>) -> Result<Vec<&dyn NetKit>> {
+    if kits.iter().all(|k| k.baseline()) {
+        return Ok(kits);
+    }
+    match net::probe_namespace() {
+        Ok(()) => Ok(kits),
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            Err(e.context("the network rows (CI=true: they must run)"))
+        }
+        Err(e) => {
+            eprintln!(
+                "testbed: network rows skipped: {} (they need root for a network namespace of \
+                 their own)",
+                output::describe(&e)
+            );
+            Ok(Vec::new())
+        }
+    }
 }
 
 /// The image must not also be where the report goes.
