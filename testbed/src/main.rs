@@ -111,36 +111,27 @@ fn workloads(args: &Args, capacity: u64) -> Result<Vec<WorkloadSpec>> {
         .collect()
 }
 
-/// The devices the command line asks for, in report order.
-fn devices<'a>(args: &Args, all: &'a [Box<dyn DeviceKit>]) -> Result<Vec<&'a dyn DeviceKit>> {
-    if args.devices.is_empty() {
+/// The kits named in `names` (all of `all` when none is named), in the order asked; an unknown
+/// name is an error listing the known ones (`what`: "device" or "NIC").
+fn select<'a, K: ?Sized>(
+    names: &[String],
+    all: &'a [Box<K>],
+    name_of: fn(&K) -> &str,
+    what: &str,
+) -> Result<Vec<&'a K>> {
+    if names.is_empty() {
         return Ok(all.iter().map(|k| &**k).collect());
     }
     let mut chosen = Vec::new();
-    for name in &args.devices {
-        match all.iter().find(|k| k.name() == name) {
+    for name in names {
+        match all.iter().find(|k| name_of(k) == name) {
             Some(k) => chosen.push(&**k),
             None => bail!(
-                "unknown device `{name}` (known: {})",
-                all.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
-            ),
-        }
-    }
-    Ok(chosen)
-}
-
-/// The NICs the command line asks for, in report order.
-fn nics<'a>(args: &Args, all: &'a [Box<dyn NetKit>]) -> Result<Vec<&'a dyn NetKit>> {
-    if args.nics.is_empty() {
-        return Ok(all.iter().map(|k| &**k).collect());
-    }
-    let mut chosen = Vec::new();
-    for name in &args.nics {
-        match all.iter().find(|k| k.name() == name) {
-            Some(k) => chosen.push(&**k),
-            None => bail!(
-                "unknown NIC `{name}` (known: {})",
-                all.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
+                "unknown {what} `{name}` (known: {})",
+                all.iter()
+                    .map(|k| name_of(k))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         }
     }
@@ -154,7 +145,7 @@ fn run(args: &Args, cancel: &Arc<AtomicBool>) -> Result<Finished> {
     let all = bench::kits();
     let (specs, kits) = if args.block_rows() {
         let specs = workloads(args, plan.bytes())?;
-        let kits = devices(args, &all)?;
+        let kits = select(&args.devices, &all, <dyn DeviceKit>::name, "device")?;
         disk::check_workloads(&specs, &kits, plan.bytes())?;
         (specs, kits)
     } else {
@@ -162,7 +153,7 @@ fn run(args: &Args, cancel: &Arc<AtomicBool>) -> Result<Finished> {
     };
     let all_nics = net::kits();
     let nic_kits = if args.net_rows() {
-        nics(args, &all_nics)?
+        select(&args.nics, &all_nics, <dyn NetKit>::name, "NIC")?
     } else {
         Vec::new()
     };
