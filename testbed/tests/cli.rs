@@ -165,6 +165,12 @@ fn a_bad_flag_or_workload_exits_2_with_one_message() {
     assert!(assert_one_error(&out, 2).contains("unknown device `floppy`"));
     let out = run(&["--json", "-", "--svg", "-"]);
     assert_one_error(&out, 2);
+    let out = run(&["--nics", "tokenring"]);
+    assert!(assert_one_error(&out, 2).contains("unknown NIC `tokenring`"));
+    let out = run(&["--nics", "netvsc", "--no-net"]);
+    assert_one_error(&out, 2);
+    let out = run(&["--net-flood", "0"]);
+    assert!(assert_one_error(&out, 2).contains("--net-flood"));
 }
 
 #[test]
@@ -175,6 +181,7 @@ fn help_documents_workloads_devices_and_exit_codes() {
     for section in [
         "WORKLOADS",
         "DEVICES",
+        "NETWORK",
         "DISKS AND DATA",
         "OUTPUT",
         "EXIT STATUS",
