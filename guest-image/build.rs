@@ -18,39 +18,23 @@ fn main() {
     let target_dir = out_dir.join("guest-target");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
 
-    let mut cmd = Command::new(cargo);
-    cmd.arg("build")
-        .arg("--release")
-        .arg("--manifest-path")
-        .arg(guest.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target_dir);
-    // Nothing of the outer build (clippy's wrapper, flags, target dir, profile settings) may leak into
-    // the guest build.
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy().into_owned();
-        let leaks = (key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_MAKEFLAGS")
-            || matches!(
-                key.as_str(),
-                "RUSTFLAGS" | "RUSTC_WRAPPER" | "RUSTC_WORKSPACE_WRAPPER" | "RUSTDOCFLAGS"
-            );
-        if leaks {
-            cmd.env_remove(&key);
-        }
-    }
-    let status = cmd
-        .status()
-        .expect("spawning cargo to build the guest kernel");
-    assert!(
-        status.success(),
-        "building the guest kernel (testbed/guest) failed: {status}"
+    // Both freestanding workspaces share one target directory (and so their dependencies' builds).
+    let kernel = build(&cargo, &guest, &target_dir, "viridian-guest");
+    println!("cargo:rustc-env=VIRIDIAN_GUEST_ELF={}", kernel.display());
+    let example = build(
+        &cargo,
+        &root.join("guest-drivers").join("sdk-example"),
+        &target_dir,
+        "sdk-example-guest",
     );
-
-    let elf = target_dir.join("release").join("viridian-guest");
-    println!("cargo:rustc-env=VIRIDIAN_GUEST_ELF={}", elf.display());
+    println!(
+        "cargo:rustc-env=VIRIDIAN_SDK_EXAMPLE_ELF={}",
+        example.display()
+    );
     // Every crate the guest kernel links, so that a change to any of them rebuilds it.
     for dir in [
         "testbed/guest/src",
+        "guest-drivers/sdk-example/src",
         "testbed/workload/src",
         "testbed/probe-protocol/src",
         "testbed/guest-abi/src",
@@ -75,9 +59,43 @@ fn main() {
         "storvsp-protocol/Cargo.toml",
         "netvsp-protocol/Cargo.toml",
         "testbed/guest/Cargo.lock",
+        "guest-drivers/sdk-example/Cargo.toml",
+        "guest-drivers/sdk-example/Cargo.lock",
+        "guest-drivers/sdk-example/build.rs",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(file).display());
     }
+}
+
+/// Builds the freestanding workspace at `dir` (release) into `target_dir`; returns the ELF `bin`.
+fn build(cargo: &str, dir: &Path, target_dir: &Path, bin: &str) -> PathBuf {
+    let mut cmd = Command::new(cargo);
+    cmd.arg("build")
+        .arg("--release")
+        .arg("--manifest-path")
+        .arg(dir.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target_dir);
+    // Nothing of the outer build (clippy's wrapper, flags, target dir, profile settings) may leak into
+    // the guest build.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        let leaks = (key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_MAKEFLAGS")
+            || matches!(
+                key.as_str(),
+                "RUSTFLAGS" | "RUSTC_WRAPPER" | "RUSTC_WORKSPACE_WRAPPER" | "RUSTDOCFLAGS"
+            );
+        if leaks {
+            cmd.env_remove(&key);
+        }
+    }
+    let status = cmd.status().expect("spawning cargo to build a guest");
+    assert!(
+        status.success(),
+        "building the guest {} failed: {status}",
+        dir.display()
+    );
+    target_dir.join("release").join(bin)
 }
 
 fn rerun_for_tree(dir: &Path) {

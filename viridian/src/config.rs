@@ -11,6 +11,9 @@ use serde::Deserialize;
 pub const MAX_MEMORY_MIB: u64 = 32 << 10;
 /// Most vCPUs a guest may be given.
 pub const MAX_VCPUS: u32 = 4;
+/// `guest.kernel` values naming a kernel embedded in the binary rather than a file.
+pub const EMBEDDED_KERNELS: [&str; 2] = ["builtin", "sdk-example"];
+
 /// Controllers (and so disks on LUN 0) the guest kernel drives.
 pub const MAX_CONTROLLERS: u32 = 64;
 
@@ -80,7 +83,8 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GuestConfig {
-    /// The guest kernel: `"builtin"` (viridian's guest kernel) or the path of an ELF that links
+    /// The guest kernel: `"builtin"` (viridian's guest kernel), `"sdk-example"` (the guest SDK's
+    /// example guest, `guest-drivers/sdk-example`, embedded too) or the path of an ELF that links
     /// guest-drivers.
     #[serde(default = "builtin")]
     pub kernel: String,
@@ -329,7 +333,7 @@ impl Config {
                 ),
             ));
         }
-        if g.kernel != "builtin" {
+        if !EMBEDDED_KERNELS.contains(&g.kernel.as_str()) {
             let kernel = resolve(&self.base_dir, Path::new(&g.kernel));
             if !kernel.is_file() {
                 return Err(invalid(
@@ -582,5 +586,9 @@ mod tests {
         assert_eq!(config.disks.len(), 2);
         assert!(config.api.socket.is_some());
         assert_eq!(config.guest.cmdline, "serve");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sdk-example.toml");
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.guest.kernel, "sdk-example");
+        assert_eq!(config.disks.len(), 1);
     }
 }

@@ -275,12 +275,12 @@ pub fn controller_device(
 impl Machine {
     /// Builds the partition, opens every disk and offers the devices. Nothing runs yet.
     pub fn build(config: &Config) -> Result<Self> {
-        let kernel: std::borrow::Cow<'static, [u8]> = if config.guest.kernel == "builtin" {
-            guest_image::GUEST_ELF.into()
-        } else {
-            std::fs::read(&config.guest.kernel)
-                .with_context(|| format!("reading the guest kernel {}", config.guest.kernel))?
-                .into()
+        let kernel: std::borrow::Cow<'static, [u8]> = match config.guest.kernel.as_str() {
+            "builtin" => guest_image::GUEST_ELF.into(),
+            "sdk-example" => guest_image::SDK_EXAMPLE_ELF.into(),
+            path => std::fs::read(path)
+                .with_context(|| format!("reading the guest kernel {path}"))?
+                .into(),
         };
         let ram_bytes = config.guest.memory_mib << 20;
         let hv = HvPartition::new(HvConfig::new(config.guest.vcpus));

@@ -605,3 +605,47 @@ fn a_network_adapter_on_a_tap_answers_icmp_from_the_host_and_status_counts_its_f
     service.ctl(&["shutdown"]);
     assert_eq!(service.wait_exit().code(), Some(0));
 }
+
+#[test]
+fn the_sdk_example_guest_boots_from_its_example_config_serves_the_ics_and_reads_its_disk() {
+    if !kvm() {
+        return;
+    }
+    // The example config as it is, run from a directory of its own (its image is created there).
+    let dir = tempfile::tempdir().unwrap();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/sdk-example.toml");
+    let body = std::fs::read_to_string(example).unwrap().replace(
+        "heartbeat_interval_ms = 1000",
+        "heartbeat_interval_ms = 100",
+    );
+    let config = write_config(dir.path(), &body);
+    let mut service = Service::start(&config, &dir.path().join("api.sock"));
+    service.wait_line("example: hypervisor \"Microsoft Hv\"");
+    service.wait_line("example: 2 integration components");
+    // A created image is all zeros: the hash of 64 KiB of zeros.
+    let zeros = vec![0u8; 64 << 10]
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    assert!(service
+        .wait_line("example: disk relid=1 ")
+        .contains(&format!("hash={zeros:016x}")));
+    let deadline = Instant::now() + STEP;
+    while service.status()["heartbeat"]["answered"]
+        .as_u64()
+        .unwrap_or(0)
+        < 3
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the example answers no heartbeat"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(service.status()["heartbeat"]["health"], "healthy");
+    let answer = service.ctl(&["shutdown"]);
+    assert!(answer.contains("shut-down"), "{answer}");
+    service.wait_line("example: shutdown requested");
+    assert_eq!(service.wait_exit().code(), Some(0));
+}
