@@ -181,7 +181,10 @@ impl MmioTransport {
     /// bumps the configuration generation and raises the configuration-change interrupt bit.
     /// Returns whether they changed (then the device should interrupt the driver).
     pub fn update_config(&mut self, offset: usize, bytes: &[u8]) -> bool {
-        let Some(range) = self.config.get_mut(offset..offset.saturating_add(bytes.len())) else {
+        let Some(range) = self
+            .config
+            .get_mut(offset..offset.saturating_add(bytes.len()))
+        else {
             return false;
         };
         if range == bytes {

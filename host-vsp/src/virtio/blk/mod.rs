@@ -194,7 +194,8 @@ impl VirtioBlkDevice {
         let mut id = [0u8; ID_LEN];
         let n = config.id.len().min(ID_LEN);
         id[..n].copy_from_slice(&config.id.as_bytes()[..n]);
-        let transport = MmioTransport::new(DEVICE_ID_BLOCK, 1, offered, config_space(disk.sectors()));
+        let transport =
+            MmioTransport::new(DEVICE_ID_BLOCK, 1, offered, config_space(disk.sectors()));
         Ok(Self {
             shared: Arc::new(Shared {
                 disk,

@@ -267,8 +267,12 @@ mod tests {
     fn a_transmit_chain_is_readable_and_at_least_a_header() {
         let m = mem();
         let mut c = Chain::default();
-        c.parse(&m, [d(0x1000, 12, NEXT), d(0x2000, 60, 0)], Direction::Transmit)
-            .unwrap();
+        c.parse(
+            &m,
+            [d(0x1000, 12, NEXT), d(0x2000, 60, 0)],
+            Direction::Transmit,
+        )
+        .unwrap();
         assert_eq!(c.segments().len(), 2);
         assert_eq!(
             c.parse(&m, [d(0x1000, 11, 0)], Direction::Transmit),
@@ -347,7 +351,8 @@ mod tests {
                 }
                 let total: u64 = list.iter().map(|x| u64::from(x.len())).sum();
                 prop_assert_eq!(c.len(), total);
-                prop_assert!(total >= if receive { MIN_RX_CHAIN } else { NET_HDR_LEN as u64 });
+                let need = if receive { MIN_RX_CHAIN } else { NET_HDR_LEN as u64 };
+                prop_assert!(total >= need);
                 let mut slices = Vec::new();
                 prop_assert!(c.slices(&m, 0, total, &mut slices));
                 prop_assert_eq!(slices.iter().map(|s| s.len() as u64).sum::<u64>(), total);

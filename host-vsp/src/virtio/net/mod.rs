@@ -388,7 +388,14 @@ impl VirtioNetDevice {
         let c = &self.shared.counters;
         if let Some(TransportEvent::Notify(q)) = event {
             add(&c.register_notifies, 1);
-            add(if q == RX_QUEUE { &c.rx_kicks } else { &c.tx_kicks }, 1);
+            add(
+                if q == RX_QUEUE {
+                    &c.rx_kicks
+                } else {
+                    &c.tx_kicks
+                },
+                1,
+            );
         }
         // Setup writes are rare (every one is an exit): let the worker look at the new state.
         if self.worker_running() {
@@ -575,7 +582,12 @@ impl Shared {
     }
 
     /// Drains the transmit queue (notifications off while it does, re-enabled with a re-check).
-    fn transmit(&self, mem: &GuestMemoryMmap, t: &mut MmioTransport, dp: &mut Datapath) -> QueuePass {
+    fn transmit(
+        &self,
+        mem: &GuestMemoryMmap,
+        t: &mut MmioTransport,
+        dp: &mut Datapath,
+    ) -> QueuePass {
         let mut r = QueuePass::default();
         let q = t.queue_mut(TX_QUEUE);
         let Datapath { backend, chain, .. } = dp;
@@ -643,7 +655,12 @@ impl Shared {
     }
 
     /// Moves waiting frames into available receive chains until either runs out.
-    fn receive(&self, mem: &GuestMemoryMmap, t: &mut MmioTransport, dp: &mut Datapath) -> QueuePass {
+    fn receive(
+        &self,
+        mem: &GuestMemoryMmap,
+        t: &mut MmioTransport,
+        dp: &mut Datapath,
+    ) -> QueuePass {
         let mut r = QueuePass::default();
         let q = t.queue_mut(RX_QUEUE);
         let Datapath {
