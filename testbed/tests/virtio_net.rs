@@ -73,8 +73,7 @@ impl NetGuest {
         let kvm = KvmVirtioNet::new(Arc::new(device), placement);
         let for_attach = kvm.clone();
         let tsc = testbed::bench::calibrate_tsc();
-        let mut config =
-            GuestVmConfig::new(format!("bench-tsc:{tsc} net:dev=virtio-net,{steps}"));
+        let mut config = GuestVmConfig::new(format!("bench-tsc:{tsc} net:dev=virtio-net,{steps}"));
         config.configure(move |pc| {
             kvm.register(pc);
             Ok(())
@@ -266,10 +265,20 @@ fn virtio_net_tcp_streams_64_mib_each_way_with_checked_bytes_and_few_interrupts(
             user_exits(&run, start, start + 1)
         );
         assert_eq!(user_exits(&run, start, start + 1), 0, "{step}: user exits");
-        assert!(per_packet <= 0.05, "{step}: {per_packet} interrupts per packet");
+        assert!(
+            per_packet <= 0.05,
+            "{step}: {per_packet} interrupts per packet"
+        );
     }
-    assert!(s.tx_frames >= data_frames && s.rx_frames >= data_frames, "{s:?}");
-    assert_eq!(s.rx_errors + s.tx_errors + s.tx_dropped_bad_length, 0, "{s:?}");
+    assert!(
+        s.tx_frames >= data_frames && s.rx_frames >= data_frames,
+        "{s:?}"
+    );
+    assert_eq!(
+        s.rx_errors + s.tx_errors + s.tx_dropped_bad_length,
+        0,
+        "{s:?}"
+    );
 }
 
 #[test]
