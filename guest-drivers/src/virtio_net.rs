@@ -329,6 +329,7 @@ impl<P: IdentityMapped> VirtioNet<P> {
         s.nic.rx_errors = self.rx.errors;
         s.nic.tx_frames = self.tx.frames;
         s.nic.tx_busy = self.tx.busy;
+        s.nic.signals = s.tx_kicks + s.rx_kicks;
         s
     }
 

@@ -239,6 +239,11 @@ fn transmit_rings_one_doorbell_per_batch_as_avail_event_asks() {
     assert!(!nic.flush().unwrap());
     assert_eq!(nic.stats().tx_kicks, 2);
     assert_eq!(nic.stats().nic.tx_frames, 10);
+    assert_eq!(
+        GuestNic::counters(&nic).signals,
+        3,
+        "two tx kicks and the refill's rx kick"
+    );
     // Completed slots come back by polling, without an interrupt.
     while let Some((head, _, _)) = dev.take() {
         dev.put_used(head, 0);

@@ -35,18 +35,7 @@ fn kvm() -> bool {
     hypervisor_lite::testing::kvm_or_skip()
 }
 
-/// Byte `i` of the pattern stream (the guest's `net` scenario uses the same).
-fn pattern(i: u64) -> u8 {
-    (i.wrapping_mul(0x9E37_79B9) >> 13) as u8
-}
-
-fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
-    bytes.iter().fold(hash, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
-const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+use guest_abi::net::{fnv1a, pattern, FNV_START};
 
 /// A namespace with a tap whose Linux side is 198.18.0.1/24, the virtio-net device on it at the
 /// window guest-abi names, and a guest running `net:dev=virtio-net,<steps>`.
