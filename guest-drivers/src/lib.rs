@@ -25,6 +25,7 @@ pub mod storvsc;
 pub mod storvsc_disk;
 pub mod virtio;
 pub mod virtio_blk;
+pub mod virtio_net;
 pub mod vmbus_client;
 
 #[doc = include_str!("../README.md")]

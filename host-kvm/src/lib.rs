@@ -6,9 +6,11 @@
 //! - [`fault_port`]: the port a guest kernel reports CPU exceptions on;
 //! - [`ide`]: the emulated IDE controller's ports and IRQ 14;
 //! - [`virtio_blk`]: virtio-blk's MMIO window, QueueNotify ioeventfd and MSI interrupt;
+//! - [`virtio_net`]: virtio-net's MMIO window, per-queue QueueNotify ioeventfds and MSI interrupt;
 //! - [`vmbus`]: the VMBus service's SynIC, message connections and doorbells.
 
 pub mod fault_port;
 pub mod ide;
 pub mod virtio_blk;
+pub mod virtio_net;
 pub mod vmbus;

@@ -29,6 +29,14 @@ pub const MARK_PORT: u16 = 0x503;
 /// `{u64 cmd, u64 gpa, u64 len, u64 status, u64 capacity}` here.
 pub const RAMDISK_PORT: u16 = 0x5d0;
 
+/// Where the testbed places the virtio-net device's virtio-mmio window (identity mapped by the guest,
+/// in the MMIO hole after virtio-blk's window at 0xD000_0000).
+pub const VIRTIO_NET_MMIO_GPA: u64 = 0xD000_1000;
+/// Size of that window.
+pub const VIRTIO_NET_MMIO_SIZE: u64 = 0x1000;
+/// The vector the testbed delivers virtio-net interrupts on.
+pub const VIRTIO_NET_VECTOR: u8 = 0x51;
+
 /// The boot info: six little-endian u64 words at [`BOOT_INFO_GPA`].
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]

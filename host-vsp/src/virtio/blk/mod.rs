@@ -6,7 +6,8 @@
 //! accesses (setup) reach the VMM as exits. Nothing here knows KVM: `host-kvm` places the MMIO window,
 //! registers the ioeventfd and the interrupt route.
 //!
-//! - [`transport`]: the virtio-mmio v2 registers, feature negotiation, queue setup (sans-I/O);
+//! - [`transport`]: the virtio-mmio v2 registers, feature negotiation, queue setup (sans-I/O), shared with
+//!   virtio-net ([`crate::virtio::mmio`]);
 //! - [`request`]: one request chain → disk I/O → status byte, hostile-guest safe;
 //! - this module: [`VirtioBlkDevice`]: register accesses by window offset ([`VirtioBlkDevice::mmio_read`],
 //!   [`VirtioBlkDevice::mmio_write`]), guest memory, interrupt and the worker thread.
@@ -29,7 +30,7 @@
 pub mod request;
 #[cfg(test)]
 mod tests;
-pub mod transport;
+pub use super::mmio as transport;
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,7 +45,7 @@ use crate::backend::{BlockBackend, SECTOR_SIZE};
 use crate::guest_memory::GuestMemoryMmap;
 use crate::interrupt::Interrupt;
 use request::{req_type, ID_LEN, SEG_MAX};
-use transport::{features, MmioTransport, TransportEvent};
+use transport::{features, MmioTransport, TransportEvent, DEVICE_ID_BLOCK};
 
 /// Size of the MMIO window.
 pub const VIRTIO_BLK_MMIO_SIZE: u64 = 0x1000;
@@ -193,7 +194,8 @@ impl VirtioBlkDevice {
         let mut id = [0u8; ID_LEN];
         let n = config.id.len().min(ID_LEN);
         id[..n].copy_from_slice(&config.id.as_bytes()[..n]);
-        let transport = MmioTransport::new(offered, config_space(disk.sectors()));
+        let transport =
+            MmioTransport::new(DEVICE_ID_BLOCK, 1, offered, config_space(disk.sectors()));
         Ok(Self {
             shared: Arc::new(Shared {
                 disk,
@@ -302,7 +304,7 @@ impl VirtioBlkDevice {
             let mem = self.shared.mem.get();
             self.shared.transport().write(mem, offset, data)
         };
-        if event == Some(TransportEvent::Notify) {
+        if event == Some(TransportEvent::Notify(0)) {
             self.shared
                 .counters
                 .register_notifies
@@ -443,7 +445,7 @@ impl Shared {
         let mut done = 0;
         let mut broken = false;
         'outer: loop {
-            if t.queue.disable_notification(mem).is_err() {
+            if t.queue_mut(0).disable_notification(mem).is_err() {
                 broken = true;
                 break;
             }
@@ -453,7 +455,7 @@ impl Shared {
                 if self.stop.load(Ordering::Acquire) {
                     break 'outer;
                 }
-                let next = match t.queue.iter(mem) {
+                let next = match t.queue_mut(0).iter(mem) {
                     Ok(mut it) => it.next(),
                     Err(_) => {
                         broken = true;
@@ -470,7 +472,7 @@ impl Shared {
                     // Reset (or re-set-up) while the request ran: its queue is gone.
                     return done;
                 }
-                if t.queue.add_used(mem, head, c.used_len).is_err() {
+                if t.queue_mut(0).add_used(mem, head, c.used_len).is_err() {
                     broken = true;
                     break 'outer;
                 }
@@ -479,7 +481,7 @@ impl Shared {
             if keep_suppressed {
                 break;
             }
-            match t.queue.enable_notification(mem) {
+            match t.queue_mut(0).enable_notification(mem) {
                 Ok(true) => continue,
                 Ok(false) => break,
                 Err(_) => {
@@ -491,7 +493,7 @@ impl Shared {
         let interrupt = if broken {
             t.set_needs_reset();
             true
-        } else if done > 0 && t.queue.needs_notification(mem).unwrap_or(true) {
+        } else if done > 0 && t.queue_mut(0).needs_notification(mem).unwrap_or(true) {
             t.raise_used_buffer();
             true
         } else {

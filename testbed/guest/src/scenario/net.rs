@@ -154,6 +154,18 @@ fn net(args: &str) -> Outcome {
             run_steps(nic, steps)
         })?,
         "loopback" => run_steps(LoopNic::default(), steps),
+        // SAFETY: the testbed places a virtio-mmio network device at this GPA; the kernel
+        // identity-maps the MMIO hole, and only this driver uses the window.
+        "virtio-net" => run_steps(
+            unsafe {
+                guest_drivers::virtio_net::VirtioNet::<crate::platform::Kernel>::probe(
+                    guest_abi::VIRTIO_NET_MMIO_GPA,
+                    guest_abi::VIRTIO_NET_MMIO_SIZE as usize,
+                )
+            }
+            .map_err(err)?,
+            steps,
+        ),
         other => Err(format!("unknown network device `{other}`")),
     }
 }

@@ -1,8 +1,10 @@
-//! The virtio-mmio transport registers (virtio 1.x §4.2.2, version 2 "modern" layout) of a one-queue
-//! block device, sans-I/O: [`MmioTransport::read`]/[`MmioTransport::write`] take a register offset and the
-//! bytes of one guest access. Owns feature negotiation (device/driver feature words with their select
-//! registers, FEATURES_OK validation), the device status byte and reset, the queue configuration that feeds
-//! `virtio_queue::Queue`, the interrupt status/ACK pair and the device configuration space.
+//! The virtio-mmio transport registers (virtio 1.x §4.2.2, version 2 "modern" layout) every virtio device
+//! here sits behind (virtio-blk with one queue, virtio-net with two), sans-I/O:
+//! [`MmioTransport::read`]/[`MmioTransport::write`] take a register offset and the bytes of one guest
+//! access. Owns feature negotiation (device/driver feature words with their select registers, FEATURES_OK
+//! validation), the device status byte and reset, the per-queue configuration that feeds
+//! `virtio_queue::Queue` (selected with QueueSel), the interrupt status/ACK pair and the device
+//! configuration space with its generation counter.
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemory;
@@ -11,6 +13,8 @@ use vm_memory::GuestMemory;
 pub const MAGIC: u32 = 0x7472_6976;
 /// virtio-mmio version 2 (modern).
 pub const VERSION: u32 = 2;
+/// Network device.
+pub const DEVICE_ID_NET: u32 = 1;
 /// Block device.
 pub const DEVICE_ID_BLOCK: u32 = 2;
 /// Our vendor id ("VIRD").
@@ -46,8 +50,14 @@ pub mod regs {
     pub const CONFIG: u64 = 0x100;
 }
 
-/// Feature bits.
+/// Feature bits (virtio 1.x §6, §5.1.3, §5.2.3).
 pub mod features {
+    /// virtio-net: `mac` in the configuration space is valid.
+    pub const NET_MAC: u64 = 1 << 5;
+    /// virtio-net: the driver can merge receive buffers (`num_buffers` > 1).
+    pub const NET_MRG_RXBUF: u64 = 1 << 15;
+    /// virtio-net: `status` in the configuration space is valid.
+    pub const NET_STATUS: u64 = 1 << 16;
     /// Maximum number of segments per request is in `seg_max`.
     pub const BLK_SEG_MAX: u64 = 1 << 2;
     /// The disk is read-only.
@@ -77,15 +87,43 @@ pub mod device_status {
 /// What a register write asks the device to do beyond updating registers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportEvent {
-    /// The driver notified queue `0` through the register (the ioeventfd did not catch it).
-    Notify,
+    /// The driver notified this queue through the register (no ioeventfd caught it).
+    Notify(u16),
     /// The driver reset the device.
     Reset,
 }
 
-/// The transport state of a one-queue block device. See the module documentation.
+/// One queue: the addresses the driver wrote for it and the device side of the queue.
+#[derive(Debug)]
+struct QueueSlot {
+    desc: [u32; 2],
+    driver: [u32; 2],
+    device: [u32; 2],
+    queue: Queue,
+}
+
+impl QueueSlot {
+    fn new() -> Self {
+        Self {
+            desc: [0; 2],
+            driver: [0; 2],
+            device: [0; 2],
+            queue: Queue::new(QUEUE_MAX).expect("QUEUE_MAX is a valid power of two"),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.desc = [0; 2];
+        self.driver = [0; 2];
+        self.device = [0; 2];
+        self.queue.reset();
+    }
+}
+
+/// The transport state of a device. See the module documentation.
 #[derive(Debug)]
 pub struct MmioTransport {
+    device_id: u32,
     device_features: u64,
     driver_features: u64,
     device_features_sel: u32,
@@ -94,14 +132,11 @@ pub struct MmioTransport {
     status: u32,
     interrupt_status: u32,
     config: Vec<u8>,
-    desc: [u32; 2],
-    driver: [u32; 2],
-    device: [u32; 2],
-    /// Bumped whenever queue 0 is reset, set ready or unready: a request taken from the queue
+    config_generation: u32,
+    queues: Vec<QueueSlot>,
+    /// Bumped whenever a queue is reset, set ready or unready: a request taken from a queue
     /// completes into it only if the generation is still the one it was taken in.
     queue_generation: u64,
-    /// The device side of queue 0.
-    pub queue: Queue,
 }
 
 fn le_value(data: &[u8]) -> u32 {
@@ -112,9 +147,11 @@ fn le_value(data: &[u8]) -> u32 {
 }
 
 impl MmioTransport {
-    /// A reset transport offering `device_features` with configuration space `config`.
-    pub fn new(device_features: u64, config: Vec<u8>) -> Self {
+    /// A reset transport of a device of type `device_id` with `queues` queues (1..), offering
+    /// `device_features` with configuration space `config`.
+    pub fn new(device_id: u32, queues: u16, device_features: u64, config: Vec<u8>) -> Self {
         Self {
+            device_id,
             device_features,
             driver_features: 0,
             device_features_sel: 0,
@@ -123,12 +160,43 @@ impl MmioTransport {
             status: 0,
             interrupt_status: 0,
             config,
-            desc: [0; 2],
-            driver: [0; 2],
-            device: [0; 2],
+            config_generation: 0,
+            queues: (0..queues.max(1)).map(|_| QueueSlot::new()).collect(),
             queue_generation: 0,
-            queue: Queue::new(QUEUE_MAX).expect("QUEUE_MAX is a valid power of two"),
         }
+    }
+
+    /// The device side of queue `index` (panics for a queue the device does not have: the device
+    /// model chose the count).
+    pub fn queue(&self, index: u16) -> &Queue {
+        &self.queues[usize::from(index)].queue
+    }
+
+    /// See [`MmioTransport::queue`].
+    pub fn queue_mut(&mut self, index: u16) -> &mut Queue {
+        &mut self.queues[usize::from(index)].queue
+    }
+
+    /// Replaces `bytes` of the configuration space at `offset` (within it) and, if they changed,
+    /// bumps the configuration generation and raises the configuration-change interrupt bit.
+    /// Returns whether they changed (then the device should interrupt the driver).
+    pub fn update_config(&mut self, offset: usize, bytes: &[u8]) -> bool {
+        let Some(range) = self
+            .config
+            .get_mut(offset..offset.saturating_add(bytes.len()))
+        else {
+            return false;
+        };
+        if range == bytes {
+            return false;
+        }
+        range.copy_from_slice(bytes);
+        self.config_generation = self.config_generation.wrapping_add(1);
+        if self.status & device_status::DRIVER_OK != 0 {
+            self.interrupt_status |= 2;
+            return true;
+        }
+        false
     }
 
     /// Features the driver accepted (meaningful once FEATURES_OK is set).
@@ -146,11 +214,12 @@ impl MmioTransport {
         self.status
     }
 
-    /// Whether the device may process its queue: DRIVER_OK, queue ready, no NEEDS_RESET/FAILED.
+    /// Whether the device may process its queues: DRIVER_OK, every queue ready, no
+    /// NEEDS_RESET/FAILED.
     pub fn running(&self) -> bool {
         self.status & device_status::DRIVER_OK != 0
             && self.status & (device_status::NEEDS_RESET | device_status::FAILED) == 0
-            && self.queue.ready()
+            && self.queues.iter().all(|q| q.queue.ready())
     }
 
     /// Marks the device broken (the driver violated the queue protocol); it stops processing until reset.
@@ -172,10 +241,9 @@ impl MmioTransport {
         self.queue_sel = 0;
         self.status = 0;
         self.interrupt_status = 0;
-        self.desc = [0; 2];
-        self.driver = [0; 2];
-        self.device = [0; 2];
-        self.queue.reset();
+        for q in &mut self.queues {
+            q.reset();
+        }
         self.queue_generation = self.queue_generation.wrapping_add(1);
     }
 
@@ -192,22 +260,22 @@ impl MmioTransport {
             }
             return;
         }
-        let q0 = self.queue_sel == 0;
+        let selected = self.queues.get(self.queue_sel as usize);
         let value = match offset {
             regs::MAGIC => MAGIC,
             regs::VERSION => VERSION,
-            regs::DEVICE_ID => DEVICE_ID_BLOCK,
+            regs::DEVICE_ID => self.device_id,
             regs::VENDOR_ID => VENDOR_ID,
             regs::DEVICE_FEATURES => match self.device_features_sel {
                 0 => self.device_features as u32,
                 1 => (self.device_features >> 32) as u32,
                 _ => 0,
             },
-            regs::QUEUE_NUM_MAX if q0 => u32::from(QUEUE_MAX),
-            regs::QUEUE_READY if q0 => u32::from(self.queue.ready()),
+            regs::QUEUE_NUM_MAX if selected.is_some() => u32::from(QUEUE_MAX),
+            regs::QUEUE_READY => selected.map_or(0, |q| u32::from(q.queue.ready())),
             regs::INTERRUPT_STATUS => self.interrupt_status,
             regs::STATUS => self.status,
-            regs::CONFIG_GENERATION => 0,
+            regs::CONFIG_GENERATION => self.config_generation,
             _ => 0,
         };
         let bytes = value.to_le_bytes();
@@ -224,9 +292,9 @@ impl MmioTransport {
         data: &[u8],
     ) -> Option<TransportEvent> {
         let value = le_value(data);
-        let q0 = self.queue_sel == 0;
+        let sel = self.queue_sel as usize;
         // Queue configuration may only change while the queue is not ready.
-        let configurable = q0 && !self.queue.ready();
+        let configurable = self.queues.get(sel).is_some_and(|q| !q.queue.ready());
         match offset {
             regs::DEVICE_FEATURES_SEL => self.device_features_sel = value,
             regs::DRIVER_FEATURES_SEL => self.driver_features_sel = value,
@@ -244,23 +312,26 @@ impl MmioTransport {
                 }
             }
             regs::QUEUE_SEL => self.queue_sel = value,
-            regs::QUEUE_NUM if configurable => self.queue.set_size(value as u16),
-            regs::QUEUE_DESC_LOW if configurable => self.desc[0] = value,
-            regs::QUEUE_DESC_HIGH if configurable => self.desc[1] = value,
-            regs::QUEUE_DRIVER_LOW if configurable => self.driver[0] = value,
-            regs::QUEUE_DRIVER_HIGH if configurable => self.driver[1] = value,
-            regs::QUEUE_DEVICE_LOW if configurable => self.device[0] = value,
-            regs::QUEUE_DEVICE_HIGH if configurable => self.device[1] = value,
-            regs::QUEUE_READY if q0 => {
-                if value == 1 && !self.queue.ready() {
-                    self.activate_queue(mem);
+            regs::QUEUE_NUM if configurable => self.queues[sel].queue.set_size(value as u16),
+            regs::QUEUE_DESC_LOW if configurable => self.queues[sel].desc[0] = value,
+            regs::QUEUE_DESC_HIGH if configurable => self.queues[sel].desc[1] = value,
+            regs::QUEUE_DRIVER_LOW if configurable => self.queues[sel].driver[0] = value,
+            regs::QUEUE_DRIVER_HIGH if configurable => self.queues[sel].driver[1] = value,
+            regs::QUEUE_DEVICE_LOW if configurable => self.queues[sel].device[0] = value,
+            regs::QUEUE_DEVICE_HIGH if configurable => self.queues[sel].device[1] = value,
+            regs::QUEUE_READY if sel < self.queues.len() => {
+                let ready = self.queues[sel].queue.ready();
+                if value == 1 && !ready {
+                    self.activate_queue(sel, mem);
                     self.queue_generation = self.queue_generation.wrapping_add(1);
                 } else if value == 0 {
-                    self.queue.set_ready(false);
+                    self.queues[sel].queue.set_ready(false);
                     self.queue_generation = self.queue_generation.wrapping_add(1);
                 }
             }
-            regs::QUEUE_NOTIFY if value == 0 => return Some(TransportEvent::Notify),
+            regs::QUEUE_NOTIFY if (value as usize) < self.queues.len() => {
+                return Some(TransportEvent::Notify(value as u16))
+            }
             regs::INTERRUPT_ACK => self.interrupt_status &= !value,
             regs::STATUS => return self.write_status(value),
             _ => {}
@@ -268,11 +339,12 @@ impl MmioTransport {
         None
     }
 
-    fn activate_queue<M: GuestMemory>(&mut self, mem: Option<&M>) {
-        let q = &mut self.queue;
-        q.set_desc_table_address(Some(self.desc[0]), Some(self.desc[1]));
-        q.set_avail_ring_address(Some(self.driver[0]), Some(self.driver[1]));
-        q.set_used_ring_address(Some(self.device[0]), Some(self.device[1]));
+    fn activate_queue<M: GuestMemory>(&mut self, index: usize, mem: Option<&M>) {
+        let slot = &mut self.queues[index];
+        let q = &mut slot.queue;
+        q.set_desc_table_address(Some(slot.desc[0]), Some(slot.desc[1]));
+        q.set_avail_ring_address(Some(slot.driver[0]), Some(slot.driver[1]));
+        q.set_used_ring_address(Some(slot.device[0]), Some(slot.device[1]));
         q.set_event_idx(self.driver_features & features::RING_EVENT_IDX != 0);
         q.set_ready(true);
         // Rings outside guest RAM or misaligned: the queue stays unusable.
