@@ -1,8 +1,8 @@
-//! The testbed's network rows on real KVM, small: the loopback floor and netvsc run the flood,
+//! The testbed's network rows on real KVM, small: the loopback floor, virtio-net and netvsc run the flood,
 //! both TCP streams (checked at both ends) and UDP request/response, and every row has numbers;
-//! netvsc takes no user exit per packet and at most 0.05 interrupts per packet on the streams.
+//! virtio-net and netvsc take no user exit per packet and at most 0.05 interrupts per packet on the streams.
 
-use testbed::net::{run_nic, LoopbackKit, NetOptions, NetPlan, NetvscKit};
+use testbed::net::{run_nic, LoopbackKit, NetKit, NetOptions, NetPlan, NetvscKit, VirtioNetKit};
 use testbed::report::Row;
 
 fn options() -> NetOptions {
@@ -48,8 +48,9 @@ fn loopback_floor_rows_have_numbers_and_no_exits() {
     }
 }
 
-#[test]
-fn netvsc_rows_take_no_user_exit_and_few_interrupts_per_packet() {
+/// The paravirtual NICs' rows: no user exit per packet, at most 0.05 interrupts per packet on
+/// the streams.
+fn paravirtual_rows(kit: &dyn NetKit) {
     if !hypervisor_lite::testing::kvm_or_skip() {
         return;
     }
@@ -57,7 +58,7 @@ fn netvsc_rows_take_no_user_exit_and_few_interrupts_per_packet() {
     if host_vsp::net::netns::Netns::for_test("rows-probe").is_none() {
         return;
     }
-    let rows = run_nic(&NetvscKit, &options());
+    let rows = run_nic(kit, &options());
     check_rows(&rows);
     for row in &rows {
         let m = row.outcome.as_ref().unwrap();
@@ -66,4 +67,14 @@ fn netvsc_rows_take_no_user_exit_and_few_interrupts_per_packet() {
             assert!(m.per_io(m.interrupts) <= 0.05, "{row:?}");
         }
     }
+}
+
+#[test]
+fn netvsc_rows_take_no_user_exit_and_few_interrupts_per_packet() {
+    paravirtual_rows(&NetvscKit);
+}
+
+#[test]
+fn virtio_net_rows_take_no_user_exit_and_few_interrupts_per_packet() {
+    paravirtual_rows(&VirtioNetKit);
 }

@@ -46,6 +46,9 @@ DEVICES (--devices, comma-separated; default: all, in this order)
 NETWORK (--nics, comma-separated; default: all, in this order)
   loopback  in-guest baseline: the same traffic over a loopback inside the guest, against
            servers played by sockets in the guest; no NIC and no exit
+  virtio-net  virtio-net over virtio-mmio on a TAP device: ioeventfd kicks, irqfd interrupts,
+           EVENT_IDX, the driver with Linux's virtio_net discipline (batched kicks, NAPI-style
+           interrupt suppression, batched receive refills)
   netvsc   the synthetic NIC (netvsc to netvsp) over VMBus, on a TAP device
   Each NIC's host side sits on a TAP in a network namespace the run makes (198.18.0.0/24, removed
   afterwards), with the host's servers there: this needs root. Without it, the network rows are
@@ -110,7 +113,7 @@ pub struct Args {
     /// all).
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub devices: Vec<String>,
-    /// NICs to run, comma-separated: loopback, netvsc (default: all; see NETWORK in --help).
+    /// NICs to run, comma-separated: loopback, virtio-net, netvsc (default: all; see NETWORK in --help).
     #[arg(
         long,
         value_delimiter = ',',

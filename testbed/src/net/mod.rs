@@ -19,9 +19,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use guest_abi::net::DATAGRAM;
+use host_kvm::virtio_net::{KvmVirtioNet, VirtioNetPlacement};
 use host_vsp::net::netns::Netns;
 use host_vsp::net::TapNet;
 use host_vsp::synthetic::netvsp::{NetvspConfig, NetvspDevice};
+use host_vsp::virtio::net::{VirtioNetConfig, VirtioNetDevice};
 use vmbus::protocol::Guid;
 
 use crate::report::{Kind, Measurement, Row};
@@ -69,6 +71,40 @@ impl NetKit for NetvscKit {
     }
 }
 
+/// virtio-net over virtio-mmio (ioeventfd kicks, irqfd interrupts, EVENT_IDX), the guest's driver
+/// held to Linux's virtio_net discipline.
+#[derive(Debug, Default)]
+pub struct VirtioNetKit;
+
+impl NetKit for VirtioNetKit {
+    fn name(&self) -> &str {
+        "virtio-net"
+    }
+    fn guest_dev(&self) -> &str {
+        "virtio-net"
+    }
+    fn configure(&self, config: &mut GuestVmConfig, tap: TapNet) -> Result<()> {
+        let device = VirtioNetDevice::new(Box::new(tap), VirtioNetConfig::new(GUEST_MAC))
+            .context("virtio-net device")?;
+        let placement = VirtioNetPlacement {
+            base: guest_abi::VIRTIO_NET_MMIO_GPA,
+            vector: guest_abi::VIRTIO_NET_VECTOR,
+            ..VirtioNetPlacement::default()
+        };
+        let kvm = KvmVirtioNet::new(Arc::new(device), placement);
+        let for_attach = kvm.clone();
+        config.configure(move |pc| {
+            kvm.register(pc);
+            Ok(())
+        });
+        config.attach(move |partition, _| {
+            for_attach.attach(partition)?;
+            Ok(())
+        });
+        Ok(())
+    }
+}
+
 /// The in-guest loopback floor.
 #[derive(Debug, Default)]
 pub struct LoopbackKit;
@@ -90,7 +126,11 @@ impl NetKit for LoopbackKit {
 
 /// Every NIC, in report order (the floor first, as block's ramdisk).
 pub fn kits() -> Vec<Box<dyn NetKit>> {
-    vec![Box::new(LoopbackKit), Box::new(NetvscKit)]
+    vec![
+        Box::new(LoopbackKit),
+        Box::new(VirtioNetKit),
+        Box::new(NetvscKit),
+    ]
 }
 
 /// How much traffic each workload moves.
