@@ -177,7 +177,7 @@ pub fn decode_utf16(
         size,
         field: field.len(),
     })?;
-    if size % 2 != 0 {
+    if size & 1 != 0 {
         return Err(KvpError::OddSize { what, size });
     }
     let units = bytes

@@ -12,6 +12,7 @@ pub mod block;
 mod boot;
 mod net;
 mod serve;
+mod serve_ics;
 mod vmbus;
 mod vmbus_model;
 
