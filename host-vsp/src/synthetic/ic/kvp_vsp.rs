@@ -70,6 +70,8 @@ pub enum KvpCallError {
     Guest(String),
     #[error("the guest did not {0}")]
     Refused(&'static str),
+    #[error("the KVP request cannot be sent: {0}")]
+    BadRequest(String),
 }
 
 #[derive(Debug, Clone)]
@@ -449,7 +451,7 @@ impl VmbusDevice for KvpVsp {
                             // A request that cannot be built (a key too long) fails only its call.
                             let text = e.to_string();
                             if let Some(j) = job.take() {
-                                self.finish(j, Err(KvpCallError::Guest(text)));
+                                self.finish(j, Err(KvpCallError::BadRequest(text)));
                             }
                         }
                     }
