@@ -609,5 +609,7 @@ mod tests {
         assert_eq!(config.disks.len(), 2);
         assert!(config.api.socket.is_some());
         assert_eq!(config.guest.cmdline, "serve");
+        assert!(config.ic.timesync && config.ic.kvp);
+        assert_eq!(config.ic.timesync_interval_ms, 5000);
     }
 }
