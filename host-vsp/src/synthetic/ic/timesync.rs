@@ -144,12 +144,13 @@ impl TimeSyncHost {
                         "no outstanding sample",
                     ));
                 };
+                // Right or wrong, this answers the oldest sample: the next may be sent.
+                self.outstanding.pop_front();
                 if echoed != expected {
                     return Err(IcHostError::NotReady(
                         "the answer does not echo the outstanding sample",
                     ));
                 }
-                self.outstanding.pop_front();
                 Ok(TimeSyncEvent::Answered(echoed))
             }
             other => Err(IcHostError::UnexpectedType(
@@ -431,11 +432,13 @@ mod tests {
         let n = host.sample_request(sample, &mut buf).unwrap();
         let mut forged = guest_answer(&buf[..n]);
         forged[HEADER_SIZE] ^= 1;
-        assert!(host.handle_response(&forged).is_err());
         assert!(
             host.handle_response(&buf[..n]).is_err(),
             "a request is not an answer"
         );
+        assert!(host.handle_response(&forged).is_err());
+        assert_eq!(host.outstanding(), 0, "a wrong answer still answers");
+        let n = host.sample_request(sample, &mut buf).unwrap();
         assert!(host.handle_response(&guest_answer(&buf[..n])).is_ok());
         assert!(
             host.handle_response(&guest_answer(&buf[..n])).is_err(),
