@@ -1,4 +1,5 @@
-//! Wire format of the Hyper-V integration components ("ICs": heartbeat, shutdown) as carried in VMBus
+//! Wire format of the Hyper-V integration components ("ICs": heartbeat, shutdown, time sync
+//! ([`timesync`]), key-value pair exchange ([`kvp`])) as carried in VMBus
 //! in-band packets, byte-compatible with Hyper-V and Linux's `hv_utils`, plus the version negotiation
 //! both ends run.
 //!
@@ -9,7 +10,9 @@
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
+pub mod kvp;
 pub mod negotiate;
+pub mod timesync;
 
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
@@ -82,6 +85,10 @@ pub mod status {
     pub const OK: u32 = 0;
     /// E_FAIL.
     pub const FAIL: u32 = 0x8000_4005;
+    /// S_CONT: "no more items" (an enumeration index past the end, a key not found).
+    pub const CONT: u32 = 0x8007_0103;
+    /// ERROR_NOT_SUPPORTED.
+    pub const NOT_SUPPORTED: u32 = 0x8007_0032;
 }
 
 /// The pipe header plus `icmsg_hdr`: 28 bytes at the start of every IC message.

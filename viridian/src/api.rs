@@ -9,6 +9,10 @@
 //! | `POST /v1/stop` | hard stop |
 //! | `PUT /v1/disks/{name}` | hot-add a disk on a new SCSI controller (body: [`DiskRequest`]) |
 //! | `DELETE /v1/disks/{name}` | rescind the controller of a hot-added disk |
+//! | `GET /v1/kvp` | enumerate the guest's KVP values again (`?pool=auto` by default) |
+//! | `GET /v1/kvp/{key}` | read a key from the guest (`?pool=external` by default: what the host pushed) |
+//! | `PUT /v1/kvp/{key}` | push a key into the guest (body: `{"value": "..."}`; `?pool=`) |
+//! | `DELETE /v1/kvp/{key}` | remove a key from the guest's pool |
 //!
 //! Errors are JSON `{"error": "..."}` with a 4xx/5xx status. Every request is answered on its own
 //! thread, so a shutdown that waits for the guest never holds up `status`.
@@ -23,6 +27,8 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use serde_json::json;
 use tiny_http::{Header, Method, Request, Response, Server};
+
+use ic_protocol::kvp::KvpPool;
 
 use crate::config::{DiskConfig, MAX_CONTROLLERS};
 use crate::confine::{Confinement, Kind};
@@ -46,6 +52,17 @@ pub struct DiskRequest {
     /// Create the image, sparse, with this size (MiB) if it does not exist.
     pub create_size_mib: Option<u64>,
 }
+
+/// The body of `PUT /v1/kvp/{key}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvpPush {
+    /// The value (a string).
+    pub value: String,
+}
+
+/// How long a KVP call waits for the guest.
+const KVP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The running API server; dropping it stops it and removes the socket.
 pub struct Api {
@@ -163,7 +180,7 @@ fn route(
     body: &[u8],
     shared: &Shared,
 ) -> Response<std::io::Cursor<Vec<u8>>> {
-    let path = url.split('?').next().unwrap_or(url);
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
     match (method, path) {
         (Method::Get, "/v1/status") => json_response(200, &crate::status::status(shared)),
         (Method::Get, "/v1/metrics") => {
@@ -198,7 +215,18 @@ fn route(
                 Err(e) => error(400, format!("{e:#}")),
             }
         }
-        (_, "/v1/status" | "/v1/metrics" | "/v1/shutdown" | "/v1/stop") => {
+        (Method::Get, "/v1/kvp") => match kvp_list(shared, query) {
+            Ok(values) => json_response(200, &values),
+            Err(e) => error(503, format!("{e:#}")),
+        },
+        (method, p) if p.starts_with("/v1/kvp/") => {
+            match kvp_key(shared, method, &p["/v1/kvp/".len()..], query, body) {
+                Ok(answer) => json_response(200, &answer),
+                Err(KvpApiError::Request(e)) => error(400, format!("{e:#}")),
+                Err(KvpApiError::Guest(e)) => error(503, format!("{e:#}")),
+            }
+        }
+        (_, "/v1/status" | "/v1/metrics" | "/v1/shutdown" | "/v1/stop" | "/v1/kvp") => {
             error(405, format!("{method} is not allowed on {path}"))
         }
         _ => error(404, format!("no route {method} {path}")),
@@ -284,4 +312,87 @@ fn remove_disk(shared: &Shared, name: &str) -> Result<u32> {
     }
     tracing::info!(disk = name, relid, "disk removed");
     Ok(relid)
+}
+
+/// A KVP API call that failed: the request was wrong (400) or the guest did not answer (503).
+enum KvpApiError {
+    Request(anyhow::Error),
+    Guest(anyhow::Error),
+}
+
+/// The pool named by `?pool=` (`auto`, `guest`, `external`, or a number below 5), else `default`.
+fn pool(query: &str, default: KvpPool) -> Result<KvpPool> {
+    let Some(name) = query.split('&').find_map(|kv| kv.strip_prefix("pool=")) else {
+        return Ok(default);
+    };
+    Ok(match name {
+        "external" => KvpPool::EXTERNAL,
+        "guest" => KvpPool::GUEST,
+        "auto" => KvpPool::AUTO,
+        n => match n.parse::<u8>() {
+            Ok(n) if n < KvpPool::COUNT => KvpPool(n),
+            _ => bail!("pool `{name}` is not auto, guest, external or 0-4"),
+        },
+    })
+}
+
+fn kvp_handle(shared: &Shared) -> Result<&host_vsp::synthetic::ic::KvpHandle> {
+    shared
+        .kvp
+        .as_deref()
+        .context("the KVP IC is not offered (`ic.kvp = false`)")
+}
+
+fn kvp_list(shared: &Shared, query: &str) -> Result<serde_json::Value> {
+    let pool = pool(query, KvpPool::AUTO)?;
+    let values = kvp_handle(shared)?.enumerate(pool, KVP_TIMEOUT)?;
+    let values: serde_json::Map<String, serde_json::Value> = values
+        .into_iter()
+        .map(|(k, v)| (k, serde_json::Value::String(v)))
+        .collect();
+    Ok(json!({ "pool": pool.0, "values": values }))
+}
+
+fn kvp_key(
+    shared: &Shared,
+    method: &Method,
+    key: &str,
+    query: &str,
+    body: &[u8],
+) -> Result<serde_json::Value, KvpApiError> {
+    let request = |e: anyhow::Error| KvpApiError::Request(e);
+    if key.is_empty()
+        || !key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(request(anyhow::anyhow!(
+            "key `{key}` is not [A-Za-z0-9._-]+"
+        )));
+    }
+    let pool = pool(query, KvpPool::EXTERNAL).map_err(request)?;
+    let handle = kvp_handle(shared).map_err(request)?;
+    let guest = |e: host_vsp::synthetic::ic::KvpCallError| KvpApiError::Guest(e.into());
+    match method {
+        Method::Get => {
+            let value = handle.get(pool, key, KVP_TIMEOUT).map_err(guest)?;
+            Ok(json!({ "pool": pool.0, "key": key, "value": value }))
+        }
+        Method::Put => {
+            let push: KvpPush = serde_json::from_slice(body)
+                .map_err(|e| request(anyhow::anyhow!("the KVP request: {e}")))?;
+            handle
+                .push(pool, key, &push.value, KVP_TIMEOUT)
+                .map_err(guest)?;
+            tracing::info!(key, pool = pool.0, "KVP key pushed to the guest");
+            Ok(json!({ "pool": pool.0, "key": key, "value": push.value }))
+        }
+        Method::Delete => {
+            let found = handle.delete(pool, key, KVP_TIMEOUT).map_err(guest)?;
+            Ok(json!({ "pool": pool.0, "key": key, "deleted": found }))
+        }
+        other => Err(request(anyhow::anyhow!(
+            "{other} is not allowed on /v1/kvp/{key}"
+        ))),
+    }
 }

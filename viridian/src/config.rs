@@ -179,6 +179,15 @@ pub struct IcConfig {
     /// Seconds a graceful shutdown waits for the guest before stopping it hard.
     #[serde(default = "default_shutdown_s")]
     pub shutdown_timeout_s: u64,
+    /// Offer the time-sync IC (a SYNC of the host's UTC at open, then a SAMPLE every interval).
+    #[serde(default = "yes")]
+    pub timesync: bool,
+    /// Milliseconds between time-sync SAMPLEs.
+    #[serde(default = "default_timesync_ms")]
+    pub timesync_interval_ms: u64,
+    /// Offer the key-value pair exchange IC (`ctl kvp`).
+    #[serde(default = "yes")]
+    pub kvp: bool,
 }
 
 impl Default for IcConfig {
@@ -188,6 +197,9 @@ impl Default for IcConfig {
             heartbeat_interval_ms: default_heartbeat_ms(),
             shutdown: true,
             shutdown_timeout_s: default_shutdown_s(),
+            timesync: true,
+            timesync_interval_ms: default_timesync_ms(),
+            kvp: true,
         }
     }
 }
@@ -275,6 +287,9 @@ fn default_heartbeat_ms() -> u64 {
 fn default_shutdown_s() -> u64 {
     10
 }
+fn default_timesync_ms() -> u64 {
+    5000
+}
 
 impl Config {
     /// Reads, parses and checks `path`.
@@ -347,6 +362,12 @@ impl Config {
             return Err(invalid(
                 "ic.heartbeat_interval_ms",
                 "must be at least 1".into(),
+            ));
+        }
+        if self.ic.timesync_interval_ms < 10 {
+            return Err(invalid(
+                "ic.timesync_interval_ms",
+                format!("{} is below 10", self.ic.timesync_interval_ms),
             ));
         }
         if let Some(socket) = &self.api.socket {
@@ -481,6 +502,8 @@ mod tests {
         assert_eq!(config.guest.cmdline, "serve");
         assert_eq!(config.guest.memory_mib, 128);
         assert!(config.ic.heartbeat && config.ic.shutdown);
+        assert!(config.ic.timesync && config.ic.kvp);
+        assert_eq!(config.ic.timesync_interval_ms, 5000);
         assert!(config.disks.is_empty());
         assert!(config.api.socket.is_none());
     }
@@ -512,6 +535,10 @@ mod tests {
             (
                 "[ic]\nheartbeat_interval_ms = 0\n",
                 "ic.heartbeat_interval_ms",
+            ),
+            (
+                "[ic]\ntimesync_interval_ms = 5\n",
+                "ic.timesync_interval_ms",
             ),
             ("[guest]\nkernel = \"no-such.elf\"\n", "guest.kernel"),
             (
@@ -586,6 +613,8 @@ mod tests {
         assert_eq!(config.disks.len(), 2);
         assert!(config.api.socket.is_some());
         assert_eq!(config.guest.cmdline, "serve");
+        assert!(config.ic.timesync && config.ic.kvp);
+        assert_eq!(config.ic.timesync_interval_ms, 5000);
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sdk-example.toml");
         let config = Config::load(&path).unwrap();
         assert_eq!(config.guest.kernel, "sdk-example");

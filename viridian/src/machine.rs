@@ -1,8 +1,9 @@
 //! One guest as the service runs it: the KVM partition with the Hyper-V enlightenments, its VMBus
 //! service offering the configured disks (one synthetic SCSI controller per `controller`, its disks
-//! as LUNs) and integration components, the boot contract with the guest kernel, and [`Shared`] — the
-//! handle every other thread (the API, signal handling, the console reader) uses to look at the guest
-//! and to stop it, while the main thread waits in [`Machine::join`].
+//! as LUNs) and integration components (heartbeat, shutdown, time sync, KVP), the boot contract
+//! with the guest kernel, and [`Shared`] — the handle every other thread (the API, signal handling,
+//! the console reader) uses to look at the guest and to stop it, while the main thread waits in
+//! [`Machine::join`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,7 +14,8 @@ use anyhow::{bail, Context, Result};
 use host_kvm::fault_port::FaultLog;
 use host_vsp::backend::{BlockBackend, FileDisk, FileDiskOptions};
 use host_vsp::net::TapNet;
-use host_vsp::synthetic::ic::{IcControl, IcVsp};
+use host_vsp::synthetic::ic::link::Published;
+use host_vsp::synthetic::ic::{IcControl, IcVsp, KvpHandle, KvpVsp, TimeSyncState, TimeSyncVsp};
 use host_vsp::synthetic::netvsp::{NetvspConfig, NetvspDevice, NetvspStatsHandle};
 use host_vsp::synthetic::storvsp::{LunMap, StorvspConfig, StorvspDevice, StorvspDeviceStats};
 use host_vsp::vmbus_service::VmbusService;
@@ -112,6 +114,10 @@ pub struct Shared {
     pub heartbeat: Option<Arc<IcControl>>,
     /// The shutdown IC, if offered.
     pub shutdown: Option<Arc<IcControl>>,
+    /// The time-sync IC, if offered.
+    pub timesync: Option<Arc<Published<TimeSyncState>>>,
+    /// The KVP exchange IC, if offered.
+    pub kvp: Option<Arc<KvpHandle>>,
     /// Heartbeat interval (health is judged against it).
     pub heartbeat_interval: Duration,
     /// How long a graceful shutdown waits.
@@ -230,6 +236,8 @@ fn nic_instance(index: u32) -> Guid {
 
 const HEARTBEAT_INSTANCE: Guid = Guid::new(0x5649_5249, 0x4449, 0x414e, *b"HEARTBT\0");
 const SHUTDOWN_INSTANCE: Guid = Guid::new(0x5649_5249, 0x4449, 0x414e, *b"SHUTDWN\0");
+const TIMESYNC_INSTANCE: Guid = Guid::new(0x5649_5249, 0x4449, 0x414e, *b"TIMESYN\0");
+const KVP_INSTANCE: Guid = Guid::new(0x5649_5249, 0x4449, 0x414e, *b"KVPEXCH\0");
 
 /// A configured disk and its opened backend.
 pub type OpenDisk<'a> = (&'a DiskConfig, Arc<dyn BlockBackend>);
@@ -368,6 +376,32 @@ impl Machine {
         } else {
             None
         };
+        let timesync = if config.ic.timesync {
+            // The guest's reference counter is the partition's: read by the device as it samples.
+            let partition_hv = hv.clone();
+            let ic = TimeSyncVsp::new(
+                TIMESYNC_INSTANCE,
+                Duration::from_millis(config.ic.timesync_interval_ms),
+                Arc::new(move || Some(partition_hv.reference_time())),
+            );
+            let state = ic.state();
+            vmbus
+                .add_device(Arc::new(ic))
+                .context("offering the time-sync IC")?;
+            Some(state)
+        } else {
+            None
+        };
+        let kvp = if config.ic.kvp {
+            let ic = KvpVsp::new(KVP_INSTANCE).context("the KVP IC")?;
+            let handle = ic.handle();
+            vmbus
+                .add_device(Arc::new(ic))
+                .context("offering the KVP IC")?;
+            Some(handle)
+        } else {
+            None
+        };
 
         // The builtin kernel has no timer of its own: tell it the TSC rate (its clock).
         let cmdline = if config.guest.kernel == "builtin" {
@@ -397,6 +431,8 @@ impl Machine {
             nets,
             heartbeat,
             shutdown,
+            timesync,
+            kvp,
             heartbeat_interval,
             shutdown_timeout: Duration::from_secs(config.ic.shutdown_timeout_s),
             stopped_after_timeout: Mutex::new(false),

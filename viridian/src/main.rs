@@ -87,6 +87,40 @@ enum CtlCommand {
         #[command(subcommand)]
         command: DiskCommand,
     },
+    /// The guest's key-value pairs (KVP exchange IC); without a subcommand: list its values.
+    Kvp {
+        #[command(subcommand)]
+        command: Option<KvpCommand>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KvpCommand {
+    /// Enumerate a pool of the guest's values (default: its intrinsic values, the `auto` pool).
+    List {
+        /// `auto`, `guest`, `external` or 0-4.
+        #[arg(long, default_value = "auto")]
+        pool: String,
+    },
+    /// Read a key from the guest (default: the `external` pool, what the host pushed).
+    Get {
+        key: String,
+        #[arg(long, default_value = "external")]
+        pool: String,
+    },
+    /// Push a key-value pair into the guest.
+    Set {
+        key: String,
+        value: String,
+        #[arg(long, default_value = "external")]
+        pool: String,
+    },
+    /// Remove a key from the guest's pool.
+    Delete {
+        key: String,
+        #[arg(long, default_value = "external")]
+        pool: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -307,7 +341,42 @@ fn report(ending: &Ending) -> ExitCode {
     }
 }
 
+/// `text` if it can go into a request path as it is ([A-Za-z0-9._-]+), else an error naming `what`.
+fn path_part<'a>(what: &str, text: &'a str) -> Result<&'a str> {
+    if text.is_empty()
+        || !text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        anyhow::bail!("{what} `{text}` is not [A-Za-z0-9._-]+");
+    }
+    Ok(text)
+}
+
 fn ctl(socket: &std::path::Path, command: CtlCommand) -> Result<String> {
+    if let CtlCommand::Kvp {
+        command:
+            Some(
+                KvpCommand::List { pool }
+                | KvpCommand::Get { pool, .. }
+                | KvpCommand::Set { pool, .. }
+                | KvpCommand::Delete { pool, .. },
+            ),
+    } = &command
+    {
+        path_part("pool", pool)?;
+    }
+    if let CtlCommand::Kvp {
+        command:
+            Some(
+                KvpCommand::Get { key, .. }
+                | KvpCommand::Set { key, .. }
+                | KvpCommand::Delete { key, .. },
+            ),
+    } = &command
+    {
+        path_part("key", key)?;
+    }
     match command {
         CtlCommand::Status => ctl::request(socket, "GET", "/v1/status", None),
         CtlCommand::Metrics => ctl::request(socket, "GET", "/v1/metrics", None),
@@ -341,5 +410,27 @@ fn ctl(socket: &std::path::Path, command: CtlCommand) -> Result<String> {
         CtlCommand::Disk {
             command: DiskCommand::Remove { name },
         } => ctl::request(socket, "DELETE", &format!("/v1/disks/{name}"), None),
+        CtlCommand::Kvp { command } => match command.unwrap_or(KvpCommand::List {
+            pool: "auto".into(),
+        }) {
+            KvpCommand::List { pool } => {
+                ctl::request(socket, "GET", &format!("/v1/kvp?pool={pool}"), None)
+            }
+            KvpCommand::Get { key, pool } => {
+                ctl::request(socket, "GET", &format!("/v1/kvp/{key}?pool={pool}"), None)
+            }
+            KvpCommand::Set { key, value, pool } => ctl::request(
+                socket,
+                "PUT",
+                &format!("/v1/kvp/{key}?pool={pool}"),
+                Some(&serde_json::json!({ "value": value }).to_string()),
+            ),
+            KvpCommand::Delete { key, pool } => ctl::request(
+                socket,
+                "DELETE",
+                &format!("/v1/kvp/{key}?pool={pool}"),
+                None,
+            ),
+        },
     }
 }

@@ -1,6 +1,6 @@
 //! What `ctl status` and `ctl metrics` report: one [`status`] JSON document (state, uptime, per-vCPU
-//! exits by reason, per-channel state and counters, per-controller disk I/O, heartbeat health) and the
-//! same numbers in the Prometheus text format ([`metrics`]).
+//! exits by reason, per-channel state and counters, per-controller disk I/O, heartbeat health, time
+//! sync, the guest's KVP values) and the same numbers in the Prometheus text format ([`metrics`]).
 
 use std::fmt::Write;
 use std::time::Instant;
@@ -60,6 +60,51 @@ fn heartbeat(shared: &Shared) -> Value {
         "answered": s.heartbeats_answered,
         "last_answer_ms_ago": since_answer.map(|d| d.as_millis() as u64),
         "errors": s.errors,
+        "channel": channel_json(&s.channel),
+    })
+}
+
+/// The time-sync IC: messages sent and answered, and the offset of the last answered sample (its
+/// UTC minus the guest reference time it was taken at, 100 ns units).
+fn timesync(shared: &Shared) -> Value {
+    let Some(ic) = &shared.timesync else {
+        return Value::Null;
+    };
+    let s = ic.snapshot();
+    json!({
+        "negotiated": s.negotiated,
+        "version": s.version.map(|(major, minor)| format!("{major}.{minor}")),
+        "syncs": s.syncs,
+        "samples": s.samples,
+        "answered": s.answered,
+        "last_offset_100ns": s.last_offset,
+        "last_answer_ms_ago": s.last_answered.map(|t| t.elapsed().as_millis() as u64),
+        "errors": s.errors,
+        "last_error": s.last_error,
+        "channel": channel_json(&s.channel),
+    })
+}
+
+/// The KVP IC: the guest's values as last enumerated, and the transaction counters.
+fn kvp(shared: &Shared) -> Value {
+    let Some(ic) = &shared.kvp else {
+        return Value::Null;
+    };
+    let s = ic.state();
+    let values: serde_json::Map<String, Value> = s
+        .guest_values
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    json!({
+        "negotiated": s.negotiated,
+        "version": s.version.map(|(major, minor)| format!("{major}.{minor}")),
+        "values": values,
+        "enumerations": s.enumerations,
+        "transactions": s.transactions,
+        "timeouts": s.timeouts,
+        "errors": s.errors,
+        "last_error": s.last_error,
         "channel": channel_json(&s.channel),
     })
 }
@@ -143,6 +188,22 @@ pub fn status(shared: &Shared) -> Value {
             }));
         }
     }
+    if let Some(ic) = &shared.timesync {
+        let s = ic.snapshot();
+        channels.push(json!({
+            "device": "timesync",
+            "state": if s.serving { "open" } else { "offered" },
+            "counters": channel_json(&s.channel),
+        }));
+    }
+    if let Some(ic) = &shared.kvp {
+        let s = ic.state();
+        channels.push(json!({
+            "device": "kvp",
+            "state": if s.serving { "open" } else { "offered" },
+            "counters": channel_json(&s.channel),
+        }));
+    }
     let nets: Vec<Value> = shared
         .nets
         .iter()
@@ -178,6 +239,8 @@ pub fn status(shared: &Shared) -> Value {
         "disks": disks,
         "nets": nets,
         "heartbeat": heartbeat(shared),
+        "timesync": timesync(shared),
+        "kvp": kvp(shared),
         "device_failures": failures,
     })
 }
@@ -257,6 +320,62 @@ pub fn metrics(shared: &Shared) -> String {
             &[(
                 String::new(),
                 f64::from(u8::from(hb["health"] == "healthy")),
+            )],
+        );
+    }
+    let ts = &doc["timesync"];
+    if !ts.is_null() {
+        let n = |field: &str| ts[field].as_f64().unwrap_or(0.0);
+        metric(
+            "timesync_messages_total",
+            "Time-sync messages sent, by kind.",
+            "counter",
+            &[
+                ("{kind=\"sync\"}".to_string(), n("syncs")),
+                ("{kind=\"sample\"}".to_string(), n("samples")),
+            ],
+        );
+        metric(
+            "timesync_answered_total",
+            "Time-sync messages the guest answered.",
+            "counter",
+            &[(String::new(), n("answered"))],
+        );
+        metric(
+            "timesync_errors_total",
+            "Time-sync answers refused.",
+            "counter",
+            &[(String::new(), n("errors"))],
+        );
+    }
+    let kv = &doc["kvp"];
+    if !kv.is_null() {
+        let n = |field: &str| kv[field].as_f64().unwrap_or(0.0);
+        metric(
+            "kvp_transactions_total",
+            "KVP transactions the guest answered.",
+            "counter",
+            &[(String::new(), n("transactions"))],
+        );
+        metric(
+            "kvp_timeouts_total",
+            "KVP transactions the guest did not answer in time.",
+            "counter",
+            &[(String::new(), n("timeouts"))],
+        );
+        metric(
+            "kvp_errors_total",
+            "KVP answers refused.",
+            "counter",
+            &[(String::new(), n("errors"))],
+        );
+        metric(
+            "kvp_guest_values",
+            "Values in the guest's intrinsic pool as last enumerated.",
+            "gauge",
+            &[(
+                String::new(),
+                kv["values"].as_object().map_or(0, |m| m.len()) as f64,
             )],
         );
     }

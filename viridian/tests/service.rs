@@ -1,6 +1,7 @@
 //! The `viridian` binary as its users run it, on real KVM: a guest with two disks and the ICs,
 //! managed through `viridian ctl` (status, heartbeat health, disk hot-add with verified I/O in the
-//! guest, rescind, graceful shutdown), SIGTERM, config errors (exit 2), a guest that fails (exit 3)
+//! guest, rescind, graceful shutdown; the guest's clock set by time sync, its KVP values listed and a
+//! key pushed), SIGTERM, config errors (exit 2), a guest that fails (exit 3)
 //! and one that crashes (exit 4).
 
 use std::io::{BufRead, BufReader, Read};
@@ -647,5 +648,126 @@ fn the_sdk_example_guest_boots_from_its_example_config_serves_the_ics_and_reads_
     let answer = service.ctl(&["shutdown"]);
     assert!(answer.contains("shut-down"), "{answer}");
     service.wait_line("example: shutdown requested");
+
+/// The host's UTC now, 100 ns units since 1970.
+fn utc_100ns() -> i64 {
+    (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        / 100) as i64
+}
+
+/// The number after `key=` in a log line.
+fn field(line: &str, key: &str) -> i64 {
+    let pattern = format!("{key}=");
+    let at = line
+        .find(&pattern)
+        .unwrap_or_else(|| panic!("no {key}= in {line}"))
+        + pattern.len();
+    line[at..]
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{key}= is no number in {line}"))
+}
+
+#[test]
+fn time_sync_sets_the_guests_clock_and_ctl_kvp_lists_and_pushes_values() {
+    if !kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[guest]\nmemory_mib = 64\n[ic]\ntimesync_interval_ms = 200\n",
+    );
+    let before = utc_100ns();
+    let mut service = Service::start(&config, &dir.path().join("api.sock"));
+    // The guest's clock starts at the epoch; the SYNC sets it to the host's UTC: it reads no
+    // earlier than the host's time before the service started, and no later than when its line
+    // reached us.
+    let start = service.wait_line("serve-clock-start");
+    assert!(field(&start, "clock") < 10_000_000 * 3600, "{start}");
+    let sync = service.wait_line("serve-timesync kind=sync");
+    let seen = utc_100ns();
+    let clock = field(&sync, "clock");
+    assert!(
+        (before..=seen).contains(&clock),
+        "guest clock {clock} outside [{before}, {seen}]: {sync}"
+    );
+    service.wait_line("serve-timesync kind=sample");
+    let deadline = Instant::now() + STEP;
+    let status = loop {
+        let status = service.status();
+        if status["timesync"]["answered"].as_u64().unwrap_or(0) >= 3
+            && status["kvp"]["enumerations"].as_u64().unwrap_or(0) >= 1
+        {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "time sync or KVP stalled: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let ts = &status["timesync"];
+    assert_eq!(ts["version"], "4.0", "{ts}");
+    assert_eq!(ts["syncs"], 1);
+    assert_eq!(ts["errors"], 0, "{ts}");
+    // The offset (UTC minus reference time) is the UTC at reference time 0: when the partition was
+    // made, after `before`.
+    let created = ts["last_offset_100ns"].as_i64().unwrap() - 116_444_736_000_000_000;
+    assert!((before..=utc_100ns()).contains(&created), "{ts}");
+    let kvp = &status["kvp"];
+    assert_eq!(kvp["values"]["HostName"], "viridian-guest", "{kvp}");
+    assert_eq!(kvp["values"]["OSName"], "viridian guest kernel");
+    assert_eq!(kvp["errors"], 0);
+    for device in ["timesync", "kvp"] {
+        assert!(
+            status["channels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["device"] == device && c["state"] == "open"),
+            "{device}: {status}"
+        );
+    }
+
+    // ctl kvp: a fresh enumeration of the guest's values.
+    let listed: Value = serde_json::from_str(&service.ctl(&["kvp"])).unwrap();
+    assert_eq!(listed["pool"], 2);
+    assert_eq!(
+        listed["values"]["FullyQualifiedDomainName"],
+        "viridian-guest"
+    );
+    assert_eq!(listed["values"].as_object().unwrap().len(), 9, "{listed}");
+    // ctl kvp set: the guest stores and prints the key, and a GET returns it from the guest.
+    service.ctl(&["kvp", "set", "viridian.greeting", "hello-guest"]);
+    service.wait_line("serve-kvp-set pool=0 key=viridian.greeting value=hello-guest stored=1");
+    let got: Value =
+        serde_json::from_str(&service.ctl(&["kvp", "get", "viridian.greeting"])).unwrap();
+    assert_eq!(got["value"], "hello-guest", "{got}");
+    let missing: Value = serde_json::from_str(&service.ctl(&["kvp", "get", "absent"])).unwrap();
+    assert!(missing["value"].is_null(), "{missing}");
+    let refused = Command::new(BIN)
+        .args(["ctl", "--socket"])
+        .arg(&service.socket)
+        .args(["kvp", "set", "bad key", "v"])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+
+    let metrics = service.ctl(&["metrics"]);
+    assert!(
+        metrics.contains("viridian_timesync_messages_total{kind=\"sync\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("viridian_kvp_guest_values 9"), "{metrics}");
+    assert!(
+        metrics.contains("viridian_timesync_answered_total"),
+        "{metrics}"
+    );
+    service.ctl(&["shutdown"]);
     assert_eq!(service.wait_exit().code(), Some(0));
 }

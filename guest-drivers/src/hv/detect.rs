@@ -20,6 +20,8 @@ pub struct HvInfo {
 
 /// Leaf 0x40000003 EAX bits.
 pub mod features {
+    /// The partition reference counter (TIME_REF_COUNT) can be read.
+    pub const TIME_REF_COUNT: u32 = 1 << 1;
     pub const SYNIC_MSRS: u32 = 1 << 2;
     pub const HYPERCALL_MSRS: u32 = 1 << 5;
     pub const VP_INDEX_MSR: u32 = 1 << 6;

@@ -10,6 +10,8 @@ pub mod msr {
     pub const GUEST_OS_ID: u32 = 0x4000_0000;
     pub const HYPERCALL: u32 = 0x4000_0001;
     pub const VP_INDEX: u32 = 0x4000_0002;
+    /// The partition reference counter: 100 ns units since the partition started (read-only).
+    pub const TIME_REF_COUNT: u32 = 0x4000_0020;
     pub const SCONTROL: u32 = 0x4000_0080;
     pub const SVERSION: u32 = 0x4000_0081;
     pub const SIEFP: u32 = 0x4000_0082;

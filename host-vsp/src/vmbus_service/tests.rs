@@ -19,6 +19,7 @@ mod failures;
 mod gpadls;
 mod hostile;
 mod ic_flood;
+mod ic_liars;
 mod lifecycle;
 mod random_posts;
 mod storvsp_io_panics;

@@ -81,7 +81,7 @@ fn wrmsr(hv: &HvPartition, vp: u32, msr: u32, value: u64) {
     match (SyntheticMsr::from_index(msr), result.clone()) {
         _ if vp >= VP_COUNT => assert_eq!(result, Err(MsrError::InvalidVp(vp))),
         (None, r) => assert_eq!(r, Err(MsrError::Unknown(msr))),
-        (Some(SyntheticMsr::VpIndex | SyntheticMsr::Sversion), r) => {
+        (Some(SyntheticMsr::VpIndex | SyntheticMsr::Sversion | SyntheticMsr::TimeRefCount), r) => {
             assert_eq!(r, Err(MsrError::ReadOnly(msr)))
         }
         (Some(_), Ok(())) => check_readback(hv, vp, msr, value, old.unwrap()),

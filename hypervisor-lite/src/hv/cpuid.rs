@@ -34,6 +34,8 @@ pub const VENDOR_SIGNATURE: [u32; 3] = [
 /// "Hv#1" in EAX of [`LEAF_INTERFACE`].
 pub const INTERFACE_SIGNATURE: u32 = u32::from_le_bytes(*b"Hv#1");
 
+/// [`LEAF_FEATURES`] EAX bit 1: the partition reference counter (TIME_REF_COUNT) is available.
+pub const FEATURE_EAX_TIME_REF_COUNT: u32 = 1 << 1;
 /// [`LEAF_FEATURES`] EAX bit 2: SynIC MSRs (SCONTROL, SVERSION, SIEFP, SIMP, EOM, SINTx) available.
 pub const FEATURE_EAX_SYNIC: u32 = 1 << 2;
 /// [`LEAF_FEATURES`] EAX bit 5: hypercall MSRs (GUEST_OS_ID, HYPERCALL) available.
@@ -83,7 +85,10 @@ pub fn hv_cpuid_leaves(config: &HvCpuidConfig) -> Vec<kvm_cpuid_entry2> {
         leaf(LEAF_VERSION, VERSION_BUILD, VERSION_MAJOR_MINOR, 0, 0),
         leaf(
             LEAF_FEATURES,
-            FEATURE_EAX_SYNIC | FEATURE_EAX_HYPERCALL_MSRS | FEATURE_EAX_VP_INDEX,
+            FEATURE_EAX_TIME_REF_COUNT
+                | FEATURE_EAX_SYNIC
+                | FEATURE_EAX_HYPERCALL_MSRS
+                | FEATURE_EAX_VP_INDEX,
             FEATURE_EBX_POST_MESSAGES | FEATURE_EBX_SIGNAL_EVENTS,
             0,
             0,
@@ -142,7 +147,7 @@ mod tests {
     fn features_and_recommendations_have_the_documented_bits() {
         let leaves = hv_cpuid_leaves(&HvCpuidConfig { vp_count: 3 });
         let f = find(&leaves, LEAF_FEATURES);
-        assert_eq!(f.eax, (1 << 2) | (1 << 5) | (1 << 6));
+        assert_eq!(f.eax, (1 << 1) | (1 << 2) | (1 << 5) | (1 << 6));
         assert_eq!(f.ebx, (1 << 4) | (1 << 5));
         let r = find(&leaves, LEAF_RECOMMENDATIONS);
         assert_eq!(r.eax, 1 << 9);

@@ -147,6 +147,7 @@ pub struct HvPartition {
     vps: Vec<Mutex<VpState>>,
     connections: Connections,
     counters: Counters,
+    created: std::time::Instant,
 }
 
 impl fmt::Debug for HvPartition {
@@ -183,7 +184,14 @@ impl HvPartition {
             vps,
             connections: Connections::default(),
             counters: Counters::default(),
+            created: std::time::Instant::now(),
         })
+    }
+
+    /// The partition reference counter (what the guest reads from TIME_REF_COUNT): 100 ns units since the
+    /// partition was created, monotonic.
+    pub fn reference_time(&self) -> u64 {
+        u64::try_from(self.created.elapsed().as_nanos() / 100).unwrap_or(u64::MAX)
     }
 
     /// The configuration.
@@ -260,6 +268,7 @@ impl HvPartition {
             SyntheticMsr::GuestOsId => lock(&self.msrs).guest_os_id(),
             SyntheticMsr::Hypercall => lock(&self.msrs).hypercall(),
             SyntheticMsr::VpIndex => u64::from(vp),
+            SyntheticMsr::TimeRefCount => self.reference_time(),
             SyntheticMsr::VpAssistPage => lock(state).vp_assist_page,
             other => lock(state)
                 .synic
@@ -285,7 +294,9 @@ impl HvPartition {
                 lock(&self.msrs).write_hypercall(ram, self.config.ports, value)?;
                 Vec::new()
             }
-            SyntheticMsr::VpIndex => return Err(MsrError::ReadOnly(msr)),
+            SyntheticMsr::VpIndex | SyntheticMsr::TimeRefCount => {
+                return Err(MsrError::ReadOnly(msr))
+            }
             SyntheticMsr::VpAssistPage => {
                 // Accepted and read back; with no enlightenment using it there is nothing to map.
                 lock(state).vp_assist_page = value & (PAGE_GPA_MASK | 1);

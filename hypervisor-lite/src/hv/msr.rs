@@ -12,6 +12,9 @@ pub const MSR_GUEST_OS_ID: u32 = 0x4000_0000;
 pub const MSR_HYPERCALL: u32 = 0x4000_0001;
 /// HV_X64_MSR_VP_INDEX (per VP, read-only).
 pub const MSR_VP_INDEX: u32 = 0x4000_0002;
+/// HV_X64_MSR_TIME_REF_COUNT (partition-wide, read-only): the partition reference counter, 100 ns units since
+/// the partition was created.
+pub const MSR_TIME_REF_COUNT: u32 = 0x4000_0020;
 /// HV_X64_MSR_VP_ASSIST_PAGE (per VP; accepted and read back, not used by the hypervisor).
 pub const MSR_VP_ASSIST_PAGE: u32 = 0x4000_0073;
 /// HV_X64_MSR_SCONTROL (per VP): bit 0 enables the SynIC.
@@ -45,6 +48,8 @@ pub enum SyntheticMsr {
     Hypercall,
     /// VP_INDEX.
     VpIndex,
+    /// TIME_REF_COUNT.
+    TimeRefCount,
     /// VP_ASSIST_PAGE.
     VpAssistPage,
     /// SCONTROL.
@@ -68,6 +73,7 @@ impl SyntheticMsr {
             MSR_GUEST_OS_ID => Self::GuestOsId,
             MSR_HYPERCALL => Self::Hypercall,
             MSR_VP_INDEX => Self::VpIndex,
+            MSR_TIME_REF_COUNT => Self::TimeRefCount,
             MSR_VP_ASSIST_PAGE => Self::VpAssistPage,
             MSR_SCONTROL => Self::Scontrol,
             MSR_SVERSION => Self::Sversion,
@@ -85,6 +91,7 @@ impl SyntheticMsr {
             Self::GuestOsId => MSR_GUEST_OS_ID,
             Self::Hypercall => MSR_HYPERCALL,
             Self::VpIndex => MSR_VP_INDEX,
+            Self::TimeRefCount => MSR_TIME_REF_COUNT,
             Self::VpAssistPage => MSR_VP_ASSIST_PAGE,
             Self::Scontrol => MSR_SCONTROL,
             Self::Sversion => MSR_SVERSION,
@@ -201,11 +208,15 @@ mod tests {
             Some(SyntheticMsr::Sint(15))
         );
         assert_eq!(SyntheticMsr::from_index(0x4000_00A0), None);
-        assert_eq!(SyntheticMsr::from_index(0x4000_0020), None);
+        assert_eq!(
+            SyntheticMsr::from_index(0x4000_0020),
+            Some(SyntheticMsr::TimeRefCount)
+        );
+        assert_eq!(SyntheticMsr::from_index(0x4000_0021), None);
         let implemented = SYNTHETIC_MSR_RANGE
             .filter(|m| SyntheticMsr::from_index(*m).is_some())
             .count();
-        assert_eq!(implemented, 9 + 16);
+        assert_eq!(implemented, 10 + 16);
     }
 
     #[test]

@@ -57,9 +57,19 @@ fn msrs_are_partition_wide_or_per_vp_as_in_hyper_v() {
     assert_eq!(hv.rdmsr(0, MSR_SIMP), Ok(0x9001));
     assert_eq!(hv.rdmsr(1, MSR_SIMP), Ok(0));
     assert_eq!(hv.rdmsr(0, MSR_SVERSION), Ok(1));
+    // The reference counter is partition-wide, read-only and counts up in 100 ns units.
+    let t0 = hv.rdmsr(0, MSR_TIME_REF_COUNT).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let t1 = hv.rdmsr(1, MSR_TIME_REF_COUNT).unwrap();
+    assert!(t1 >= t0 + 20_000, "{t0} -> {t1}");
+    assert!(hv.reference_time() >= t1);
     assert_eq!(
-        hv.rdmsr(0, 0x4000_0020),
-        Err(MsrError::Unknown(0x4000_0020))
+        hv.wrmsr(0, MSR_TIME_REF_COUNT, 0),
+        Err(MsrError::ReadOnly(MSR_TIME_REF_COUNT))
+    );
+    assert_eq!(
+        hv.rdmsr(0, 0x4000_0021),
+        Err(MsrError::Unknown(0x4000_0021))
     );
     assert_eq!(
         hv.wrmsr(0, 0x4000_00FF, 1),

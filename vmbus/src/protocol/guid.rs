@@ -147,6 +147,13 @@ pub mod interface {
         0x497b,
         [0xad, 0xce, 0xe8, 0x0a, 0xb0, 0x17, 0x5c, 0xaf],
     );
+    /// Key-value pair exchange integration component.
+    pub const KVP: Guid = Guid::new(
+        0xa9a0f4e7,
+        0x5a45,
+        0x4d96,
+        [0xb8, 0x27, 0x8a, 0x84, 0x1e, 0x8c, 0x03, 0xe6],
+    );
 }
 
 #[cfg(test)]
@@ -179,6 +186,7 @@ mod tests {
             (interface::HEARTBEAT, "57164f39-9115-4e78-ab55-382f3bd5422d"),
             (interface::SHUTDOWN, "0e0b6031-5213-4934-818b-38d90ced39db"),
             (interface::TIME_SYNC, "9527e630-d0ae-497b-adce-e80ab0175caf"),
+            (interface::KVP, "a9a0f4e7-5a45-4d96-b827-8a841e8c03e6"),
         ];
         for (guid, text) in cases {
             assert_eq!(guid.to_string(), text);

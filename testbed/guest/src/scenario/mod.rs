@@ -13,6 +13,7 @@ mod boot;
 mod net;
 mod net_loop;
 mod serve;
+mod serve_ics;
 mod vmbus;
 mod vmbus_model;
 

@@ -1,5 +1,6 @@
 //! `serve[:OPTIONS]` — the kernel as a long-running guest of the `viridian` service: it serves
-//! the heartbeat and shutdown integration components, checks every synthetic SCSI disk it is offered
+//! the heartbeat, shutdown, time-sync and KVP integration components (the last two in
+//! [`super::serve_ics`]), checks every synthetic SCSI disk it is offered
 //! (at boot and hot-added later), notices rescinded disks, and returns (the kernel powers off with
 //! exit code 0) once the host asks it to shut down. OPTIONS, comma-separated: `verify-writes`
 //! (below) and `ip=A.B.C.D/N`, which brings up the first synthetic NIC with smoltcp at that address
@@ -28,6 +29,7 @@ use guest_drivers::storvsc_disk::StorvscDisk;
 use guest_drivers::vmbus_client::{Channel, VmbusConnection};
 use vmbus::protocol::interface;
 
+use super::serve_ics::ExtraIcs;
 use super::vmbus::{serve_batch, IcStats};
 use super::Outcome;
 use crate::platform::Kernel;
@@ -142,7 +144,8 @@ fn serve_on(conn: &mut Conn, verify_writes: bool, ip: Option<IpCidr>) -> Outcome
             ics.push((channel, IcDriver::new(kind)));
         }
     }
-    println!("serve-ics={}", ics.len());
+    let mut extra = ExtraIcs::open(conn)?;
+    println!("serve-ics={}", ics.len() + extra.count());
     let mut checked: BTreeSet<u32> = BTreeSet::new();
     let mut stats = IcStats::default();
     let mut buf = vec![0u8; 8192];
@@ -161,6 +164,7 @@ fn serve_on(conn: &mut Conn, verify_writes: bool, ip: Option<IpCidr>) -> Outcome
             }
             shutdown |= shut;
         }
+        progressed |= extra.serve(conn, &mut buf)?;
         if let Some(nic) = nic.as_mut() {
             progressed |= nic.turn()?;
         }

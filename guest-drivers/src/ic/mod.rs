@@ -1,7 +1,11 @@
-//! Guest side of the Hyper-V integration components: the heartbeat and shutdown ICs. Each IC channel
-//! carries host requests as in-band packets; the driver answers every request in place with the same
-//! transaction id. This module is the protocol logic only (request bytes in, reply bytes out); the VMBus
+//! Guest side of the Hyper-V integration components: the heartbeat and shutdown ICs here, the time
+//! sync IC in [`timesync`], the key-value pair exchange in [`kvp`]. Each IC channel carries host
+//! requests as in-band packets; the driver answers every request in place with the same transaction
+//! id. These modules are the protocol logic only (request bytes in, reply bytes out); the VMBus
 //! channel that carries it is the caller's.
+
+pub mod kvp;
+pub mod timesync;
 
 use ic_protocol::negotiate::{self, Negotiated};
 use ic_protocol::{
