@@ -648,6 +648,8 @@ fn the_sdk_example_guest_boots_from_its_example_config_serves_the_ics_and_reads_
     let answer = service.ctl(&["shutdown"]);
     assert!(answer.contains("shut-down"), "{answer}");
     service.wait_line("example: shutdown requested");
+    assert_eq!(service.wait_exit().code(), Some(0));
+}
 
 /// The host's UTC now, 100 ns units since 1970.
 fn utc_100ns() -> i64 {
