@@ -283,7 +283,9 @@ pub mod tx_status {
 
 /// A legacy receive descriptor: the driver writes `buffer_addr`, the device writes the rest.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct RxDescriptor {
     /// Guest physical address of the receive buffer.
     pub buffer_addr: u64,
@@ -304,7 +306,9 @@ pub const RX_STATUS_OFFSET: usize = 12;
 
 /// A legacy transmit descriptor: the driver writes all but `status`.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct TxDescriptor {
     /// Guest physical address of the data.
     pub buffer_addr: u64,

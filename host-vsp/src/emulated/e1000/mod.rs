@@ -109,7 +109,9 @@ pub struct E1000StatsHandle(Arc<Shared>);
 
 impl std::fmt::Debug for E1000StatsHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("E1000StatsHandle").field(&self.get()).finish()
+        f.debug_tuple("E1000StatsHandle")
+            .field(&self.get())
+            .finish()
     }
 }
 

@@ -226,11 +226,7 @@ impl CheckedRing {
 impl RingRegs {
     /// `Ok(None)` for a ring of no descriptors; the ring, if the head, tail and every byte of it
     /// are valid.
-    fn check(
-        &self,
-        ring: Ring,
-        mem: &GuestMemoryMmap,
-    ) -> Result<Option<CheckedRing>, Failure> {
+    fn check(&self, ring: Ring, mem: &GuestMemoryMmap) -> Result<Option<CheckedRing>, Failure> {
         let count = (self.len & RING_LEN_MASK) / DESCRIPTOR_SIZE as u32;
         if count == 0 {
             return Ok(None);
@@ -796,8 +792,7 @@ impl E1000Nic {
             fence(Ordering::Release);
             let eop = if last { rx_status::EOP } else { 0 };
             let status = rx_status::DD | rx_status::IXSM | eop;
-            guest_memory::write(mem, gpa + RX_STATUS_OFFSET as u64, &[status])
-                .map_err(ring_err)?;
+            guest_memory::write(mem, gpa + RX_STATUS_OFFSET as u64, &[status]).map_err(ring_err)?;
             self.rx.head = (self.rx.head + 1) % ring.count;
         }
         Ok(())
@@ -833,7 +828,7 @@ impl E1000Nic {
             }
         }
         let mut causes = if reported { icr::TXDW } else { 0 };
-        if self.tx.head == self.tx.tail {
+        if budget < ring.count && self.tx.head == self.tx.tail {
             causes |= icr::TXQE;
         }
         self.raise(causes, now_ns);
