@@ -284,7 +284,7 @@ impl<P: Platform, R: Registers> core::fmt::Debug for E1000Nic<P, R> {
 }
 
 fn ring_size(n: u32) -> Result<u32, E1000Error> {
-    if n >= 8 && n <= 256 && n % 8 == 0 {
+    if (8..=256).contains(&n) && n.is_multiple_of(8) {
         Ok(n)
     } else {
         Err(E1000Error::RingSize(n))

@@ -460,7 +460,7 @@ impl E1000Nic {
 
     /// A guest read of `data.len()` bytes at window `offset`.
     pub fn read(&mut self, offset: u64, data: &mut [u8], now_ns: u64) {
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             self.stats.registers.malformed += 1;
             data.fill(0);
             return;
@@ -531,7 +531,7 @@ impl E1000Nic {
             self.stats.registers.malformed += 1;
             return;
         };
-        if offset % 4 != 0 {
+        if !offset.is_multiple_of(4) {
             self.stats.registers.malformed += 1;
             return;
         }

@@ -707,7 +707,7 @@ proptest! {
                 Op::Write(o, v) => r.write(o, v),
                 Op::Read(o) => { r.read(o); }
                 Op::Frame(len) => {
-                    if r.wire.send_bytes(&frame(MAC, len.max(14).min(1514), 0)).unwrap() {
+                    if r.wire.send_bytes(&frame(MAC, len.clamp(14, 1514), 0)).unwrap() {
                         sent += 1;
                     }
                 }

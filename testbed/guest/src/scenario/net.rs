@@ -135,7 +135,8 @@ fn net(args: &str) -> Outcome {
             // identity-maps the first 4 GiB, and only this driver uses the window.
             let regs = unsafe {
                 guest_drivers::e1000::MmioRegisters::new(
-                    core::ptr::NonNull::new(guest_abi::E1000_MMIO_GPA as *mut u8).ok_or("no window")?,
+                    core::ptr::NonNull::new(guest_abi::E1000_MMIO_GPA as *mut u8)
+                        .ok_or("no window")?,
                 )
             };
             let nic = guest_drivers::e1000::E1000Nic::open(
