@@ -5,6 +5,7 @@
 //!   receive/EOM;
 //! - the VMBus client and the VSC drivers build on it ([`storvsc`], [`netvsc`] with a smoltcp device);
 //! - [`net`]: [`net::GuestNic`], what every NIC driver offers a guest's network stack;
+//! - [`e1000`]: the emulated Intel 82540EM NIC, driven register by register as Linux's e1000 does;
 //! - [`virtio`] and [`virtio_blk`]: virtio 1.x (split virtqueue, virtio-mmio) and the virtio-blk baseline,
 //!   written from the specification with Linux's notification discipline.
 //!
@@ -16,6 +17,7 @@
 extern crate alloc;
 
 pub mod ata;
+pub mod e1000;
 pub mod hv;
 pub mod ic;
 pub mod net;

@@ -37,6 +37,12 @@ pub const VIRTIO_NET_MMIO_SIZE: u64 = 0x1000;
 /// The vector the testbed delivers virtio-net interrupts on.
 pub const VIRTIO_NET_VECTOR: u8 = 0x51;
 
+/// Where the testbed places the emulated e1000's 128 KiB register window (in the MMIO hole; no PCI
+/// bus exists, so the guest finds it here).
+pub const E1000_MMIO_GPA: u64 = 0xD100_0000;
+/// The vector of the emulated e1000's MSI.
+pub const E1000_VECTOR: u8 = 0x58;
+
 /// The boot info: six little-endian u64 words at [`BOOT_INFO_GPA`].
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]

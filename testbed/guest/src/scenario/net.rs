@@ -166,6 +166,24 @@ fn net(args: &str) -> Outcome {
             .map_err(err)?,
             steps,
         ),
+        "e1000" => {
+            // SAFETY: the testbed places the e1000's register window at E1000_MMIO_GPA; the kernel
+            // identity-maps the first 4 GiB, and only this driver uses the window.
+            let regs = unsafe {
+                guest_drivers::e1000::MmioRegisters::new(
+                    core::ptr::NonNull::new(guest_abi::E1000_MMIO_GPA as *mut u8)
+                        .ok_or("no window")?,
+                )
+            };
+            let nic = guest_drivers::e1000::E1000Nic::open(
+                crate::platform::Kernel,
+                regs,
+                guest_abi::E1000_VECTOR,
+                guest_drivers::e1000::E1000Config::default(),
+            )
+            .map_err(err)?;
+            run_steps(nic, steps)
+        }
         other => Err(format!("unknown network device `{other}`")),
     }
 }
