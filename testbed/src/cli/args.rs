@@ -46,6 +46,8 @@ DEVICES (--devices, comma-separated; default: all, in this order)
 NETWORK (--nics, comma-separated; default: all, in this order)
   loopback  in-guest baseline: the same traffic over a loopback inside the guest, against
            servers played by sockets in the guest; no NIC and no exit
+  e1000    an emulated Intel e1000 (82540EM) on a TAP device, driven by register access as
+           unenlightened guests do: every register access is an exit
   virtio-net  virtio-net over virtio-mmio on a TAP device: ioeventfd kicks, irqfd interrupts,
            EVENT_IDX, the driver with Linux's virtio_net discipline (batched kicks, NAPI-style
            interrupt suppression, batched receive refills)
@@ -113,7 +115,7 @@ pub struct Args {
     /// all).
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub devices: Vec<String>,
-    /// NICs to run, comma-separated: loopback, virtio-net, netvsc (default: all; see NETWORK in --help).
+    /// NICs to run, comma-separated: loopback, e1000, virtio-net, netvsc (default: all; see NETWORK in --help).
     #[arg(
         long,
         value_delimiter = ',',

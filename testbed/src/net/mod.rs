@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use guest_abi::net::DATAGRAM;
+use host_kvm::e1000::{E1000Placement, KvmE1000};
 use host_kvm::virtio_net::{KvmVirtioNet, VirtioNetPlacement};
+use host_vsp::emulated::e1000::E1000Device;
 use host_vsp::net::netns::Netns;
 use host_vsp::net::TapNet;
 use host_vsp::synthetic::netvsp::{NetvspConfig, NetvspDevice};
@@ -101,6 +103,39 @@ impl NetKit for VirtioNetKit {
             for_attach.attach(partition)?;
             Ok(())
         });
+        Ok(())
+    }
+}
+
+/// The emulated Intel e1000 (82540EM): every register access the guest makes is an exit; its
+/// driver keeps Linux e1000's discipline (one tail write per batch, interrupts masked while
+/// draining, ITR).
+#[derive(Debug, Default)]
+pub struct E1000Kit;
+
+impl NetKit for E1000Kit {
+    fn name(&self) -> &str {
+        "e1000"
+    }
+    fn guest_dev(&self) -> &str {
+        "e1000"
+    }
+    fn configure(&self, config: &mut GuestVmConfig, tap: TapNet) -> Result<()> {
+        let nic = Arc::new(E1000Device::new(GUEST_MAC, Box::new(tap)).context("e1000 device")?);
+        let kvm = KvmE1000::new(
+            nic,
+            E1000Placement {
+                base: guest_abi::E1000_MMIO_GPA,
+                vector: guest_abi::E1000_VECTOR,
+                apic_id: 0,
+            },
+        );
+        let placed = kvm.clone();
+        config.configure(move |pc| {
+            placed.register(pc);
+            Ok(())
+        });
+        config.attach(move |partition, _| Ok(kvm.attach(partition)?));
         Ok(())
     }
 }
