@@ -67,7 +67,7 @@ _start:
     mov ecx, 0x40000092
     rdmsr
     SAVE rax, 1                          // unchanged: 0x10000
-    mov ecx, 0x40000020                  // unknown synthetic MSR: #GP
+    mov ecx, 0x40000199                  // no such synthetic MSR: #GP
     rdmsr
     mov rax, [GP_COUNT]
     SAVE rax, 2
