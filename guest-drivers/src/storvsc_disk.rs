@@ -384,6 +384,11 @@ impl StorvscDisk {
         self.channel.relid
     }
 
+    /// Guest physical address of the controller channel's rings ([`Channel::ring_gpa`]).
+    pub fn ring_gpa(&self) -> u64 {
+        self.channel.ring_gpa()
+    }
+
     /// Close the controller's channel and give its ring pages back (after the host rescinded it too:
     /// no message is sent then). Outstanding requests are abandoned.
     pub fn close<P: Platform>(self, conn: &mut VmbusConnection<'_, P>) -> Result<(), DiskError> {

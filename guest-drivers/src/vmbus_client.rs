@@ -521,6 +521,12 @@ pub struct Channel {
 }
 
 impl Channel {
+    /// Guest physical address of the ring pages (the guest→host ring, then the host→guest ring: one
+    /// contiguous region, the pages of the ring GPADL).
+    pub fn ring_gpa(&self) -> u64 {
+        self.region.pa
+    }
+
     /// Queue an in-band packet; the signal it may need is deferred to [`Channel::flush`].
     pub fn write_inband(
         &mut self,

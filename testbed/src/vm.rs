@@ -277,7 +277,8 @@ impl GuestVm {
         )
         .context("starting the VMBus service")?;
         let ram = partition.ram();
-        let info = BootInfo::new(config.ram_bytes, config.cmdline.len() as u64);
+        let regions: Vec<(u64, u64)> = ram.regions().iter().map(|r| (r.gpa, r.len)).collect();
+        let info = BootInfo::new(&regions, config.cmdline.len() as u64);
         ram.write_obj(BOOT_INFO_GPA, &info)?;
         ram.write(CMDLINE_GPA, config.cmdline.as_bytes())?;
         Ok(Self {

@@ -417,7 +417,8 @@ impl Machine {
             bail!("the guest command line is too long once the TSC rate is added");
         }
         let ram = partition.ram();
-        let info = guest_abi::BootInfo::new(ram_bytes, cmdline.len() as u64);
+        let regions: Vec<(u64, u64)> = ram.regions().iter().map(|r| (r.gpa, r.len)).collect();
+        let info = guest_abi::BootInfo::new(&regions, cmdline.len() as u64);
         ram.write_obj(guest_abi::BOOT_INFO_GPA, &info)?;
         ram.write(guest_abi::CMDLINE_GPA, cmdline.as_bytes())?;
         let shared = Arc::new(Shared {

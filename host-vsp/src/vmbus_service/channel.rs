@@ -354,3 +354,54 @@ impl ChannelSignals {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::Bytes;
+
+    const GIB: u64 = 1 << 30;
+
+    /// 64 KiB at 0, 64 KiB at 4 GiB, 8 KiB at 32 GiB: RAM on both sides of the MMIO hole.
+    fn split_memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x1_0000),
+            (GuestAddress(4 * GIB), 0x1_0000),
+            (GuestAddress(32 * GIB), 0x2000),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn ring_pages_above_4_gib_map_at_their_full_address() {
+        let mem = split_memory();
+        // PFNs ≥ 2^20 (GPAs ≥ 4 GiB), one ≥ 2^23 (GPA ≥ 32 GiB), out of order.
+        let pfns = [0x10_0000, 0x80_0001, 0x10_0003];
+        let pages = GuestPages::new(&mem, &pfns).unwrap();
+        assert_eq!(pages.len(), 3 * PAGE_SIZE);
+        pages.write_bytes(PAGE_SIZE + 10, &[1, 2, 3]);
+        pages.store_u32(2 * PAGE_SIZE + 8, 0xdead_beef, Ordering::SeqCst);
+        let mut got = [0u8; 3];
+        mem.read_slice(&mut got, GuestAddress(32 * GIB + 0x1000 + 10))
+            .unwrap();
+        assert_eq!(got, [1, 2, 3]);
+        let word: u32 = mem.read_obj(GuestAddress(4 * GIB + 0x3008)).unwrap();
+        assert_eq!(word, 0xdead_beef);
+        // Nothing landed at the 32-bit truncations of those addresses.
+        let mut low = vec![0u8; 0x1_0000];
+        mem.read_slice(&mut low, GuestAddress(0)).unwrap();
+        assert!(low.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn ring_pages_that_would_alias_low_ram_if_truncated_are_refused() {
+        let mem = split_memory();
+        // 2^32 + 2 as a u32 is page 2, which is RAM; as a u64 it is far beyond RAM.
+        for pfn in [(1u64 << 32) + 2, (1 << 52) + 2, 0x10_0010, u64::MAX] {
+            assert!(
+                matches!(GuestPages::new(&mem, &[0x10_0000, pfn]), Err(ChannelError::NotRam { pfn: p }) if p == pfn),
+                "{pfn:#x}"
+            );
+        }
+    }
+}

@@ -43,13 +43,13 @@ pub const E1000_MMIO_GPA: u64 = 0xD100_0000;
 /// The vector of the emulated e1000's MSI.
 pub const E1000_VECTOR: u8 = 0x58;
 
-/// The boot info: six little-endian u64 words at [`BOOT_INFO_GPA`].
+/// The boot info: nine little-endian u64 words at [`BOOT_INFO_GPA`].
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct BootInfo {
     /// [`BOOT_MAGIC`].
     pub magic: u64,
-    /// Bytes of guest RAM starting at GPA 0 that the kernel may use.
+    /// Bytes of guest RAM in all (both ranges below).
     pub ram_bytes: u64,
     /// GPA of the command line.
     pub cmdline_gpa: u64,
@@ -59,20 +59,47 @@ pub struct BootInfo {
     pub log_gpa: u64,
     /// Length of the log; 0: the guest logs to COM1 instead.
     pub log_len: u64,
+    /// End of the RAM below the MMIO hole: that RAM is `[0, low_ram_end)`.
+    pub low_ram_end: u64,
+    /// First byte of the RAM above the MMIO hole.
+    pub high_ram_start: u64,
+    /// End of the RAM above the hole: that RAM is `[high_ram_start, high_ram_end)`, empty when equal.
+    /// The guest's CPL0 shim identity-maps up to here (at least the first 4 GiB).
+    pub high_ram_end: u64,
 }
 
 impl BootInfo {
-    /// The boot info for a guest of `ram_bytes` with a command line of `cmdline_len` bytes, at the
-    /// standard places.
-    pub const fn new(ram_bytes: u64, cmdline_len: u64) -> Self {
+    /// The boot info for a guest whose RAM is the `(gpa, len)` ranges `ram` (the partition's layout:
+    /// one range at GPA 0, at most one above the MMIO hole) with a command line of `cmdline_len`
+    /// bytes, at the standard places. A range that does not start at 0 is the high one; if there are
+    /// several, the highest.
+    pub fn new(ram: &[(u64, u64)], cmdline_len: u64) -> Self {
+        let low_ram_end = ram.iter().find(|r| r.0 == 0).map_or(0, |r| r.1);
+        let (high_ram_start, high_ram_end) = ram
+            .iter()
+            .filter(|r| r.0 != 0)
+            .map(|r| (r.0, r.0.saturating_add(r.1)))
+            .max()
+            .unwrap_or((low_ram_end, low_ram_end));
         Self {
             magic: BOOT_MAGIC,
-            ram_bytes,
+            ram_bytes: ram.iter().map(|r| r.1).sum(),
             cmdline_gpa: CMDLINE_GPA,
             cmdline_len,
             log_gpa: LOG_GPA,
             log_len: LOG_LEN,
+            low_ram_end,
+            high_ram_start,
+            high_ram_end,
         }
+    }
+}
+
+/// The `above4g` scenario: I/O buffers and rings in guest RAM above 4 GiB.
+pub mod above_4g {
+    /// Byte `i` of the pattern the guest writes to the disk from memory above 4 GiB (both ends check it).
+    pub const fn pattern(i: u64) -> u8 {
+        (i.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8 ^ (i >> 9) as u8
     }
 }
 
@@ -83,14 +110,30 @@ mod tests {
 
     #[test]
     fn boot_info_layout() {
-        assert_eq!(size_of::<BootInfo>(), 48);
+        assert_eq!(size_of::<BootInfo>(), 72);
         assert_eq!(offset_of!(BootInfo, magic), 0);
         assert_eq!(offset_of!(BootInfo, ram_bytes), 8);
         assert_eq!(offset_of!(BootInfo, cmdline_gpa), 16);
         assert_eq!(offset_of!(BootInfo, cmdline_len), 24);
         assert_eq!(offset_of!(BootInfo, log_gpa), 32);
         assert_eq!(offset_of!(BootInfo, log_len), 40);
-        assert_eq!(BootInfo::new(1, 2).as_bytes()[..8], *b"VIRIDIAN");
+        assert_eq!(offset_of!(BootInfo, low_ram_end), 48);
+        assert_eq!(offset_of!(BootInfo, high_ram_start), 56);
+        assert_eq!(offset_of!(BootInfo, high_ram_end), 64);
+        assert_eq!(BootInfo::new(&[(0, 1)], 2).as_bytes()[..8], *b"VIRIDIAN");
+    }
+
+    #[test]
+    fn ram_ranges_around_the_hole() {
+        const GIB: u64 = 1 << 30;
+        let small = BootInfo::new(&[(0, 64 << 20)], 0);
+        assert_eq!(small.ram_bytes, 64 << 20);
+        assert_eq!(small.low_ram_end, 64 << 20);
+        assert_eq!(small.high_ram_start, small.high_ram_end);
+        let big = BootInfo::new(&[(0, 3 * GIB), (4 * GIB, 29 * GIB)], 0);
+        assert_eq!(big.ram_bytes, 32 * GIB);
+        assert_eq!(big.low_ram_end, 3 * GIB);
+        assert_eq!((big.high_ram_start, big.high_ram_end), (4 * GIB, 33 * GIB));
     }
 
     #[test]

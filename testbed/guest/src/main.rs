@@ -27,6 +27,8 @@ use core::arch::global_asm;
 global_asm!(
     include_str!("shim.s"),
     BOOT_INFO = const BOOT_INFO_GPA,
+    BOOT_HIGH_RAM_END = const BOOT_INFO_GPA + core::mem::offset_of!(BootInfo, high_ram_end) as u64,
+    PT_MAX_GIB = const heap::IDENTITY_MAP_LIMIT >> 30,
     FAULT_PORT = const FAULT_PORT,
 );
 
@@ -43,7 +45,7 @@ extern "C" fn kernel_main(boot_info: u64) -> ! {
         arch::exit(0xbad);
     }
     console::init_log(info.log_gpa, info.log_len);
-    heap::init(info.ram_bytes);
+    heap::init(&info);
     // SAFETY: the host wrote `cmdline_len` ASCII bytes at `cmdline_gpa`, inside guest RAM.
     let cmdline = unsafe {
         core::slice::from_raw_parts(info.cmdline_gpa as *const u8, info.cmdline_len as usize)

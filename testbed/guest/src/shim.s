@@ -2,7 +2,8 @@
 //
 // Everything here runs at CPL0, where this machine's KVM (KVM-PVM) emulates every instruction (~1 us each)
 // and SSE faults. So the shim is integer-only and as short as possible. It:
-//   1. builds identity page tables for the first 4 GiB (2 MiB pages, user-accessible) and loads CR3;
+//   1. builds identity page tables (2 MiB pages, user-accessible) for the first 4 GiB and the RAM above them,
+//      and loads CR3;
 //   2. loads a GDT (kernel/user code+data, a TSS whose I/O bitmap opens every port to CPL3) and an IDT of
 //      uniform stubs;
 //   3. enables the local APIC and `iretq`s to the Rust kernel at CPL3 with interrupts enabled.
@@ -52,24 +53,36 @@ _start:
     cmp r9d, 0x40000006
     jne 10b
 
-    // Page tables: PML4[0] -> PDPT; PDPT[0..4] -> PD0..PD3; PD entries map 2 MiB each (P|RW|US|PS).
+    // Page tables: PML4[0] -> PDPT; PDPT[i] -> PD i; PD entries map 2 MiB each (P|RW|US|PS), identity, over
+    // the first 4 GiB (low RAM and the MMIO hole) and on to the end of the RAM above the hole that the boot
+    // info reports, at most {PT_MAX_GIB} GiB. 2 MiB pages because this KVM-PVM faults on 1 GiB ones. Filled from
+    // the top down, 3 emulated instructions an entry.
+    mov rcx, [{BOOT_HIGH_RAM_END}]
+    add rcx, 0x3fffffff
+    shr rcx, 30                         // GiB to map
+    mov eax, 4
+    cmp rcx, rax
+    cmovb rcx, rax
+    mov eax, {PT_MAX_GIB}
+    cmp rcx, rax
+    cmova rcx, rax
+    mov r11, rcx                        // page directories
+    shl rcx, 9                          // 2 MiB entries
+    mov rax, rcx
+    shl rax, 21
+    sub rax, 0x200000 - 0x87            // the last entry: (entries - 1) * 2 MiB | P|RW|US|PS
     lea rdi, [rip + pd_tables]
-    mov eax, 0x87
-    mov ecx, 2048
-1:  mov [rdi], rax
-    add rax, 0x200000
-    add rdi, 8
-    dec ecx
-    jnz 1b
+1:  mov [rdi + rcx * 8 - 8], rax
+    sub rax, 0x200000
+    loop 1b
     lea rax, [rip + pd_tables]
     or rax, 0x7
     lea rdi, [rip + pdpt]
-    mov ecx, 4
+    mov rcx, r11
 2:  mov [rdi], rax
     add rax, 0x1000
     add rdi, 8
-    dec ecx
-    jnz 2b
+    loop 2b
     lea rax, [rip + pdpt]
     or rax, 0x7
     mov [rip + pml4], rax
@@ -289,7 +302,7 @@ idt_ptr:
 .balign 4096
 pml4: .skip 4096
 pdpt: .skip 4096
-pd_tables: .skip 4 * 4096
+pd_tables: .skip {PT_MAX_GIB} * 4096
 idt: .skip 256 * 16
 tss: .skip 104 + 8192 + 8
 .balign 16

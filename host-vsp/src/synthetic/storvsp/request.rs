@@ -416,6 +416,73 @@ mod tests {
     }
 
     #[test]
+    fn pages_above_4_gib_are_served_at_their_full_address() {
+        const GIB: u64 = 1 << 30;
+        let mem = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x1_0000),
+            (GuestAddress(4 * GIB), 0x1_0000),
+            (GuestAddress(32 * GIB), 0x2000),
+        ])
+        .unwrap();
+        // PFN 2^20 (GPA 4 GiB) and 2^23 + 1 (GPA 32 GiB + 4 KiB), 5000 bytes from offset 96.
+        let pfns = [0x10_0000, 0x80_0001];
+        let bytes = packet(
+            &[GpaRangeSpec {
+                byte_count: 5000,
+                byte_offset: 96,
+                pfns: &pfns,
+            }],
+            srb().as_wire(),
+        );
+        let mut segments = Vec::new();
+        let Inbound::Request(r) = decode(&bytes, &mem, 1 << 20, &mut segments) else {
+            panic!("not a request")
+        };
+        assert_eq!(
+            segments,
+            vec![
+                Segment {
+                    gpa: 4 * GIB + 96,
+                    len: 4096 - 96
+                },
+                Segment {
+                    gpa: 32 * GIB + 4096,
+                    len: 5000 - (4096 - 96)
+                }
+            ]
+        );
+        let src: Vec<u8> = (0..5000u32).map(|i| (i % 253) as u8 + 1).collect();
+        let buf = DataBuffer::new(&mem, &segments, r.data_len);
+        assert_eq!(buf.write_from(&src).unwrap(), 5000);
+        let mut high = vec![0u8; 5000 - (4096 - 96)];
+        guest_memory::read(&mem, 32 * GIB + 4096, &mut high).unwrap();
+        assert_eq!(high, src[4096 - 96..]);
+        let mut back = vec![0u8; 5000];
+        buf.read_into(&mut back).unwrap();
+        assert_eq!(back, src);
+        // Nothing landed at the 32-bit truncations of those addresses.
+        let mut low = vec![0u8; 0x1_0000];
+        guest_memory::read(&mem, 0, &mut low).unwrap();
+        assert!(low.iter().all(|&b| b == 0));
+        // A page number that is low RAM once truncated to 32 bits (page 3), and beyond RAM in full.
+        let bytes = packet(
+            &[GpaRangeSpec {
+                byte_count: 4096,
+                byte_offset: 0,
+                pfns: &[(1 << 32) + 3],
+            }],
+            srb().as_wire(),
+        );
+        assert!(matches!(
+            decode(&bytes, &mem, 1 << 20, &mut Vec::new()),
+            Inbound::Malformed {
+                error: RequestError::NotRam(_),
+                ..
+            }
+        ));
+    }
+
+    #[test]
     fn oversized_and_truncated_requests() {
         let mem = ram(4);
         let pfns = [0, 1, 2];

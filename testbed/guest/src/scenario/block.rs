@@ -31,8 +31,8 @@ pub const VIRTIO_SEED: u8 = 0x5A;
 const IO_BYTES: usize = 4096;
 const IO_SECTORS: u64 = (IO_BYTES / 512) as u64;
 
-// SAFETY: this kernel identity-maps the first 4 GiB (RAM, the heap and stacks in it, and the MMIO hole),
-// so every virtual address the drivers use is its physical address.
+// SAFETY: this kernel identity-maps the first 4 GiB (RAM, the heap and stacks in it, and the MMIO hole)
+// and the RAM above them, so every virtual address the drivers use is its physical address.
 unsafe impl IdentityMapped for Kernel {
     fn platform() -> Self {
         Kernel

@@ -7,6 +7,7 @@ use alloc::string::String;
 
 use crate::println;
 
+mod above_4g;
 pub mod bench;
 pub mod block;
 mod boot;
@@ -21,8 +22,15 @@ mod vmbus_model;
 pub type Outcome = Result<(), String>;
 
 /// Every scenario family, asked in order; one line each.
-const FAMILIES: &[fn(&str, &str) -> Option<Outcome>] =
-    &[boot::run, block::run, bench::run, vmbus::run, serve::run, net::run];
+const FAMILIES: &[fn(&str, &str) -> Option<Outcome>] = &[
+    boot::run,
+    block::run,
+    bench::run,
+    vmbus::run,
+    serve::run,
+    net::run,
+    above_4g::run,
+];
 
 /// Run every scenario named in `cmdline` (tokens `name` or `name:args`, separated by spaces).
 pub fn run_all(cmdline: &str) -> u32 {
