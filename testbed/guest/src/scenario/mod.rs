@@ -13,6 +13,7 @@ mod boot;
 mod net;
 mod net_loop;
 mod serve;
+mod smp;
 mod vmbus;
 mod vmbus_model;
 
@@ -20,8 +21,15 @@ mod vmbus_model;
 pub type Outcome = Result<(), String>;
 
 /// Every scenario family, asked in order; one line each.
-const FAMILIES: &[fn(&str, &str) -> Option<Outcome>] =
-    &[boot::run, block::run, bench::run, vmbus::run, serve::run, net::run];
+const FAMILIES: &[fn(&str, &str) -> Option<Outcome>] = &[
+    boot::run,
+    block::run,
+    bench::run,
+    vmbus::run,
+    serve::run,
+    net::run,
+    smp::run,
+];
 
 /// Run every scenario named in `cmdline` (tokens `name` or `name:args`, separated by spaces).
 pub fn run_all(cmdline: &str) -> u32 {
