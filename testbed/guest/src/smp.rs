@@ -44,6 +44,13 @@ static CPUS: [Cpu; MAX_CPUS] = [const {
 /// tables) — and that are moved, not shared: one CPU uses the value at a time.
 pub struct OnAnyCpu<T>(pub T);
 
+impl<T> OnAnyCpu<T> {
+    /// The value, on the CPU that now owns it.
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
 // SAFETY: see the type's contract: the pointers the value holds are valid on every CPU, and the value is
 // owned by one CPU at a time (moving it transfers that ownership; nothing keeps a copy).
 unsafe impl<T> Send for OnAnyCpu<T> {}

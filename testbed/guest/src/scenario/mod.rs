@@ -14,6 +14,7 @@ mod net;
 mod net_loop;
 mod serve;
 mod smp;
+mod smp_io;
 mod vmbus;
 mod vmbus_model;
 

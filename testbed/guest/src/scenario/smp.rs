@@ -1,6 +1,7 @@
 //! Multi-CPU scenarios:
 //! - `smp`: every CPU reads its VP_INDEX MSR at once (the APs as jobs from the BSP) and the kernel
-//!   reports, per VP, the index read, the index the shim recorded and the wake IPIs it took.
+//!   reports, per VP, the index read, the index the shim recorded and the wake IPIs it took;
+//! - `smp-io:N`: storage on every CPU, each on its own storvsc channel ([`super::smp_io`]).
 //!
 //! Results are printed as `key=value` lines the host test reads.
 
@@ -15,9 +16,10 @@ use crate::println;
 use crate::smp::{self, WAKE_VECTOR};
 
 /// Run `name` if it is a multi-CPU scenario.
-pub fn run(name: &str, _args: &str) -> Option<Outcome> {
+pub fn run(name: &str, args: &str) -> Option<Outcome> {
     Some(match name {
         "smp" => hello(),
+        "smp-io" => super::smp_io::run(args),
         _ => return None,
     })
 }
