@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use guest_abi::smp_io;
 use host_vsp::backend::RamDisk;
+use host_vsp::synthetic::ic::vsp::IcVsp;
 use host_vsp::synthetic::storvsp::{LunMap, StorvspConfig, StorvspDevice};
 use testbed::{GuestVm, GuestVmConfig};
-use vmbus::protocol::Guid;
+use vmbus::protocol::{Guid, Version};
 
 /// Generous: four vCPU threads time-share two cores here.
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -161,5 +162,80 @@ fn every_vcpu_does_verified_io_on_its_own_sub_channel_and_takes_its_own_interrup
                 assert_eq!(got, smp_io::word(region, io, w), "region {region} io {io}");
             }
         }
+    }
+}
+
+#[test]
+fn heartbeats_on_a_four_vcpu_guest_keep_their_exact_counts() {
+    if !hypervisor_lite::testing::kvm_or_skip() {
+        return;
+    }
+    const HEARTBEATS: u64 = 2_000;
+    const BURST: u64 = 100;
+    let heartbeat = IcVsp::heartbeat(Guid::new(0x4842, 1, 1, [0; 8]), HEARTBEATS, BURST);
+    let shutdown = IcVsp::shutdown(Guid::new(0x5344, 1, 1, [0; 8]));
+    let (hb, sd) = (heartbeat.control(), shutdown.control());
+    let mut config = boot("vmbus:ic", 4);
+    config
+        .vmbus_device(Arc::new(heartbeat))
+        .vmbus_device(Arc::new(shutdown));
+    let mut vm = GuestVm::new(config).unwrap();
+    let service = vm.vmbus().clone();
+    vm.start().unwrap();
+    let negotiated = hb
+        .wait_until(TIMEOUT, |s| s.negotiated)
+        .expect("heartbeat IC negotiated");
+    let before = vm.stats();
+    let done = hb
+        .wait_until(TIMEOUT, |s| {
+            s.heartbeats_answered == HEARTBEATS || s.errors > 0
+        })
+        .expect("all heartbeats answered");
+    let after = vm.stats();
+    sd.wait_until(TIMEOUT, |s| s.negotiated)
+        .expect("shutdown IC negotiated");
+    sd.request_shutdown();
+    assert!(sd
+        .wait_until(TIMEOUT, |s| s.shutdown_acknowledged)
+        .is_some());
+    let run = vm.wait(TIMEOUT).unwrap();
+    run.expect_success().unwrap();
+    assert_eq!(service.version(), Some(Version::WIN10_V5_3));
+    assert_eq!(done.errors, 0, "{:?}", done.last_error);
+    assert_eq!(run.console_number("ic-heartbeats"), HEARTBEATS);
+    let bursts = HEARTBEATS / BURST;
+    assert_eq!(done.bursts, bursts);
+    // As on one vCPU: one interrupt per burst (on VP 0, where the IC channels were opened), one signal
+    // per burst plus the negotiations and the shutdown answer, and no user exit on any vCPU meanwhile
+    // (the APs sleep in an in-kernel HLT).
+    let channel = done.channel;
+    let at = negotiated.channel_at_negotiated;
+    assert_eq!(channel.interrupts - at.interrupts, bursts);
+    assert_eq!(run.console_number("ic-signals"), bursts + 3);
+    let window = after.delta(&before);
+    assert_eq!(window.vcpus.len(), 4);
+    for v in &window.vcpus {
+        assert_eq!(
+            v.user_exits.total(),
+            0,
+            "VP {}: {:?}",
+            v.vp_index,
+            v.user_exits
+        );
+    }
+    // Each AP enabled its own SynIC when the guest connected (SIMP, SIEFP, SINT2, SCONTROL) and did
+    // nothing else that left the kernel but for the final stop.
+    for v in &run.stats.vcpus[1..] {
+        assert_eq!(
+            v.user_exits.msr_write, 4,
+            "VP {}: {:?}",
+            v.vp_index, v.user_exits
+        );
+        assert_eq!(
+            v.user_exits.msr_read, 0,
+            "VP {}: {:?}",
+            v.vp_index, v.user_exits
+        );
+        assert_eq!(v.user_exits.io, 0, "VP {}: {:?}", v.vp_index, v.user_exits);
     }
 }
