@@ -4,8 +4,10 @@
 //! channel ([`Request::write_to`] writes one into a `vmbus::ring::RingProducer`, as an in-band packet or
 //! as a GPA-direct packet naming the data buffer's physical pages — no copies of data). It runs the
 //! init handshake (BEGIN_INIT, QUERY_PROTOCOL_VERSION falling back 0x0602 → 0x0600 → 0x0501,
-//! QUERY_PROPERTIES, END_INIT) and builds SRBs (READ/WRITE(16), SYNCHRONIZE CACHE(16), INQUIRY, READ
-//! CAPACITY(16), TEST UNIT READY, or any CDB).
+//! QUERY_PROPERTIES, END_INIT), asks a multi-channel host for sub-channels (CREATE_SUB_CHANNELS, after
+//! END_INIT; [`Storvsc::for_sub_channel`] is the driver of one, which carries SRBs only, with the
+//! primary's version and properties) and builds SRBs (READ/WRITE(16), SYNCHRONIZE CACHE(16), INQUIRY,
+//! READ CAPACITY(16), TEST UNIT READY, or any CDB).
 //!
 //! Outstanding SRBs live in a fixed table of slots sized at construction (`slots`): a transaction id
 //! names a slot and its generation, so completions may come in any order and a stale or forged one
@@ -20,7 +22,8 @@ use storvsp_protocol::scsi::{opcode, SAI_READ_CAPACITY_16};
 use storvsp_protocol::{
     sense_buffer_size, srb_flags, vmscsi_size_delta, ChannelProperties, DataDirection, NtStatus,
     Operation, ProtocolVersion, VmscsiRequest, VstorPacket, CDB_MAX_LEN, LINUX_PROTOCOL_VERSIONS,
-    REQUEST_COMPLETION_FLAG, TRANS_ID_INIT, TRANS_ID_RESET, VMSCSI_REQUEST_SIZE, VSTOR_PACKET_SIZE,
+    REQUEST_COMPLETION_FLAG, STORAGE_CHANNEL_SUPPORTS_MULTI_CHANNEL, TRANS_ID_INIT, TRANS_ID_RESET,
+    VMSCSI_REQUEST_SIZE, VSTOR_PACKET_SIZE,
 };
 use vmbus::mem::PAGE_SIZE;
 use vmbus::packet::{gpa_range_pfn_count, Packet, PacketError, PacketKind, PacketType};
@@ -106,6 +109,14 @@ pub enum StorvscError {
     /// A CDB longer than 16 bytes or empty.
     #[error("CDB of {0} bytes")]
     BadCdb(usize),
+    /// More sub-channels asked for than the host offers (none unless it is multi-channel).
+    #[error("{asked} sub-channels asked for, the host creates at most {max}")]
+    TooManySubChannels {
+        /// Sub-channels asked for.
+        asked: u16,
+        /// The host's `max_channel_count` (0 without the multi-channel flag).
+        max: u16,
+    },
 }
 
 // The detail is part of the message, so it is not also a `source` (no error repeats its cause).
@@ -145,6 +156,8 @@ enum InitState {
     QueryProperties,
     EndInit,
     Ready,
+    /// CREATE_SUB_CHANNELS sent (I/O goes on meanwhile).
+    CreateSubChannels,
     Failed,
 }
 
@@ -195,9 +208,49 @@ impl Storvsc {
 
     /// The agreed version once the handshake is done.
     pub fn version(&self) -> Option<ProtocolVersion> {
-        (self.state == InitState::Ready)
+        matches!(self.state, InitState::Ready | InitState::CreateSubChannels)
             .then_some(self.version)
             .flatten()
+    }
+
+    /// Sub-channels the host can create (after QUERY_PROPERTIES): its `max_channel_count` when it
+    /// reports the multi-channel flag, else 0.
+    pub fn max_sub_channels(&self) -> u16 {
+        self.properties
+            .filter(|p| p.flags.get() & STORAGE_CHANNEL_SUPPORTS_MULTI_CHANNEL != 0)
+            .map_or(0, |p| p.max_channel_count.get())
+    }
+
+    /// CREATE_SUB_CHANNELS for `count` sub-channels (after the handshake, on the primary channel); the
+    /// host's answer is [`HandshakeStep::Ready`] again, after which it offers them on VMBus.
+    pub fn create_sub_channels(&mut self, count: u16) -> Result<Request, StorvscError> {
+        if self.state != InitState::Ready {
+            return Err(StorvscError::NotReady);
+        }
+        let max = self.max_sub_channels();
+        if count == 0 || count > max {
+            return Err(StorvscError::TooManySubChannels { asked: count, max });
+        }
+        self.state = InitState::CreateSubChannels;
+        let mut r = Self::control(Operation::CREATE_SUB_CHANNELS);
+        r.packet.set_sub_channel_count(count);
+        Ok(r)
+    }
+
+    /// The driver of one of this controller's sub-channels: ready from the start with this (ready)
+    /// driver's version and properties — a sub-channel has no handshake — and `max_outstanding` slots
+    /// of its own. [`StorvscError::NotReady`] before the handshake finished.
+    pub fn for_sub_channel(&self, max_outstanding: usize) -> Result<Self, StorvscError> {
+        if !matches!(self.state, InitState::Ready | InitState::CreateSubChannels) {
+            return Err(StorvscError::NotReady);
+        }
+        Ok(Self {
+            state: InitState::Ready,
+            versions: self.versions.clone(),
+            version: self.version,
+            properties: self.properties,
+            outstanding: SlotTable::new(max_outstanding),
+        })
     }
 
     /// Largest transfer of one SRB (after QUERY_PROPERTIES): the host's limit, capped at
@@ -312,6 +365,20 @@ impl Storvsc {
                 ))
             }
             InitState::EndInit => refuse(&mut self.state, Operation::END_INIT),
+            // A refusal leaves the primary channel working: only the sub-channels are missing.
+            InitState::CreateSubChannels => {
+                self.state = InitState::Ready;
+                if ok {
+                    Ok(HandshakeStep::Ready(
+                        self.version.unwrap_or(ProtocolVersion::WIN8),
+                    ))
+                } else {
+                    Err(StorvscError::Handshake {
+                        operation: Operation::CREATE_SUB_CHANNELS,
+                        status,
+                    })
+                }
+            }
             InitState::Idle | InitState::Ready | InitState::Failed => {
                 Err(StorvscError::UnknownTransaction(TRANS_ID_INIT))
             }
@@ -379,7 +446,7 @@ impl Storvsc {
         direction: DataDirection,
         data: Option<(u32, &[u64], u32)>,
     ) -> Result<Request, StorvscError> {
-        if self.state != InitState::Ready {
+        if !matches!(self.state, InitState::Ready | InitState::CreateSubChannels) {
             return Err(StorvscError::NotReady);
         }
         let version = self.version.unwrap_or(ProtocolVersion::WIN8);

@@ -157,6 +157,65 @@ impl StorvscDisk {
         Ok(disk)
     }
 
+    /// Sub-channels the host can create for this controller (0: not multi-channel).
+    pub fn max_sub_channels(&self) -> u16 {
+        self.storvsc.max_sub_channels()
+    }
+
+    /// Ask the host for `count` sub-channels (CREATE_SUB_CHANNELS; nothing else outstanding) and wait
+    /// for its answer. The host then offers them on VMBus (`VmbusConnection::subchannel_offers`); open
+    /// each with [`StorvscDisk::open_sub_channel`].
+    pub fn create_sub_channels<P: Platform>(
+        &mut self,
+        platform: &P,
+        count: u16,
+    ) -> Result<(), DiskError> {
+        let request = self.storvsc.create_sub_channels(count)?;
+        self.send(&request)?;
+        self.kick()?;
+        match self.next_event(platform)? {
+            Event::Handshake(HandshakeStep::Ready(_)) => Ok(()),
+            _ => Err(DiskError::Unexpected),
+        }
+    }
+
+    /// Open the sub-channel `relid` of this controller (rings of `ring_pages` pages each, room for
+    /// `max_outstanding` requests) with its interrupts sent to `target_vp`, whose SynIC event flags
+    /// are `flags`: a disk of its own on the same LUN, ready at once (a sub-channel has no handshake).
+    /// Use it from `target_vp`: its completions interrupt that VP.
+    #[allow(clippy::too_many_arguments)]
+    pub fn open_sub_channel<P: Platform>(
+        &self,
+        conn: &mut VmbusConnection<'_, P>,
+        relid: u32,
+        ring_pages: usize,
+        max_outstanding: usize,
+        target_vp: u32,
+        flags: EventFlags,
+    ) -> Result<Self, DiskError> {
+        let storvsc = self.storvsc.for_sub_channel(max_outstanding)?;
+        let channel = conn.open_channel_on(relid, ring_pages, ring_pages, target_vp)?;
+        Ok(Self {
+            channel,
+            storvsc,
+            signaller: self.signaller,
+            flags,
+            lun: self.lun,
+            blocks: self.blocks,
+            block_size: self.block_size,
+            packet: vec![0u8; 4096],
+            pfns: Vec::with_capacity(MAX_DATA_PFNS),
+            lun_gone: false,
+            polling: false,
+        })
+    }
+
+    /// Take this channel's events from `flags` from now on: the SynIC event flags of the VP the
+    /// channel was moved to (`VmbusConnection::modify_channel`).
+    pub fn set_event_flags(&mut self, flags: EventFlags) {
+        self.flags = flags;
+    }
+
     /// Capacity in blocks.
     pub fn blocks(&self) -> u64 {
         self.blocks

@@ -289,12 +289,24 @@ impl<'p, P: Platform> VmbusConnection<'p, P> {
     }
 
     /// Open `relid` with a guest→host ring of `send_pages` and a host→guest ring of `recv_pages`
-    /// (each including its control page).
+    /// (each including its control page), interrupting VP 0.
     pub fn open_channel(
         &mut self,
         relid: u32,
         send_pages: usize,
         recv_pages: usize,
+    ) -> Result<Channel, VmbusError> {
+        self.open_channel_on(relid, send_pages, recv_pages, 0)
+    }
+
+    /// [`VmbusConnection::open_channel`] with the host's interrupts for the channel sent to
+    /// `target_vp` (OPENCHANNEL's target VP): its event flag is then set in that VP's SynIC.
+    pub fn open_channel_on(
+        &mut self,
+        relid: u32,
+        send_pages: usize,
+        recv_pages: usize,
+        target_vp: u32,
     ) -> Result<Channel, VmbusError> {
         let offer = *self
             .offers
@@ -305,7 +317,7 @@ impl<'p, P: Platform> VmbusConnection<'p, P> {
             .platform
             .alloc_dma(send_pages + recv_pages)
             .ok_or(VmbusError::NoMemory)?;
-        let result = self.open_on(region, offer, send_pages);
+        let result = self.open_on(region, offer, send_pages, target_vp);
         match result {
             Ok(channel) => Ok(channel),
             Err((region, e)) => {
@@ -320,6 +332,7 @@ impl<'p, P: Platform> VmbusConnection<'p, P> {
         region: DmaRegion,
         offer: OfferChannel,
         send_pages: usize,
+        target_vp: u32,
     ) -> Result<Channel, (DmaRegion, VmbusError)> {
         let relid = offer.child_relid;
         let send_len = send_pages * PAGE_SIZE;
@@ -358,7 +371,7 @@ impl<'p, P: Platform> VmbusConnection<'p, P> {
                 _ => return Err(unreachable_action()),
             }
             self.client
-                .open_channel(relid, gpadl, send_pages as u32, 0, &[])?;
+                .open_channel(relid, gpadl, send_pages as u32, target_vp, &[])?;
             match self.wait_for(
                 |a| matches!(a, ClientAction::ChannelOpened { relid: r, .. } if *r == relid),
             )? {
@@ -452,6 +465,29 @@ impl<'p, P: Platform> VmbusConnection<'p, P> {
                 self.stats.waits += 1;
                 self.platform.wait_for_interrupt(seen);
             }
+        }
+    }
+
+    /// Move an open channel's interrupts to `target_vp` (MODIFYCHANNEL, VMBus 4.1+). From 5.3 on the
+    /// host answers (MODIFYCHANNEL_RESPONSE) and this waits for it; before, the move takes effect once
+    /// the host has read the message.
+    pub fn modify_channel(&mut self, relid: u32, target_vp: u32) -> Result<(), VmbusError> {
+        self.client.modify_channel(relid, target_vp)?;
+        let answered = self
+            .version
+            .is_some_and(|v| v.has_modify_channel_response());
+        if !answered {
+            return self.pump();
+        }
+        match self.wait_for(
+            |a| matches!(a, ClientAction::ChannelModified { relid: r, .. } if *r == relid),
+        )? {
+            ClientAction::ChannelModified { status: 0, .. } => Ok(()),
+            ClientAction::ChannelModified { status, .. } => Err(VmbusError::HostRefused {
+                what: "MODIFYCHANNEL",
+                status,
+            }),
+            _ => Err(unreachable_action()),
         }
     }
 

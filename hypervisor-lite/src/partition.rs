@@ -58,6 +58,7 @@ pub struct PartitionConfig {
     serial: bool,
     serial_echo: bool,
     stop_on_fault: bool,
+    stop_on_exit: bool,
     elf: Option<ElfSource>,
 }
 
@@ -121,6 +122,7 @@ impl PartitionConfig {
             serial: true,
             serial_echo: false,
             stop_on_fault: true,
+            stop_on_exit: false,
             elf: None,
         }
     }
@@ -193,6 +195,13 @@ impl PartitionConfig {
     /// Whether one vCPU faulting (shutdown, internal error, ...) stops the others (default true).
     pub fn stop_on_fault(&mut self, stop: bool) -> &mut Self {
         self.stop_on_fault = stop;
+        self
+    }
+
+    /// Whether one vCPU exiting through the exit port ends the whole partition, as a power-off would: the
+    /// other vCPUs end with [`VcpuOutcome::Stopped`] (default false: each vCPU exits on its own).
+    pub fn stop_on_exit(&mut self, stop: bool) -> &mut Self {
+        self.stop_on_exit = stop;
         self
     }
 
@@ -352,6 +361,7 @@ impl PartitionConfig {
             mode: self.mode,
             vcpus: self.vcpus,
             stop_on_fault: self.stop_on_fault,
+            stop_on_exit: self.stop_on_exit,
             irq,
             ram,
             _kvm: kvm,
@@ -429,6 +439,7 @@ pub struct Partition {
     mode: BootMode,
     vcpus: u32,
     stop_on_fault: bool,
+    stop_on_exit: bool,
     irq: InterruptController,
     ram: GuestRam,
     _kvm: Kvm,
@@ -561,14 +572,14 @@ impl Partition {
             }
             let done = self.done_tx.clone();
             let stop = self.stop.clone();
-            let stop_on_fault = self.stop_on_fault;
+            let (stop_on_fault, stop_on_exit) = (self.stop_on_fault, self.stop_on_exit);
             let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{vp}"))
                 .spawn(move || {
                     let outcome = runner.run();
-                    let normal =
-                        matches!(outcome, VcpuOutcome::Exited { .. } | VcpuOutcome::Stopped);
-                    if stop_on_fault && !normal {
+                    let exited = matches!(outcome, VcpuOutcome::Exited { .. });
+                    let normal = exited || matches!(outcome, VcpuOutcome::Stopped);
+                    if (stop_on_fault && !normal) || (stop_on_exit && exited) {
                         stop.stop();
                     }
                     // The receiver lives in the partition, which joins this thread before dropping it.

@@ -292,6 +292,23 @@ fn triple_fault_is_reported_with_registers() {
 }
 
 #[test]
+fn one_vcpu_exiting_ends_the_partition_with_stop_on_exit() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let mut cfg = PartitionConfig::new(4 << 20, 3);
+    cfg.elf_file(guest_elf("exit_vp0")).stop_on_exit(true);
+    let mut p = cfg.build().unwrap();
+    // Without the stop, VPs 1 and 2 would halt until the (long) timeout.
+    let out = p.run_timeout(Duration::from_secs(600)).unwrap();
+    assert_eq!(exit_codes(&out), [Some(0x42), None, None], "{out:?}");
+    assert!(
+        out[1..].iter().all(|o| matches!(o, VcpuOutcome::Stopped)),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn halted_partition_is_stopped_from_another_thread() {
     if !kvm_or_skip() {
         return;

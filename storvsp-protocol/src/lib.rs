@@ -314,6 +314,12 @@ impl VstorPacket {
     pub fn sub_channel_count(&self) -> u16 {
         u16::from_le_bytes([self.payload[0], self.payload[1]])
     }
+
+    /// Stores a sub-channel count in the union (`CREATE_SUB_CHANNELS`).
+    pub fn set_sub_channel_count(&mut self, count: u16) {
+        self.payload = [0; VSTOR_PAYLOAD_SIZE];
+        self.payload[..2].copy_from_slice(&count.to_le_bytes());
+    }
 }
 
 #[cfg(test)]

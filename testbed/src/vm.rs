@@ -37,6 +37,8 @@ pub type AttachHook = Box<dyn FnOnce(&Partition, &Arc<HvPartition>) -> Result<()
 pub struct GuestVmConfig {
     /// Guest RAM in bytes.
     pub ram_bytes: u64,
+    /// vCPUs (default 1). The guest kernel runs on up to four; the BSP's exit ends them all.
+    pub vcpus: u32,
     /// Scenario command line.
     pub cmdline: String,
     /// Echo the guest console to stderr as it arrives.
@@ -52,6 +54,7 @@ impl std::fmt::Debug for GuestVmConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GuestVmConfig")
             .field("ram_bytes", &self.ram_bytes)
+            .field("vcpus", &self.vcpus)
             .field("cmdline", &self.cmdline)
             .field("devices", &self.configure.len())
             .field("vmbus_devices", &self.vmbus_devices.len())
@@ -64,6 +67,7 @@ impl GuestVmConfig {
     pub fn new(cmdline: impl Into<String>) -> Self {
         Self {
             ram_bytes: 64 << 20,
+            vcpus: 1,
             cmdline: cmdline.into(),
             echo: false,
             configure: Vec::new(),
@@ -164,8 +168,10 @@ pub struct GuestRun {
     pub exit_code: Option<u32>,
     /// Everything the guest printed.
     pub console: String,
-    /// The vCPU outcome.
+    /// The outcome of the vCPU that ended the guest (the first that exited; else VP 0's).
     pub outcome: VcpuOutcome,
+    /// The VP index of that vCPU.
+    pub ended_by: usize,
     /// CPU exceptions the guest reported: (vector, RIP).
     pub faults: Vec<(u32, u64)>,
     /// Counters over the whole run.
@@ -248,10 +254,13 @@ impl GuestVm {
         // Device threads started from here on (hooks included) are this guest's.
         let device_threads = config.device_threads.clone();
         let _current = device_threads.enter();
-        let hv = HvPartition::new(HvConfig::new(1));
+        let hv = HvPartition::new(HvConfig::new(config.vcpus));
         let faults = Arc::new(FaultLog::default());
-        let mut pc = PartitionConfig::new(config.ram_bytes, 1);
-        pc.elf_bytes(crate::GUEST_ELF).serial_echo(config.echo);
+        let mut pc = PartitionConfig::new(config.ram_bytes, config.vcpus);
+        // The guest powers off from its BSP (or from whichever CPU panics): that ends every vCPU.
+        pc.elf_bytes(crate::GUEST_ELF)
+            .serial_echo(config.echo)
+            .stop_on_exit(true);
         pc.add_port_handler(FAULT_PORT..FAULT_PORT + 1, faults.clone());
         let marks = Arc::new(MarkLog {
             device_threads: device_threads.clone(),
@@ -349,10 +358,14 @@ impl GuestVm {
     pub fn wait(mut self, timeout: Duration) -> Result<GuestRun> {
         let before = self.started.take().context("the guest was not started")?;
         let mut outcomes = self.partition.join_timeout(timeout);
-        let outcome = outcomes
-            .drain(..)
-            .next()
-            .context("the partition has no vCPU")?;
+        if outcomes.is_empty() {
+            bail!("the partition has no vCPU");
+        }
+        let first = outcomes
+            .iter()
+            .position(|o| matches!(o, VcpuOutcome::Exited { .. }))
+            .unwrap_or(0);
+        let outcome = outcomes.swap_remove(first);
         let device_threads = self.marks.device_threads.names();
         // No device thread may outlive the guest's run.
         let stopping = std::time::Instant::now();
@@ -365,6 +378,7 @@ impl GuestVm {
             exit_code: outcome.exit_code(),
             console: format!("{}{}", self.partition.serial_output().text(), self.log()),
             outcome,
+            ended_by: first,
             faults,
             stats: self.partition.stats().delta(&before),
             cpu_marks: marks.iter().map(|(m, _, cpu)| (*m, *cpu)).collect(),

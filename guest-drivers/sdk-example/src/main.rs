@@ -21,21 +21,28 @@ extern crate alloc;
 #[allow(dead_code)]
 #[path = "../../../testbed/guest/src/arch.rs"]
 mod arch;
+#[allow(dead_code)]
 #[path = "../../../testbed/guest/src/console.rs"]
 mod console;
+#[allow(dead_code)]
 #[path = "../../../testbed/guest/src/heap.rs"]
 mod heap;
+#[allow(dead_code)]
 #[path = "../../../testbed/guest/src/platform.rs"]
 mod platform;
 #[path = "../../../testbed/guest/src/rt.rs"]
 mod rt;
+#[path = "../../../testbed/guest/src/shim.rs"]
+mod shim;
+#[allow(dead_code)]
+#[path = "../../../testbed/guest/src/smp.rs"]
+mod smp;
 
 use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
-use core::arch::global_asm;
 
-use guest_abi::{BootInfo, BOOT_INFO_GPA, BOOT_MAGIC, FAULT_PORT};
+use guest_abi::{BootInfo, BOOT_MAGIC};
 use guest_drivers::hv::detect;
 use guest_drivers::ic::{IcDriver, IcEvent, IcKind};
 use guest_drivers::platform::Platform;
@@ -46,12 +53,6 @@ use vmbus::packet::PacketFlags;
 use vmbus::protocol::interface;
 
 use platform::Kernel;
-
-global_asm!(
-    include_str!("../../../testbed/guest/src/shim.s"),
-    BOOT_INFO = const BOOT_INFO_GPA,
-    FAULT_PORT = const FAULT_PORT,
-);
 
 /// The vector the VMBus SINT is delivered on.
 const VMBUS_VECTOR: u8 = 0xF3;
@@ -70,7 +71,9 @@ extern "C" fn kernel_main(boot_info: u64) -> ! {
         arch::exit(0xbad);
     }
     console::init_log(info.log_gpa, info.log_len);
-    heap::init(info.ram_bytes);
+    heap::init(&info);
+    // Other vCPUs (if the config gives more) wait for work that never comes.
+    smp::wait_online();
     match run() {
         Ok(()) => {
             println!("example: powering off");

@@ -328,3 +328,88 @@ fn host_requests_and_garbage() {
         Some((8, 512))
     ));
 }
+
+/// `s` after a handshake with a host that reports `max` sub-channels (multi-channel flag set).
+fn ready_multi_channel(max: u16) -> Storvsc {
+    let mut s = Storvsc::new();
+    let mut next = s.begin_init();
+    loop {
+        let mut p = next.packet;
+        p.operation.set(Operation::COMPLETE_IO.0);
+        p.set_status(NtStatus::SUCCESS);
+        if next.packet.operation() == Operation::QUERY_PROPERTIES {
+            let mut props = ChannelProperties::new_zeroed();
+            props.max_transfer_bytes = U32::new(0x20_0000);
+            props.max_channel_count.set(max);
+            props.flags = U32::new(STORAGE_CHANNEL_SUPPORTS_MULTI_CHANNEL);
+            p.set_properties(&props);
+        }
+        match s.handle_packet(&completion(next.trans_id, &p)).unwrap() {
+            Event::Handshake(HandshakeStep::Send(r)) => next = *r,
+            Event::Handshake(HandshakeStep::Ready(_)) => return s,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn sub_channels_are_asked_for_within_the_hosts_count() {
+    // A host without the multi-channel flag creates none.
+    let mut single = ready();
+    assert_eq!(single.max_sub_channels(), 0);
+    assert_eq!(
+        single.create_sub_channels(1).unwrap_err(),
+        StorvscError::TooManySubChannels { asked: 1, max: 0 }
+    );
+    let mut s = ready_multi_channel(3);
+    assert_eq!(s.max_sub_channels(), 3);
+    for bad in [0, 4] {
+        assert!(matches!(
+            s.create_sub_channels(bad),
+            Err(StorvscError::TooManySubChannels { max: 3, .. })
+        ));
+    }
+    let r = s.create_sub_channels(3).unwrap();
+    assert_eq!(r.trans_id, TRANS_ID_INIT);
+    assert_eq!(r.packet.operation(), Operation::CREATE_SUB_CHANNELS);
+    assert_eq!(r.packet.sub_channel_count(), 3);
+    // I/O goes on while the answer is awaited.
+    assert!(s.read(0, 0, 1, &[5], 0).is_ok());
+    assert!(matches!(
+        s.handle_packet(&answer(&r, NtStatus::SUCCESS)),
+        Ok(Event::Handshake(HandshakeStep::Ready(
+            ProtocolVersion::WIN10
+        )))
+    ));
+    // A refusal is an error but leaves the channel usable.
+    let r = s.create_sub_channels(1).unwrap();
+    assert!(matches!(
+        s.handle_packet(&answer(&r, NtStatus::INVALID_PARAMETER)),
+        Err(StorvscError::Handshake {
+            operation: Operation::CREATE_SUB_CHANNELS,
+            ..
+        })
+    ));
+    assert_eq!(s.version(), Some(ProtocolVersion::WIN10));
+    assert!(s.read(0, 0, 1, &[5], 0).is_ok());
+}
+
+#[test]
+fn a_sub_channel_driver_is_ready_with_the_primarys_version_and_own_slots() {
+    assert_eq!(
+        Storvsc::new().for_sub_channel(4).unwrap_err(),
+        StorvscError::NotReady
+    );
+    let primary = ready_multi_channel(2);
+    let mut sub = primary.for_sub_channel(2).unwrap();
+    assert_eq!(sub.version(), Some(ProtocolVersion::WIN10));
+    assert_eq!(sub.capacity(), 2);
+    assert_eq!(sub.max_transfer_bytes(), primary.max_transfer_bytes());
+    assert!(sub.read(0, 0, 1, &[5], 0).is_ok());
+    assert!(sub.read(0, 8, 1, &[6], 0).is_ok());
+    assert!(matches!(
+        sub.read(0, 16, 1, &[7], 0),
+        Err(StorvscError::Busy(2))
+    ));
+    assert_eq!(primary.outstanding(), 0);
+}

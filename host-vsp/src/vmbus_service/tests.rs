@@ -9,7 +9,8 @@
 //! - [`hostile`]: unusable rings, garbage posts, UNLOAD;
 //! - [`random_posts`]: a property test of random posts beside a valid session;
 //! - [`ic_flood`]: an IC ring the guest never lets drain;
-//! - [`storvsp_io_panics`]: storvsp with a backend that panics on one LBA.
+//! - [`storvsp_io_panics`]: storvsp with a backend that panics on one LBA;
+//! - [`storvsp_subchannels`]: storvsp creating sub-channels, each served on its own, interrupting its VP.
 
 mod echo_device;
 pub(crate) mod guest;
@@ -23,4 +24,5 @@ mod ic_liars;
 mod lifecycle;
 mod random_posts;
 mod storvsp_io_panics;
+mod storvsp_subchannels;
 mod subchannels;

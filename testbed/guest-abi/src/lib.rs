@@ -181,3 +181,28 @@ pub mod net {
         })
     }
 }
+
+/// The multi-vCPU storage scenario (`smp-io`) both ends check: where each vCPU's I/O lands on the disk
+/// and the bytes it writes there (the guest reads them back; the host finds them in the image).
+pub mod smp_io {
+    /// Bytes of every I/O (one page).
+    pub const IO_BYTES: usize = 4096;
+    /// 512-byte blocks of every I/O.
+    pub const IO_BLOCKS: u64 = (IO_BYTES / 512) as u64;
+    /// Most I/Os one region holds.
+    pub const MAX_IOS: u64 = 64;
+    /// Region of the I/O done on a retargeted channel (regions 0..4 are the vCPUs' own).
+    pub const MOVED_REGION: u64 = 4;
+    /// Disk bytes the scenario needs at least.
+    pub const DISK_BYTES: u64 = (MOVED_REGION + 1) * MAX_IOS * IO_BYTES as u64;
+
+    /// First block of I/O `io` of `region`.
+    pub const fn lba(region: u64, io: u64) -> u64 {
+        (region * MAX_IOS + io) * IO_BLOCKS
+    }
+
+    /// The `word`-th u64 (little-endian) that I/O `io` of `region` writes.
+    pub const fn word(region: u64, io: u64, word: u64) -> u64 {
+        0x5350_0000_0000_0000 | (region << 40) | (io << 20) | word
+    }
+}

@@ -1,6 +1,6 @@
 //! CPL3 side of the hardware boundary: port I/O (allowed by the TSS I/O bitmap), the `int3` service gate
-//! into the CPL0 shim (rdmsr, wrmsr, halt), CPUID from the shim's boot snapshot, and the interrupt counters the
-//! shim's stubs maintain.
+//! into the CPL0 shim (rdmsr, wrmsr, halt, IPIs), CPUID from the shim's boot snapshot, the per-CPU blocks
+//! (the interrupt counters the shim's stubs maintain on each CPU) and which CPU the caller runs on.
 
 use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -18,10 +18,28 @@ pub const EXIT_PORT: u16 = 0xf4;
 const SYS_RDMSR: u64 = 1;
 const SYS_WRMSR: u64 = 2;
 const SYS_HALT: u64 = 4;
+const SYS_IPI: u64 = 5;
+
+/// CPUs the kernel runs on at most (VPs beyond park in the shim).
+pub const MAX_CPUS: usize = 4;
+/// log2 of a per-CPU block's size (and alignment).
+pub const PERCPU_SHIFT: u32 = 15;
+/// Bytes of one per-CPU block: data page, IST1 stack, kernel stack (see shim.s).
+pub const PERCPU_SIZE: usize = 1 << PERCPU_SHIFT;
+/// Offset in a per-CPU block of the CPU's interrupt total (u64).
+pub const PERCPU_IRQ_TOTAL: usize = 0;
+/// Offset of the CPU's VP index (u64, written by the shim).
+pub const PERCPU_VP: usize = 8;
+/// Offset of the CPU's per-vector interrupt counts (256 × u64).
+pub const PERCPU_IRQ_COUNTS: usize = 16;
+/// log2 of one CPU's user stack size (and alignment).
+pub const USTACK_SHIFT: u32 = 18;
 
 extern "C" {
-    static irq_counts: [AtomicU64; 256];
-    static irq_total: AtomicU64;
+    static percpu: [AtomicU64; PERCPU_SIZE * MAX_CPUS / 8];
+    /// Only its address is used (each CPU's stack pointer lies in it).
+    static user_stacks: u8;
+    static smp_cpu_count: u32;
     static cpuid_table: [[u32; 5]; 7];
 }
 
@@ -76,22 +94,70 @@ pub fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
     [r.eax, r.ebx, r.ecx, r.edx]
 }
 
-/// Total interrupts taken since boot.
+/// CPUs running the kernel (the BSP and the APs the shim started): 1..=[`MAX_CPUS`].
+pub fn cpu_count() -> usize {
+    // SAFETY: written once by the BSP's shim before any CPU enters Rust, never again.
+    let n = unsafe { core::ptr::read_volatile(core::ptr::addr_of!(smp_cpu_count)) };
+    (n as usize).clamp(1, MAX_CPUS)
+}
+
+/// The VP index of the CPU the caller runs on. Each CPU runs Rust on its own user stack, one of
+/// [`MAX_CPUS`] adjacent stacks of `1 << USTACK_SHIFT` bytes set up by the shim: the stack pointer says
+/// which (no exit, no gate).
+pub fn current_vp() -> usize {
+    let rsp: usize;
+    // SAFETY: reads the stack pointer only.
+    unsafe { asm!("mov {}, rsp", out(reg) rsp, options(nomem, nostack, preserves_flags)) };
+    let base = core::ptr::addr_of!(user_stacks) as usize;
+    (rsp.wrapping_sub(base) >> USTACK_SHIFT).min(MAX_CPUS - 1)
+}
+
+/// Word `offset` of CPU `vp`'s per-CPU block.
+fn percpu_word(vp: usize, offset: usize) -> &'static AtomicU64 {
+    assert!(
+        vp < MAX_CPUS && offset.is_multiple_of(8) && offset + 8 <= PERCPU_IRQ_COUNTS + 256 * 8,
+        "per-CPU word {offset:#x} of VP {vp}"
+    );
+    // SAFETY: the shim's per-CPU blocks, u64 words it updates only with `lock inc` (or writes once before
+    // the CPU enters Rust); the index is in bounds (checked above; indexing checks again).
+    let words = unsafe { &*core::ptr::addr_of!(percpu) };
+    &words[(vp * PERCPU_SIZE + offset) / 8]
+}
+
+/// Interrupts the calling CPU took since boot.
 pub fn interrupts_total() -> u64 {
-    // SAFETY: `irq_total` is a u64 in the shim's .bss, only ever updated with `lock inc`.
-    unsafe { irq_total.load(Ordering::Acquire) }
+    interrupts_total_of(current_vp())
 }
 
-/// Interrupts taken on one vector since boot.
+/// Interrupts CPU `vp` took since boot.
+pub fn interrupts_total_of(vp: usize) -> u64 {
+    percpu_word(vp, PERCPU_IRQ_TOTAL).load(Ordering::Acquire)
+}
+
+/// Interrupts the calling CPU took on one vector since boot.
 pub fn interrupts_on(vector: u8) -> u64 {
-    // SAFETY: as for `interrupts_total`.
-    unsafe { irq_counts[usize::from(vector)].load(Ordering::Acquire) }
+    interrupts_on_vp(current_vp(), vector)
 }
 
-/// Sleep until an interrupt arrives, unless one arrived after the caller read `seen_total`.
-/// Returns the new interrupt total.
+/// Interrupts CPU `vp` took on one vector since boot.
+pub fn interrupts_on_vp(vp: usize, vector: u8) -> u64 {
+    percpu_word(vp, PERCPU_IRQ_COUNTS + 8 * usize::from(vector)).load(Ordering::Acquire)
+}
+
+/// The VP index the shim recorded for CPU `vp` (equal to `vp` once that CPU is up, 0 before).
+pub fn recorded_vp(vp: usize) -> u64 {
+    percpu_word(vp, PERCPU_VP).load(Ordering::Acquire)
+}
+
+/// Sleep until an interrupt arrives on the calling CPU, unless one arrived after the caller read
+/// `seen_total` (its [`interrupts_total`]). Returns the new interrupt total.
 pub fn halt(seen_total: u64) -> u64 {
     gate(SYS_HALT, seen_total, 0)
+}
+
+/// Send interrupt `vector` to the CPU whose APIC id is `apic_id` (= its VP index here).
+pub fn send_ipi(apic_id: u32, vector: u8) {
+    gate(SYS_IPI, apic_id.into(), vector.into());
 }
 
 /// End the guest with an exit code.

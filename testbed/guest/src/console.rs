@@ -12,6 +12,8 @@ const COM1: u16 = 0x3f8;
 const LOG_HEADER: usize = 16;
 
 static LOG_BASE: AtomicUsize = AtomicUsize::new(0);
+/// Serialises appends from the kernel's CPUs.
+static LOG_LOCK: spin::Mutex<()> = spin::Mutex::new(());
 static LOG_LEN: AtomicUsize = AtomicUsize::new(0);
 
 /// Send `println!` output to the shared log of `len` bytes at `gpa` (identity mapped).
@@ -36,12 +38,13 @@ fn append(s: &str) -> bool {
     let (Some(written), Some(dropped)) = (log_word(0), log_word(1)) else {
         return false;
     };
+    let _appending = LOG_LOCK.lock();
     let base = LOG_BASE.load(Ordering::Acquire);
     let capacity = LOG_LEN.load(Ordering::Relaxed) - LOG_HEADER;
     let at = written.load(Ordering::Relaxed) as usize;
     let n = s.len().min(capacity.saturating_sub(at));
     // SAFETY: [at, at + n) lies within the log's text area (n is clamped to the capacity left);
-    // only this (single) vCPU writes the log, and the host reads only bytes below `written`.
+    // appends are serialised by LOG_LOCK, and the host reads only bytes below `written`.
     unsafe { core::ptr::copy_nonoverlapping(s.as_ptr(), (base + LOG_HEADER + at) as *mut u8, n) };
     written.store((at + n) as u64, Ordering::Release);
     dropped.fetch_add((s.len() - n) as u64, Ordering::Relaxed);

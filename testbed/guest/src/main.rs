@@ -1,9 +1,9 @@
 //! The viridian guest kernel: a freestanding x86-64 kernel whose CPL0 part is the tiny asm shim in
 //! `shim.s` and whose Rust part runs entirely at CPL3 (this machine's KVM emulates CPL0 code).
 //!
-//! Boot: hypervisor-lite enters `_start` in long mode with RDI = VP index; the host has written a
-//! [`BootInfo`] at [`BOOT_INFO_GPA`]. The shim sets up paging, descriptor tables and the service gate, then `iretq`s
-//! to [`kernel_main`] at CPL3.
+//! Boot: hypervisor-lite enters `_start` on every VP in long mode with RDI = VP index, RSI = VP count; the
+//! host has written a [`BootInfo`] at [`BOOT_INFO_GPA`]. The shim sets up paging, descriptor tables and the
+//! service gate, then `iretq`s to [`kernel_main`] at CPL3 on the BSP and to [`smp::ap_main`] on each AP.
 //! The host gives the kernel a command line of scenarios in the boot info; the kernel runs them in
 //! order, reports through a shared-memory log and ends with an exit code on [`arch::EXIT_PORT`].
 #![no_std]
@@ -19,18 +19,10 @@ mod parking;
 mod platform;
 mod rt;
 mod scenario;
+mod shim;
+mod smp;
 mod vmbus_disk;
 mod vmbus_global;
-
-use core::arch::global_asm;
-
-global_asm!(
-    include_str!("shim.s"),
-    BOOT_INFO = const BOOT_INFO_GPA,
-    BOOT_HIGH_RAM_END = const BOOT_INFO_GPA + core::mem::offset_of!(BootInfo, high_ram_end) as u64,
-    PT_MAX_GIB = const heap::IDENTITY_MAP_LIMIT >> 30,
-    FAULT_PORT = const FAULT_PORT,
-);
 
 pub use guest_abi::{BootInfo, BOOT_INFO_GPA, BOOT_MAGIC, FAULT_PORT};
 
@@ -46,6 +38,7 @@ extern "C" fn kernel_main(boot_info: u64) -> ! {
     }
     console::init_log(info.log_gpa, info.log_len);
     heap::init(&info);
+    smp::wait_online();
     // SAFETY: the host wrote `cmdline_len` ASCII bytes at `cmdline_gpa`, inside guest RAM.
     let cmdline = unsafe {
         core::slice::from_raw_parts(info.cmdline_gpa as *const u8, info.cmdline_len as usize)

@@ -8,7 +8,8 @@ use core::ops::{Deref, DerefMut};
 pub struct Parking<T>(spin::Mutex<Option<T>>);
 
 // SAFETY: the drivers parked here hold pointers to identity-mapped kernel memory and MMIO valid for the
-// kernel's lifetime; Rust runs on one vCPU and the mutex serialises every access.
+// kernel's lifetime and mapped the same on every CPU (one set of page tables), so any CPU may use them;
+// the mutex serialises every access, and a lease moves the value out (one user at a time).
 unsafe impl<T> Sync for Parking<T> {}
 
 impl<T> Parking<T> {

@@ -8,13 +8,23 @@
 //      uniform stubs;
 //   3. enables the local APIC and `iretq`s to the Rust kernel at CPL3 with interrupts enabled.
 // After boot CPL0 is entered only through:
-//   - the `int3` service gate (rax = service): privileged work the CPL3 kernel cannot do (rdmsr/wrmsr, hlt);
-//   - interrupt stubs: count the vector in `irq_counts`, EOI the LAPIC, return (6 instructions);
+//   - the `int3` service gate (rax = service): privileged work the CPL3 kernel cannot do (rdmsr/wrmsr, cpuid,
+//     hlt, IPIs);
+//   - interrupt stubs: count the vector in this CPU's per-CPU counters, EOI the LAPIC, return;
 //   - exception stubs: report the vector and faulting RIP to the host on port 0x502, then halt forever.
-// Only the bootstrap processor (VP index 0 in RDI at entry) runs the kernel; other VPs park in `hlt`.
+// Every VP enters `_start` at once. The bootstrap processor (VP index 0 in RDI) builds the shared tables
+// (CPUID snapshot, page tables, IDT), publishes `tables_ready`, then sets itself up. Each application
+// processor (VP 1..MAX_CPUS) waits for `tables_ready`, loads the shared page tables and sets itself up the
+// same way (`cpu_setup`): its own TSS (RSP0, IST1) and TSS descriptor, the shared GDT and IDT, its LAPIC,
+// its VP index in its per-CPU block, its own user stack, then `iretq`s to Rust: the BSP to `kernel_main`,
+// an AP to `ap_main(vp)`. VPs beyond MAX_CPUS park in `hlt` with interrupts off.
 //
-// Register contract at entry (set by hypervisor-lite): 64-bit mode, RDI = VP index. The host leaves the boot
-// info (see main.rs) at BOOT_INFO.
+// Per-CPU block (PERCPU_SIZE bytes, aligned to its size): the data page (interrupt total, VP index,
+// per-vector interrupt counts), then the IST1 stack, then the kernel stack (RSP0). Every stack CPL0 runs on
+// lies in the block, so CPL0 code finds its CPU's block by rounding RSP down to PERCPU_SIZE.
+//
+// Register contract at entry (set by hypervisor-lite): 64-bit mode, RDI = VP index, RSI = VP count. The host
+// leaves the boot info (see main.rs) at BOOT_INFO.
 
 
 .set KCODE, 0x08
@@ -24,6 +34,9 @@
 .set TSS_SEL, 0x28
 .set LAPIC, 0xfee00000
 .set TSS_LIMIT, 104 + 8192
+.set TSS_STRIDE, 0x2080                 // one TSS per CPU: 104 bytes, the I/O bitmap, its 0xff end byte
+.set PERCPU_FAULT_TOP, 0x2000           // IST1 stack: [0x1000, 0x2000) of the block
+.set PERCPU_KSTACK_TOP, {PERCPU_SIZE}   // kernel stack: [0x2000, PERCPU_SIZE)
 
 .section .text.entry, "ax"
 .global _start
@@ -31,7 +44,11 @@
 _start:
     cli
     test edi, edi
-    jnz park
+    jnz ap_entry
+    mov eax, {MAX_CPUS}
+    cmp esi, eax
+    cmova esi, eax
+    mov [rip + smp_cpu_count], esi
 
     // Snapshot the CPUID leaves the drivers need (1 and 0x40000000..=0x40000005) now, while this code is
     // still run by KVM's emulator: after the first trip through CPL3, KVM-PVM runs our CPL0 code natively
@@ -88,36 +105,6 @@ _start:
     mov [rip + pml4], rax
     lea rax, [rip + pml4]
     mov cr3, rax
-    lea rsp, [rip + kernel_stack_top]
-
-    // TSS descriptor (base is only known after linking, so assemble it here).
-    lea rax, [rip + tss]
-    lea rdi, [rip + gdt_tss]
-    mov word ptr [rdi], TSS_LIMIT
-    mov [rdi + 2], ax
-    shr rax, 16
-    mov [rdi + 4], al
-    mov byte ptr [rdi + 5], 0x89
-    mov byte ptr [rdi + 6], 0
-    shr rax, 8
-    mov [rdi + 7], al
-    shr rax, 8
-    mov [rdi + 8], eax
-    lea rax, [rip + kernel_stack_top]
-    mov [rip + tss + 4], rax            // RSP0: stack for interrupts taken at CPL3
-    lea rax, [rip + fault_stack_top]
-    mov [rip + tss + 36], rax           // IST1: stack for exceptions
-    mov word ptr [rip + tss + 102], 104 // I/O permission bitmap right after the TSS (all zero = all ports open)
-    mov byte ptr [rip + tss + 104 + 8192], 0xff
-
-    lgdt [rip + gdt_ptr]
-    mov ax, KDATA
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    mov ax, TSS_SEL
-    ltr ax
-
     // IDT: vector v -> stub_base + v * 16; exceptions (0..31) on IST1.
     lea rdi, [rip + idt]
     lea rdx, [rip + stubs]
@@ -141,26 +128,99 @@ _start:
     inc ecx
     cmp ecx, 256
     jne 3b
+    xor edi, edi
+    jmp cpu_setup
+
+// An application processor: wait (on the host's boot stack and tables) until the BSP has built the shared
+// tables, then switch to them and set this CPU up.
+ap_entry:
+    cmp edi, {MAX_CPUS}
+    jae park
+1:  pause
+    cmp dword ptr [rip + tables_ready], 0
+    je 1b
+    lea rax, [rip + pml4]
+    mov cr3, rax
+
+// Per-CPU setup, on every CPU. In: edi = VP index (< MAX_CPUS), the shared page tables loaded, IF = 0.
+cpu_setup:
+    mov r12d, edi
+    mov rbx, r12
+    shl rbx, {PERCPU_SHIFT}
+    lea rax, [rip + percpu]
+    add rbx, rax                        // rbx = this CPU's block
+    mov [rbx + {PERCPU_VP}], r12
+    lea rsp, [rbx + PERCPU_KSTACK_TOP]
+    imul rsi, r12, TSS_STRIDE
+    lea rax, [rip + tss]
+    add rsi, rax                        // rsi = this CPU's TSS
+
+    // Its TSS descriptor (GDT slot TSS_SEL + 16 * vp; the base is only known after linking).
+    mov rdi, r12
+    shl rdi, 4
+    lea rax, [rip + gdt_tss]
+    add rdi, rax
+    mov rax, rsi
+    mov word ptr [rdi], TSS_LIMIT
+    mov [rdi + 2], ax
+    shr rax, 16
+    mov [rdi + 4], al
+    mov byte ptr [rdi + 5], 0x89
+    mov byte ptr [rdi + 6], 0
+    shr rax, 8
+    mov [rdi + 7], al
+    shr rax, 8
+    mov [rdi + 8], eax
+    lea rax, [rbx + PERCPU_KSTACK_TOP]
+    mov [rsi + 4], rax                  // RSP0: stack for interrupts taken at CPL3
+    lea rax, [rbx + PERCPU_FAULT_TOP]
+    mov [rsi + 36], rax                 // IST1: stack for exceptions and the service gate
+    mov word ptr [rsi + 102], 104       // I/O permission bitmap right after the TSS (all zero = all ports open)
+    mov byte ptr [rsi + 104 + 8192], 0xff
+
+    lgdt [rip + gdt_ptr]
+    mov ax, KDATA
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    mov eax, r12d
+    shl eax, 4
+    add eax, TSS_SEL
+    ltr ax
     lidt [rip + idt_ptr]
 
     // Local APIC: software enable, spurious vector 0xff, accept every priority.
     mov eax, LAPIC
     mov dword ptr [rax + 0xf0], 0x1ff
     mov dword ptr [rax + 0x80], 0
+    // Every table the APs share is built and the BSP's LAPIC takes their IPIs: release them (the BSP's
+    // store counts; an AP stores what is already there).
+    mov dword ptr [rip + tables_ready], 1
 
-    // Drop to CPL3: Rust entry with RDI = boot info, RSP % 16 == 8 as after a call.
-    lea rax, [rip + user_stack_top]
+    // Drop to CPL3 on this CPU's user stack, RSP % 16 == 8 as after a call: the BSP to kernel_main(boot
+    // info), an AP to ap_main(vp).
+    lea rax, [r12 + 1]
+    shl rax, {USTACK_SHIFT}
+    lea rcx, [rip + user_stacks]
+    add rax, rcx
     sub rax, 8
     push UDATA
     push rax
     push 0x202
     push UCODE
+    test r12d, r12d
+    jnz 2f
     lea rax, [rip + kernel_main]
     push rax
     mov edi, {BOOT_INFO}
     iretq
+2:  lea rax, [rip + ap_main]
+    push rax
+    mov edi, r12d
+    iretq
 
 park:
+    cli
     hlt
     jmp park
 
@@ -187,6 +247,8 @@ service:
     je sys_cpuid
     cmp eax, 4
     je sys_halt
+    cmp eax, 5
+    je sys_ipi
     mov rax, -1
     ret
 
@@ -216,15 +278,27 @@ sys_cpuid:
     mov esi, ecx
     pop rbx
     ret
-// halt(rdi = interrupt total the caller last saw): sleep until an interrupt, unless one already arrived.
-// Interrupts are off in the gate, so the check and `sti; hlt` cannot lose a wakeup.
+// halt(rdi = this CPU's interrupt total the caller last saw): sleep until an interrupt, unless one already
+// arrived. Interrupts are off in the gate, so the check and `sti; hlt` cannot lose a wakeup.
 sys_halt:
-    cmp rdi, [rip + irq_total]
+    mov rcx, rsp
+    and rcx, -{PERCPU_SIZE}
+    cmp rdi, [rcx + {PERCPU_IRQ_TOTAL}]
     jne 5f
     sti
     hlt
     cli
-5:  mov rax, [rip + irq_total]
+5:  mov rax, [rcx + {PERCPU_IRQ_TOTAL}]
+    ret
+// ipi(rdi = APIC id, rsi = vector): a fixed, edge-triggered IPI through the local APIC's ICR -> 0.
+sys_ipi:
+    mov eax, LAPIC
+    shl edi, 24
+    mov dword ptr [rax + 0x310], edi
+    and esi, 0xff
+    or esi, 0x4000
+    mov dword ptr [rax + 0x300], esi
+    xor eax, eax
     ret
 
 // 256 uniform 16-byte stubs: push the vector, jump to the common path.
@@ -247,9 +321,10 @@ stub_common:
     push rax
     push rcx
     mov rax, [rsp + 16]
-    lea rcx, [rip + irq_counts]
-    lock inc qword ptr [rcx + rax * 8]
-    lock inc qword ptr [rip + irq_total]
+    mov rcx, rsp
+    and rcx, -{PERCPU_SIZE}             // this CPU's block: both stacks CPL0 takes interrupts on lie in it
+    lock inc qword ptr [rcx + {PERCPU_IRQ_COUNTS} + rax * 8]
+    lock inc qword ptr [rcx + {PERCPU_IRQ_TOTAL}]
     mov eax, LAPIC
     mov dword ptr [rax + 0xb0], 0
     pop rcx
@@ -287,9 +362,8 @@ gdt_rw:
     .quad 0x0000920000000000
     .quad 0x0000f20000000000
     .quad 0x0020fa0000000000
-gdt_tss:
-    .quad 0
-    .quad 0
+gdt_tss:                                // one 16-byte TSS descriptor per CPU
+    .skip 16 * {MAX_CPUS}
 gdt_rw_end:
 gdt_ptr:
     .word gdt_rw_end - gdt_rw - 1
@@ -304,20 +378,20 @@ pml4: .skip 4096
 pdpt: .skip 4096
 pd_tables: .skip {PT_MAX_GIB} * 4096
 idt: .skip 256 * 16
-tss: .skip 104 + 8192 + 8
-.balign 16
-.global irq_counts
-irq_counts: .skip 256 * 8
-.global irq_total
-irq_total: .skip 8
+tss: .skip TSS_STRIDE * {MAX_CPUS}
+// Set by the BSP once the tables the APs share are built.
+tables_ready: .skip 4
+// VPs running the kernel: min(RSI at entry, MAX_CPUS).
+.global smp_cpu_count
+smp_cpu_count: .skip 4
 // Rows of u32 (leaf, eax, ebx, ecx, edx) for leaf 1 and 0x40000000..=0x40000005, filled at boot.
 .global cpuid_table
 cpuid_table: .skip 7 * 20
-.balign 16
-fault_stack: .skip 4096
-fault_stack_top:
-kernel_stack: .skip 16384
-kernel_stack_top:
-.balign 16
-user_stack: .skip 262144
-user_stack_top:
+// One block per CPU: data page, IST1 stack, kernel stack (see the top of this file).
+.balign {PERCPU_SIZE}
+.global percpu
+percpu: .skip {PERCPU_SIZE} * {MAX_CPUS}
+// One user stack per CPU, aligned to its size (Rust finds its VP from RSP).
+.balign 1 << {USTACK_SHIFT}
+.global user_stacks
+user_stacks: .skip (1 << {USTACK_SHIFT}) * {MAX_CPUS}

@@ -1,10 +1,16 @@
 //! storvsp as a VMBus device: [`StorvspDevice`] offers a synthetic SCSI controller on the VMBus
 //! service and, when the guest opens the channel, runs a [`StorvspWorker`] on the channel's rings on the
-//! channel's own thread — sleeping on the channel's event fd, interrupting the guest only when the ring
-//! rules ask for it.
+//! channel's own thread — sleeping on the channel's event fd, interrupting the guest (on the channel's
+//! target VP) only when the ring rules ask for it. A multi-channel controller
+//! ([`StorvspConfig::max_sub_channels`]) offers the sub-channels the guest asks for with
+//! CREATE_SUB_CHANNELS; each is served by a worker of its own, on its own thread, ready with the protocol
+//! version the primary channel agreed.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use storvsp_protocol::ProtocolVersion;
 
 use vmbus::protocol::{interface, Guid};
 use vmbus::server::OfferConfig;
@@ -12,6 +18,9 @@ use vmbus::server::OfferConfig;
 use crate::synthetic::storvsp::worker::{StorvspStats, StorvspWorker, POLL_MODE_IDLE_BUDGET};
 use crate::synthetic::storvsp::{LunMap, StorvspConfig};
 use crate::vmbus_service::{ChannelSignals, HostChannel, HostChannelStats, VmbusDevice, Wake};
+
+/// Live counters of every channel of a controller, by sub-channel index (0 = the primary).
+pub type ChannelStatsMap = Arc<Mutex<BTreeMap<u16, StorvspDeviceStats>>>;
 
 /// What a storvsp channel has done so far (updated as it runs).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +43,9 @@ pub struct StorvspDevice {
     luns: LunMap,
     config: StorvspConfig,
     stats: Arc<Mutex<StorvspDeviceStats>>,
+    channels: ChannelStatsMap,
+    /// The version the primary channel's handshake agreed (sub-channels start with it).
+    negotiated: Mutex<Option<ProtocolVersion>>,
 }
 
 impl std::fmt::Debug for StorvspDevice {
@@ -53,16 +65,27 @@ impl StorvspDevice {
             luns,
             config,
             stats: Arc::default(),
+            channels: Arc::default(),
+            negotiated: Mutex::new(None),
         }
     }
 
-    /// Live counters of the controller's channel.
+    /// Live counters of the controller's primary channel.
     pub fn stats(&self) -> Arc<Mutex<StorvspDeviceStats>> {
         self.stats.clone()
     }
 
-    fn publish(&self, f: impl FnOnce(&mut StorvspDeviceStats)) {
-        f(&mut self.stats.lock().unwrap_or_else(|e| e.into_inner()));
+    /// Live counters of each channel the guest opened, by sub-channel index (0 = the primary).
+    pub fn channel_stats(&self) -> ChannelStatsMap {
+        self.channels.clone()
+    }
+
+    fn publish(&self, index: u16, f: impl Fn(&mut StorvspDeviceStats)) {
+        if index == 0 {
+            f(&mut self.stats.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        f(channels.entry(index).or_default());
     }
 }
 
@@ -76,15 +99,35 @@ impl VmbusDevice for StorvspDevice {
     }
 
     fn serve(&self, channel: HostChannel) {
-        let memory = channel.context.memory().clone();
-        let (inbound, outbound, mut signals) = channel.into_parts();
-        let mut worker = match StorvspWorker::new(
+        let HostChannel {
             inbound,
             outbound,
-            memory,
-            self.luns.clone(),
-            self.config.clone(),
-        ) {
+            mut signals,
+            context,
+            ..
+        } = channel;
+        let memory = context.memory().clone();
+        let index = context.subchannel_index();
+        let started = if index == 0 {
+            StorvspWorker::new(
+                inbound,
+                outbound,
+                memory,
+                self.luns.clone(),
+                self.config.clone(),
+            )
+        } else {
+            let version = *self.negotiated.lock().unwrap_or_else(|e| e.into_inner());
+            StorvspWorker::for_sub_channel(
+                inbound,
+                outbound,
+                memory,
+                self.luns.clone(),
+                self.config.clone(),
+                version,
+            )
+        };
+        let mut worker = match started {
             Ok(worker) => worker,
             Err(error) => {
                 tracing::error!(%error, "storvsp worker could not start");
@@ -92,7 +135,7 @@ impl VmbusDevice for StorvspDevice {
                 return;
             }
         };
-        self.publish(|s| s.serving = true);
+        self.publish(index, |s| s.serving = true);
         let mut idle_since = Instant::now();
         let mut spins = 0u64;
         let mut turns = 0u64;
@@ -102,11 +145,21 @@ impl VmbusDevice for StorvspDevice {
             if result.signal_guest {
                 signals.notify_guest();
             }
+            if index == 0 {
+                *self.negotiated.lock().unwrap_or_else(|e| e.into_inner()) =
+                    worker.handshake().ready_version();
+                if let Some(count) = worker.take_sub_channel_request() {
+                    // The guest already has its answer in the ring; the offers follow on VMBus.
+                    if let Err(error) = context.offer_subchannels(count) {
+                        tracing::warn!(%error, count, "storvsp: sub-channels not offered");
+                    }
+                }
+            }
             let progressed = result.received > 0 || result.completed > 0;
             let polling = worker.poll_mode();
             let publish = |worker: &StorvspWorker<_>, signals: &ChannelSignals, spins| {
                 let (worker_stats, channel_stats) = (worker.stats(), signals.stats);
-                self.publish(|s| {
+                self.publish(index, |s| {
                     s.worker = worker_stats;
                     s.channel = channel_stats;
                     s.poll_spins = spins;
@@ -161,6 +214,6 @@ impl VmbusDevice for StorvspDevice {
             }
             idle_since = Instant::now();
         }
-        self.publish(|s| s.serving = false);
+        self.publish(index, |s| s.serving = false);
     }
 }

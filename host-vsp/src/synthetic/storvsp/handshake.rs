@@ -3,13 +3,18 @@
 //!
 //! Linux's sequence: BEGIN_INIT; QUERY_PROTOCOL_VERSION proposing 0x0602, then 0x0600, then 0x0501 while
 //! the host answers a non-zero status (we answer `REVISION_MISMATCH` for versions we do not serve);
-//! QUERY_PROPERTIES (we report no sub-channels and a `max_transfer_bytes` that is a non-zero multiple
-//! of 4096); END_INIT. SRBs are accepted only after END_INIT. Requests out of order get
-//! `INVALID_DEVICE_STATE`; operations we do not implement get `INVALID_DEVICE_REQUEST`.
+//! QUERY_PROPERTIES (we report `max_transfer_bytes`, a non-zero multiple of 4096, and — when the
+//! controller has sub-channels — the multi-channel flag and how many sub-channels it can create);
+//! END_INIT; then, on the primary channel of a multi-channel controller, CREATE_SUB_CHANNELS (a count
+//! in 1..=max, taken by the device with [`Handshake::take_sub_channel_request`]). SRBs are accepted
+//! only after END_INIT. A sub-channel carries SRBs only: its handshake starts ready with the version
+//! the primary agreed ([`Handshake::for_sub_channel`]). Requests out of order get
+//! `INVALID_DEVICE_STATE`; operations we do not implement (or do not allow on this channel) get
+//! `INVALID_DEVICE_REQUEST`.
 
 use storvsp_protocol::{
     vstor_packet_size, ChannelProperties, NtStatus, Operation, ProtocolVersion, VstorPacket,
-    PRE_WIN8_VSTOR_PACKET_SIZE,
+    PRE_WIN8_VSTOR_PACKET_SIZE, STORAGE_CHANNEL_SUPPORTS_MULTI_CHANNEL,
 };
 use zerocopy::byteorder::little_endian::{U16, U32, U64};
 
@@ -36,16 +41,53 @@ pub struct Handshake {
     state: HandshakeState,
     versions: Vec<ProtocolVersion>,
     max_transfer_bytes: u32,
+    /// Sub-channels the controller can create (0: not a multi-channel controller).
+    max_sub_channels: u16,
+    /// This is a sub-channel's handshake (no control requests beyond the properties).
+    sub_channel: bool,
+    /// A CREATE_SUB_CHANNELS count accepted and not yet taken by the device.
+    sub_channel_request: Option<u16>,
 }
 
 impl Handshake {
-    /// A handshake accepting `versions` and reporting `max_transfer_bytes` (a multiple of 4096).
+    /// A primary channel's handshake accepting `versions` and reporting `max_transfer_bytes` (a
+    /// multiple of 4096), with no sub-channels.
     pub fn new(versions: Vec<ProtocolVersion>, max_transfer_bytes: u32) -> Self {
         Self {
             state: HandshakeState::Idle,
             versions,
             max_transfer_bytes,
+            max_sub_channels: 0,
+            sub_channel: false,
+            sub_channel_request: None,
         }
+    }
+
+    /// The same, for a controller that can create up to `max` sub-channels (reported in
+    /// QUERY_PROPERTIES with the multi-channel flag when non-zero).
+    pub fn with_sub_channels(mut self, max: u16) -> Self {
+        self.max_sub_channels = max;
+        self
+    }
+
+    /// A sub-channel's handshake: ready with `version`, the one the primary channel agreed (still idle
+    /// when there is none yet, so SRBs are refused until the guest initialises the primary).
+    pub fn for_sub_channel(
+        versions: Vec<ProtocolVersion>,
+        max_transfer_bytes: u32,
+        version: Option<ProtocolVersion>,
+    ) -> Self {
+        let mut handshake = Self::new(versions, max_transfer_bytes);
+        handshake.sub_channel = true;
+        if let Some(version) = version.filter(|v| handshake.versions.contains(v)) {
+            handshake.state = HandshakeState::Ready { version };
+        }
+        handshake
+    }
+
+    /// The sub-channel count of an accepted CREATE_SUB_CHANNELS, once: the device offers them.
+    pub fn take_sub_channel_request(&mut self) -> Option<u16> {
+        self.sub_channel_request.take()
     }
 
     /// The current state.
@@ -95,11 +137,16 @@ impl Handshake {
             Operation::QUERY_PROPERTIES => match self.state {
                 HandshakeState::Initializing { version: Some(_) }
                 | HandshakeState::Ready { .. } => {
+                    let multi = self.max_sub_channels > 0;
                     reply.set_properties(&ChannelProperties {
                         reserved: U32::new(0),
-                        max_channel_count: U16::new(0),
+                        max_channel_count: U16::new(self.max_sub_channels),
                         reserved1: U16::new(0),
-                        flags: U32::new(0),
+                        flags: U32::new(if multi {
+                            STORAGE_CHANNEL_SUPPORTS_MULTI_CHANNEL
+                        } else {
+                            0
+                        }),
                         max_transfer_bytes: U32::new(self.max_transfer_bytes),
                         reserved2: U64::new(0),
                     });
@@ -120,6 +167,21 @@ impl Handshake {
             Operation::RESET_LUN | Operation::RESET_ADAPTER | Operation::RESET_BUS => {
                 match self.state {
                     HandshakeState::Ready { .. } => NtStatus::SUCCESS,
+                    _ => NtStatus::INVALID_DEVICE_STATE,
+                }
+            }
+            Operation::CREATE_SUB_CHANNELS if self.max_sub_channels > 0 && !self.sub_channel => {
+                match self.state {
+                    HandshakeState::Ready { .. } => {
+                        let count = request.sub_channel_count();
+                        if (1..=self.max_sub_channels).contains(&count) {
+                            self.sub_channel_request = Some(count);
+                            NtStatus::SUCCESS
+                        } else {
+                            tracing::debug!(count, "storvsp: sub-channel count refused");
+                            NtStatus::INVALID_PARAMETER
+                        }
+                    }
                     _ => NtStatus::INVALID_DEVICE_STATE,
                 }
             }
@@ -244,6 +306,84 @@ mod tests {
             assert_eq!(r.status(), NtStatus::INVALID_DEVICE_REQUEST, "{o:?}");
             assert_eq!(r.operation(), Operation::COMPLETE_IO);
         }
+    }
+
+    fn create(count: u16) -> VstorPacket {
+        let mut p = op(Operation::CREATE_SUB_CHANNELS);
+        p.set_sub_channel_count(count);
+        p
+    }
+
+    fn ready(h: &mut Handshake) {
+        h.handle(&op(Operation::BEGIN_INIT));
+        h.handle(&version(0x0602));
+        h.handle(&op(Operation::END_INIT));
+        assert_eq!(h.ready_version(), Some(ProtocolVersion::WIN10));
+    }
+
+    #[test]
+    fn multi_channel_controller_reports_and_creates_sub_channels() {
+        let mut h = Handshake::new(LINUX_PROTOCOL_VERSIONS.to_vec(), 4096).with_sub_channels(3);
+        // Before END_INIT the request is out of order.
+        h.handle(&op(Operation::BEGIN_INIT));
+        h.handle(&version(0x0602));
+        let props = h.handle(&op(Operation::QUERY_PROPERTIES)).properties();
+        assert_eq!(props.max_channel_count.get(), 3);
+        assert_eq!(props.flags.get(), STORAGE_CHANNEL_SUPPORTS_MULTI_CHANNEL);
+        assert_eq!(
+            h.handle(&create(2)).status(),
+            NtStatus::INVALID_DEVICE_STATE
+        );
+        assert_eq!(h.take_sub_channel_request(), None);
+        h.handle(&op(Operation::END_INIT));
+        // None, or more than the controller has, is refused; a count in range is taken once.
+        for bad in [0, 4, u16::MAX] {
+            let r = h.handle(&create(bad));
+            assert_eq!(r.status(), NtStatus::INVALID_PARAMETER, "{bad}");
+            assert_eq!(r.operation(), Operation::COMPLETE_IO);
+        }
+        assert_eq!(h.take_sub_channel_request(), None);
+        assert_eq!(h.handle(&create(3)).status(), NtStatus::SUCCESS);
+        assert_eq!(h.take_sub_channel_request(), Some(3));
+        assert_eq!(h.take_sub_channel_request(), None);
+        assert_eq!(h.handle(&create(1)).status(), NtStatus::SUCCESS);
+        assert_eq!(h.take_sub_channel_request(), Some(1));
+    }
+
+    #[test]
+    fn sub_channels_start_ready_and_create_none() {
+        let mut h = Handshake::for_sub_channel(
+            LINUX_PROTOCOL_VERSIONS.to_vec(),
+            4096,
+            Some(ProtocolVersion::WIN8),
+        )
+        .with_sub_channels(3);
+        assert_eq!(h.ready_version(), Some(ProtocolVersion::WIN8));
+        assert_eq!(
+            h.handle(&create(1)).status(),
+            NtStatus::INVALID_DEVICE_REQUEST
+        );
+        assert_eq!(h.take_sub_channel_request(), None);
+        // Before the primary agreed a version (or with one this host does not serve) it is idle.
+        let idle = Handshake::for_sub_channel(LINUX_PROTOCOL_VERSIONS.to_vec(), 4096, None);
+        assert_eq!(idle.ready_version(), None);
+        let foreign = Handshake::for_sub_channel(
+            vec![ProtocolVersion::WIN8],
+            4096,
+            Some(ProtocolVersion::WIN10),
+        );
+        assert_eq!(foreign.ready_version(), None);
+    }
+
+    #[test]
+    fn single_channel_controller_refuses_sub_channels() {
+        let mut h = Handshake::new(LINUX_PROTOCOL_VERSIONS.to_vec(), 4096);
+        ready(&mut h);
+        assert_eq!(
+            h.handle(&create(1)).status(),
+            NtStatus::INVALID_DEVICE_REQUEST
+        );
+        assert_eq!(h.take_sub_channel_request(), None);
     }
 
     #[test]

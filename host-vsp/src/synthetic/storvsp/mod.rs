@@ -37,8 +37,9 @@ use std::sync::Arc;
 use storvsp_protocol::{ProtocolVersion, LINUX_PROTOCOL_VERSIONS};
 
 use crate::backend::BlockBackend;
+use crate::vmbus_service::MAX_SUBCHANNELS;
 
-pub use device::{StorvspDevice, StorvspDeviceStats};
+pub use device::{ChannelStatsMap, StorvspDevice, StorvspDeviceStats};
 pub use handshake::Handshake;
 pub use request::{DataBuffer, Segment};
 pub use scsi::ScsiOutcome;
@@ -65,6 +66,10 @@ pub struct StorvspConfig {
     pub poll_mode: bool,
     /// Packets taken from the ring per batch (interrupts masked meanwhile).
     pub batch: usize,
+    /// Sub-channels the guest may create (CREATE_SUB_CHANNELS; Linux asks for one per vCPU beyond the
+    /// first): reported with the multi-channel flag in QUERY_PROPERTIES when non-zero. Each sub-channel
+    /// is served by a worker on a thread of its own. At most [`MAX_SUBCHANNELS`].
+    pub max_sub_channels: u16,
 }
 
 impl Default for StorvspConfig {
@@ -76,11 +81,17 @@ impl Default for StorvspConfig {
             queue_depth: DEFAULT_QUEUE_DEPTH,
             poll_mode: false,
             batch: 64,
+            max_sub_channels: 0,
         }
     }
 }
 
 impl StorvspConfig {
+    /// `max_sub_channels` as reported: at most [`MAX_SUBCHANNELS`].
+    pub fn effective_max_sub_channels(&self) -> u16 {
+        self.max_sub_channels.min(MAX_SUBCHANNELS)
+    }
+
     /// `max_transfer_bytes` as reported: rounded down to 4096, at least 4096.
     pub fn effective_max_transfer(&self) -> u32 {
         (self.max_transfer_bytes & !4095).max(4096)

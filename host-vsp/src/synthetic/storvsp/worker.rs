@@ -158,7 +158,8 @@ impl<M: RingMemory> StorvspWorker<M> {
         Ok(Self {
             inbound,
             outbound,
-            handshake: Handshake::new(config.versions.clone(), max_transfer),
+            handshake: Handshake::new(config.versions.clone(), max_transfer)
+                .with_sub_channels(config.effective_max_sub_channels()),
             shared,
             pool,
             pending: VecDeque::with_capacity(queue_depth),
@@ -176,6 +177,34 @@ impl<M: RingMemory> StorvspWorker<M> {
             failed: false,
             masked_for_polling: false,
         })
+    }
+
+    /// A worker for a sub-channel of a controller whose primary channel agreed `version` (`None`: not
+    /// yet): it takes SRBs from the start and no handshake ([`Handshake::for_sub_channel`]).
+    ///
+    /// # Errors
+    /// As [`StorvspWorker::new`].
+    pub fn for_sub_channel(
+        inbound: RingConsumer<M>,
+        outbound: RingProducer<M>,
+        memory: GuestMemoryMmap,
+        luns: LunMap,
+        config: StorvspConfig,
+        version: Option<ProtocolVersion>,
+    ) -> std::io::Result<Self> {
+        let mut worker = Self::new(inbound, outbound, memory, luns, config)?;
+        worker.handshake = Handshake::for_sub_channel(
+            worker.config.versions.clone(),
+            worker.config.effective_max_transfer(),
+            version,
+        );
+        Ok(worker)
+    }
+
+    /// The sub-channel count of a CREATE_SUB_CHANNELS the guest made (and was told succeeded), once:
+    /// the device offers that many sub-channels.
+    pub fn take_sub_channel_request(&mut self) -> Option<u16> {
+        self.handshake.take_sub_channel_request()
     }
 
     /// Counters so far.

@@ -56,7 +56,12 @@ impl BlockBackend for PanicsOnRead {
 }
 
 /// Send `request` and wait for the driver's event about it.
-fn exchange(g: &Guest, ring: &mut GuestRing, drv: &mut Storvsc, request: &Request) -> Event {
+pub(super) fn exchange(
+    g: &Guest,
+    ring: &mut GuestRing,
+    drv: &mut Storvsc,
+    request: &Request,
+) -> Event {
     let _ = request.write_to(&mut ring.to_host).unwrap();
     g.synic.signal_host(ring.connection_id);
     let deadline = Instant::now() + TIMEOUT;
@@ -74,14 +79,14 @@ fn exchange(g: &Guest, ring: &mut GuestRing, drv: &mut Storvsc, request: &Reques
     }
 }
 
-fn completed(event: Event) -> Completion {
+pub(super) fn completed(event: Event) -> Completion {
     match event {
         Event::Completed(c) => c,
         other => panic!("expected a completion, got {other:?}"),
     }
 }
 
-fn handshake(g: &Guest, ring: &mut GuestRing, drv: &mut Storvsc) {
+pub(super) fn handshake(g: &Guest, ring: &mut GuestRing, drv: &mut Storvsc) {
     let mut next = drv.begin_init();
     loop {
         match exchange(g, ring, drv, &next) {

@@ -15,6 +15,8 @@ mod net;
 mod net_loop;
 mod serve;
 mod serve_ics;
+mod smp;
+mod smp_io;
 mod vmbus;
 mod vmbus_model;
 
@@ -30,6 +32,7 @@ const FAMILIES: &[fn(&str, &str) -> Option<Outcome>] = &[
     serve::run,
     net::run,
     above_4g::run,
+    smp::run,
 ];
 
 /// Run every scenario named in `cmdline` (tokens `name` or `name:args`, separated by spaces).
