@@ -95,7 +95,8 @@ pub struct GuestConfig {
     /// Guest RAM in MiB.
     #[serde(default = "default_memory")]
     pub memory_mib: u64,
-    /// Virtual processors.
+    /// Virtual processors, 1 to [`MAX_VCPUS`]; the guest's power-off or a crash of any vCPU ends
+    /// them all.
     #[serde(default = "one")]
     pub vcpus: u32,
 }
@@ -332,12 +333,6 @@ impl Config {
                 format!("{} is outside 1..={MAX_VCPUS}", g.vcpus),
             ));
         }
-        if g.vcpus > 1 {
-            return Err(invalid(
-                "guest.vcpus",
-                format!("{} vCPUs: this version runs one vCPU per guest", g.vcpus),
-            ));
-        }
         if g.cmdline.len() > guest_abi::MAX_CMDLINE {
             return Err(invalid(
                 "guest.cmdline",
@@ -531,7 +526,6 @@ mod tests {
         for (text, key) in [
             ("[guest]\nmemory_mib = 65536\n", "guest.memory_mib"),
             ("[guest]\nvcpus = 9\n", "guest.vcpus"),
-            ("[guest]\nvcpus = 2\n", "guest.vcpus"),
             (
                 "[ic]\nheartbeat_interval_ms = 0\n",
                 "ic.heartbeat_interval_ms",

@@ -294,7 +294,9 @@ impl Machine {
         let hv = HvPartition::new(HvConfig::new(config.guest.vcpus));
         let faults = Arc::new(FaultLog::default());
         let mut pc = PartitionConfig::new(ram_bytes, config.guest.vcpus);
-        pc.elf_bytes(kernel).serial_echo(false);
+        // The guest's power-off (its exit-port write, from whichever vCPU) ends every vCPU, as a
+        // crash of any vCPU does (stop_on_fault).
+        pc.elf_bytes(kernel).serial_echo(false).stop_on_exit(true);
         pc.add_port_handler(
             guest_abi::FAULT_PORT..guest_abi::FAULT_PORT + 1,
             faults.clone(),
@@ -466,7 +468,7 @@ impl Machine {
     /// Waits for the guest to end, then stops every device and makes every disk durable (each
     /// write the guest saw acknowledged reaches the images before this returns).
     pub fn join(mut self) -> Result<Ending> {
-        let outcomes = self.partition.join();
+        let mut outcomes = self.partition.join();
         self.shared.set_state(RunState::Ended);
         self.shared.vmbus.shutdown();
         let mut flush_failed = Vec::new();
@@ -483,7 +485,13 @@ impl Machine {
                 flush_failed.join("; ")
             );
         }
-        let Some(outcome) = outcomes.into_iter().next() else {
+        // What ended the guest: the first vCPU that did not merely stop because another ended it.
+        let Some(outcome) = outcomes
+            .iter()
+            .position(|o| !matches!(o, VcpuOutcome::Stopped))
+            .or((!outcomes.is_empty()).then_some(0))
+            .map(|i| outcomes.swap_remove(i))
+        else {
             bail!("the partition has no vCPU");
         };
         let faults = self.faults.faults();

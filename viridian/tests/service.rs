@@ -773,3 +773,43 @@ fn time_sync_sets_the_guests_clock_and_ctl_kvp_lists_and_pushes_values() {
     service.ctl(&["shutdown"]);
     assert_eq!(service.wait_exit().code(), Some(0));
 }
+
+#[test]
+fn a_four_vcpu_guest_runs_under_the_service_with_every_vcpu_thread_confined() {
+    if !kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[guest]\nmemory_mib = 64\nvcpus = 4\n[ic]\nheartbeat_interval_ms = 100\n\
+         [[disk]]\npath = \"new.img\"\ncreate_size_mib = 1\n",
+    );
+    let mut service = Service::start(&config, &dir.path().join("api.sock"));
+    service.wait_line("serve-disk relid=1 ");
+    let deadline = Instant::now() + STEP;
+    let status = loop {
+        let status = service.status();
+        if status["heartbeat"]["answered"].as_u64().unwrap_or(0) >= 3 {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no heartbeats: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status["heartbeat"]["health"], "healthy", "{status}");
+    assert_eq!(status["vcpus"].as_array().unwrap().len(), 4, "{status}");
+    let seccomp = service.thread_status("Seccomp:");
+    for vp in 0..4 {
+        let name = format!("vcpu{vp}");
+        assert!(
+            seccomp
+                .iter()
+                .any(|(n, mode)| n.starts_with(&name) && mode == "2"),
+            "{name} confined: {seccomp:?}"
+        );
+    }
+    // The guest's power-off (from its BSP) ends every vCPU: status 0.
+    service.ctl(&["shutdown"]);
+    service.wait_line("serve-shutdown");
+    assert_eq!(service.wait_exit().code(), Some(0));
+}
