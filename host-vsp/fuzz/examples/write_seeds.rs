@@ -399,7 +399,16 @@ fn e1000_seeds() {
     write(
         t,
         "receive_ring_exhausted_then_refilled",
-        &[&[0x08], &flood, &pass, &read_reg(ICR), &[5, 3], &pass, &[5, 3], &pass],
+        &[
+            &[0x08],
+            &flood,
+            &pass,
+            &read_reg(ICR),
+            &[5, 3],
+            &pass,
+            &[5, 3],
+            &pass,
+        ],
     );
     // The transmit ring moved to straddle the end of RAM: the NIC fails until reset.
     write(
@@ -435,7 +444,11 @@ fn e1000_seeds() {
         ],
     );
     let probe: Vec<u8> = (0..34u8).flat_map(|r| [1, r, 0]).collect();
-    write(t, "register_probe", &[&[1], &probe, &[1, 200, 4, 0x03, 0x00]]);
+    write(
+        t,
+        "register_probe",
+        &[&[1], &probe, &[1, 200, 4, 0x03, 0x00]],
+    );
 }
 
 /// virtio_net_mmio steps: 0 register write, 1 read, 2 descriptor, 4 avail push, 5 wire frame,
@@ -444,13 +457,18 @@ fn virtio_net_seeds() {
     let t = "virtio_net_mmio";
     // Descriptor `index` of queue `q` (sel bits 1-2 = 3: the indirect table) at buffer offset `at`.
     let desc = |sel: u8, index: u8, at: u16, len: &[u8], flags: u8, next: u8| {
-        [&[2, sel, index, 1][..], &at.to_le_bytes(), len, &[flags, 0, next]].concat()
+        [
+            &[2, sel, index, 1][..],
+            &at.to_le_bytes(),
+            len,
+            &[flags, 0, next],
+        ]
+        .concat()
     };
     let push = |q: u8, head: u8| vec![4, q, head, 0];
     let notify = |q: u8| vec![7, if q == 0 { 0 } else { 120 }];
-    let raw = |at: u16, bytes: &[u8]| {
-        [&[6][..], &at.to_le_bytes(), &[bytes.len() as u8], bytes].concat()
-    };
+    let raw =
+        |at: u16, bytes: &[u8]| [&[6][..], &at.to_le_bytes(), &[bytes.len() as u8], bytes].concat();
     let u16_len = |n: u16| [&[4][..], &n.to_le_bytes()].concat();
     let setup: &[u8] = &[3 << 1]; // standard setup, 8 entries
     let packet = [&[0u8; 12][..], &eth_frame([0x02, 0, 0, 0, 0, 1], 60)].concat();
@@ -493,7 +511,11 @@ fn virtio_net_seeds() {
         notify(0),
         vec![9],
     ];
-    write(t, "receive_starved_then_refilled", &[setup, &starved.concat()]);
+    write(
+        t,
+        "receive_starved_then_refilled",
+        &[setup, &starved.concat()],
+    );
     // The same two-descriptor transmit through an indirect table at 0x7000.
     let indirect = [
         raw(0xC000, &packet),
@@ -525,7 +547,11 @@ fn virtio_net_seeds() {
         vec![4, 1, 0, 0xF0, 0x00, 0x10],
         notify(1),
     ];
-    write(t, "wrong_direction_and_avail_ahead", &[setup, &hostile.concat()]);
+    write(
+        t,
+        "wrong_direction_and_avail_ahead",
+        &[setup, &hostile.concat()],
+    );
     let probe: Vec<u8> = (0..26u8).flat_map(|r| [1, r, 0]).collect();
     write(t, "register_probe", &[&[1], &probe]);
 }

@@ -255,7 +255,11 @@ impl Rig {
     /// Runs `step` (which may process the queues) and checks the chains the device returned in it.
     fn checked(&mut self, step: impl FnOnce(&Self)) {
         let stats = self.dev.stats().get();
-        let pre = self.mem.as_ref().filter(|_| self.trusted).map(|m| snapshot(m, RAM));
+        let pre = self
+            .mem
+            .as_ref()
+            .filter(|_| self.trusted)
+            .map(|m| snapshot(m, RAM));
         step(self);
         let after = self.dev.stats().get();
         let sent: Vec<Vec<u8>> = std::iter::from_fn(|| self.peer.recv_bytes()).collect();
@@ -265,7 +269,8 @@ impl Rig {
         let stored = (after.rx_frames - stats.rx_frames) as usize;
         let frames: Vec<Vec<u8>> = self.wire.drain(..stored.min(self.wire.len())).collect();
         let in_step = self.rx_in_step && frames.len() == stored;
-        self.rx_in_step = in_step && after.rx_errors == stats.rx_errors && after.failed == stats.failed;
+        self.rx_in_step =
+            in_step && after.rx_errors == stats.rx_errors && after.failed == stats.failed;
         let (Some(mem), Some(pre)) = (self.mem.as_ref(), pre) else {
             return;
         };
@@ -276,7 +281,10 @@ impl Rig {
         let entries = (self.used(&post, 1, t0, t1), self.used(&post, 0, r0, r1));
         let walks = |entries: &[(u32, u32)], q: usize| -> Option<Vec<Walk>> {
             let table = RINGS[q][0];
-            entries.iter().map(|(id, _)| walk(&pre, table, size, *id as u16)).collect()
+            entries
+                .iter()
+                .map(|(id, _)| walk(&pre, table, size, *id as u16))
+                .collect()
         };
         let (Some(tx), Some(rx)) = entries else {
             self.trusted = false;
@@ -288,12 +296,18 @@ impl Rig {
         };
         // The walks are the device's unless its own writes in this step changed the descriptors,
         // and the used entries are as it wrote them unless a receive buffer overlaps a used ring.
-        let rings = [(RINGS[0][2], 6 + 8 * u64::from(size)), (RINGS[1][2], 6 + 8 * u64::from(size))];
-        let described = tx_walks.iter().chain(&rx_walks).all(|w| {
-            w.reads.iter().all(|r| !changed(&pre, &post, *r))
-        });
+        let rings = [
+            (RINGS[0][2], 6 + 8 * u64::from(size)),
+            (RINGS[1][2], 6 + 8 * u64::from(size)),
+        ];
+        let described = tx_walks
+            .iter()
+            .chain(&rx_walks)
+            .all(|w| w.reads.iter().all(|r| !changed(&pre, &post, *r)));
         let rx_clear_of_rings = rx_walks.iter().all(|w| {
-            w.segments.iter().all(|s| rings.iter().all(|ring| !overlaps((s.0, s.1.into()), *ring)))
+            w.segments
+                .iter()
+                .all(|s| rings.iter().all(|ring| !overlaps((s.0, s.1.into()), *ring)))
         });
         if !described || !rx_clear_of_rings {
             self.trusted = false;
@@ -305,7 +319,9 @@ impl Rig {
         for ((_, len), w) in tx.iter().zip(&tx_walks) {
             assert_eq!(*len, 0, "a transmit chain's used length");
             let total: u64 = w.segments.iter().map(|s| u64::from(s.1)).sum();
-            let frame_len = total.checked_sub(NET_HDR_LEN as u64).expect("a returned chain too short");
+            let frame_len = total
+                .checked_sub(NET_HDR_LEN as u64)
+                .expect("a returned chain too short");
             let ranges = stream_ranges(&w.segments, NET_HDR_LEN as u64, frame_len);
             if ranges.iter().any(|r| changed(&pre, &post, *r)) {
                 expected = None;
@@ -318,10 +334,16 @@ impl Rig {
             }
         }
         if let Some(good) = expected {
-            assert_eq!(after.tx_dropped_bad_length - stats.tx_dropped_bad_length, bad);
+            assert_eq!(
+                after.tx_dropped_bad_length - stats.tx_dropped_bad_length,
+                bad
+            );
             let full = after.tx_dropped_backend_full - stats.tx_dropped_backend_full;
             assert_eq!(sent.len() as u64 + full, good.len() as u64);
-            assert!(sent == good[..sent.len()], "frames sent differ from their chains");
+            assert!(
+                sent == good[..sent.len()],
+                "frames sent differ from their chains"
+            );
         }
         // Receive: each returned chain holds the next frame from the wire behind its header.
         assert_eq!(rx.len(), stored, "used receive entries and frames stored");
@@ -330,23 +352,36 @@ impl Rig {
         }
         for (k, ((_, len), w)) in rx.iter().zip(&rx_walks).enumerate() {
             let frame = &frames[k];
-            assert_eq!(*len as usize, NET_HDR_LEN + frame.len(), "a receive chain's used length");
+            assert_eq!(
+                *len as usize,
+                NET_HDR_LEN + frame.len(),
+                "a receive chain's used length"
+            );
             let ranges = stream_ranges(&w.segments, 0, u64::from(*len));
             // Written in order: the frame, then the header; a later write wins where they overlap.
-            let self_overlap = ranges.iter().enumerate().any(|(i, a)| {
-                ranges[i + 1..].iter().any(|b| overlaps(*a, *b))
-            });
-            let overwritten = self_overlap || ranges.iter().any(|r| {
-                rx_walks.iter().enumerate().any(|(j, other)| {
-                    j > k && other.segments.iter().any(|s| overlaps(*r, (s.0, s.1.into())))
-                })
-            });
+            let self_overlap = ranges
+                .iter()
+                .enumerate()
+                .any(|(i, a)| ranges[i + 1..].iter().any(|b| overlaps(*a, *b)));
+            let overwritten = self_overlap
+                || ranges.iter().any(|r| {
+                    rx_walks.iter().enumerate().any(|(j, other)| {
+                        j > k
+                            && other
+                                .segments
+                                .iter()
+                                .any(|s| overlaps(*r, (s.0, s.1.into())))
+                    })
+                });
             if !overwritten {
                 let got = gather(&post, &ranges).expect("a chain outside RAM returned");
                 let mut header = [0u8; NET_HDR_LEN];
                 header[10] = 1;
                 assert!(got[..NET_HDR_LEN] == header, "receive header");
-                assert!(got[NET_HDR_LEN..] == frame[..], "received frame differs from the wire's");
+                assert!(
+                    got[NET_HDR_LEN..] == frame[..],
+                    "received frame differs from the wire's"
+                );
             }
         }
     }
@@ -497,9 +532,19 @@ fuzz_target!(|data: &[u8]| {
         }
         let after = r.dev.stats().get();
         if status & ds::NEEDS_RESET != 0 && !reset {
-            assert_ne!(r.dev.device_status() & ds::NEEDS_RESET, 0, "NEEDS_RESET cleared");
-            assert_eq!(after.tx_frames, before.tx_frames, "a failed device transmitted");
-            assert_eq!(after.rx_frames, before.rx_frames, "a failed device received");
+            assert_ne!(
+                r.dev.device_status() & ds::NEEDS_RESET,
+                0,
+                "NEEDS_RESET cleared"
+            );
+            assert_eq!(
+                after.tx_frames, before.tx_frames,
+                "a failed device transmitted"
+            );
+            assert_eq!(
+                after.rx_frames, before.rx_frames,
+                "a failed device received"
+            );
         }
     }
     r.checked(|r| r.dev.process_queues());
