@@ -1,7 +1,8 @@
 //! Writes the checked-in seed corpora of this crate's fuzz targets (`seeds/<target>/`): a few inputs
 //! per target in its input format doing what a well-behaved guest does (a storvsc handshake and
 //! SRBs, a VMBus open and close, an IDE IDENTIFY and sector transfers, virtio-blk read/write/GET_ID
-//! chains, an IC negotiation and heartbeats) plus some hostile variations.
+//! chains, an IC negotiation and heartbeats, e1000 and virtio-net bring-up and traffic both ways)
+//! plus some hostile variations.
 //!
 //! Run from `host-vsp/fuzz`: `cargo run --example write_seeds`.
 
@@ -337,10 +338,230 @@ fn ic_seeds() {
     );
 }
 
+/// A frame to `dest` of `len` bytes (EtherType IPv4, a counting payload).
+fn eth_frame(dest: [u8; 6], len: usize) -> Vec<u8> {
+    let mut f: Vec<u8> = (0..len).map(|i| i as u8).collect();
+    f[..6].copy_from_slice(&dest);
+    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 9]);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    f
+}
+
+/// e1000_mmio steps: 0 register write, 1 read, 2 tx descriptor, 3 rx descriptor, 4 TDT, 5 RDT,
+/// 6 wire frame, 7 receive pass, 8 time, 9 link, 10 raw bytes, 11 reset/TCTL/RCTL.
+fn e1000_seeds() {
+    let t = "e1000_mmio";
+    // Register selectors (indexes into the target's REGS) and a dword write of `v`.
+    const TDBAL: u8 = 21;
+    const TDH: u8 = 24;
+    const ICR: u8 = 6;
+    const RDLEN: u8 = 16;
+    let write_reg = |sel: u8, v: u32| [&[0, sel, 0][..], &u64::from(v).to_le_bytes()].concat();
+    let read_reg = |sel: u8| vec![1, sel, 0];
+    // A transmit descriptor at `index`: buffer TX_BUFS + `at`, length selector bytes, command.
+    let tx_desc = |index: u8, at: u16, len: &[u8], cmd: u8| {
+        [&[2, index, 0][..], &at.to_le_bytes(), len, &[cmd, 0]].concat()
+    };
+    let raw = |at: u16, bytes: &[u8]| {
+        [&[10][..], &at.to_le_bytes(), &[bytes.len() as u8], bytes].concat()
+    };
+    let wire = |dest_sel: u8, len: &[u8]| [&[6, dest_sel][..], len, &[0x30]].concat();
+    let (eop_rs, tdt1, tdt2, pass) = (0x0B, [4u8, 0], [4u8, 1], [7u8]);
+    let frame = eth_frame([0x02, 0, 0, 0, 0, 1], 60);
+    let mut u16_1500 = vec![6];
+    u16_1500.extend_from_slice(&1500u16.to_le_bytes());
+    let transmit = [
+        raw(0xC000, &frame),
+        tx_desc(0, 0, &[0], eop_rs),
+        tdt1.to_vec(),
+        raw(0xC100, &frame[..14]),
+        tx_desc(1, 0x100, &[1], 0),
+        tx_desc(2, 0x200, &u16_1500, eop_rs),
+        tdt2.to_vec(),
+        read_reg(TDH),
+        read_reg(ICR),
+    ];
+    write(t, "transmit_frames", &[&[0], &transmit.concat()]);
+    let receive = [
+        wire(0, &[0]),
+        pass.to_vec(),
+        wire(2, &[1]),
+        pass.to_vec(),
+        read_reg(ICR),
+        vec![5, 1],
+        wire(3, &[2, 0]),
+        wire(0, &[5]),
+        pass.to_vec(),
+    ];
+    write(t, "receive_frames", &[&[0], &receive.concat()]);
+    // Eight frames for seven free descriptors of 1 KiB: the ring runs dry (RXO), RDT refills it.
+    let flood: Vec<u8> = (0..8).flat_map(|_| wire(1, &[0])).collect();
+    write(
+        t,
+        "receive_ring_exhausted_then_refilled",
+        &[
+            &[0x08],
+            &flood,
+            &pass,
+            &read_reg(ICR),
+            &[5, 3],
+            &pass,
+            &[5, 3],
+            &pass,
+        ],
+    );
+    // The transmit ring moved to straddle the end of RAM: the NIC fails until reset.
+    write(
+        t,
+        "transmit_ring_outside_ram_then_reset",
+        &[
+            &[0],
+            &write_reg(TDBAL, 0xFFC0),
+            &tx_desc(0, 0, &[0], eop_rs),
+            &tdt1,
+            &wire(0, &[0]),
+            &pass,
+            &[11, 0],
+            &write_reg(RDLEN, 0x80),
+            &pass,
+        ],
+    );
+    // A buffer at the top of the address space, then a DEXT descriptor, with ITR throttling.
+    let outside = [&[2, 1, 3, 4, 0x10, 0][..], &[0], &[eop_rs, 0]].concat();
+    write(
+        t,
+        "buffer_outside_ram_and_dext_throttled",
+        &[
+            &[0x10],
+            &tx_desc(0, 0, &[0], 0x20 | eop_rs),
+            &tdt1,
+            &[8, 0x10, 0],
+            &outside,
+            &tdt1,
+            &pass,
+            &[9],
+            &pass,
+        ],
+    );
+    let probe: Vec<u8> = (0..34u8).flat_map(|r| [1, r, 0]).collect();
+    write(
+        t,
+        "register_probe",
+        &[&[1], &probe, &[1, 200, 4, 0x03, 0x00]],
+    );
+}
+
+/// virtio_net_mmio steps: 0 register write, 1 read, 2 descriptor, 4 avail push, 5 wire frame,
+/// 6 raw bytes, 7 notify, 9 queue pass, 10 used_event, 11 reset and setup.
+fn virtio_net_seeds() {
+    let t = "virtio_net_mmio";
+    // Descriptor `index` of queue `q` (sel bits 1-2 = 3: the indirect table) at buffer offset `at`.
+    let desc = |sel: u8, index: u8, at: u16, len: &[u8], flags: u8, next: u8| {
+        [
+            &[2, sel, index, 1][..],
+            &at.to_le_bytes(),
+            len,
+            &[flags, 0, next],
+        ]
+        .concat()
+    };
+    let push = |q: u8, head: u8| vec![4, q, head, 0];
+    let notify = |q: u8| vec![7, if q == 0 { 0 } else { 120 }];
+    let raw =
+        |at: u16, bytes: &[u8]| [&[6][..], &at.to_le_bytes(), &[bytes.len() as u8], bytes].concat();
+    let u16_len = |n: u16| [&[4][..], &n.to_le_bytes()].concat();
+    let setup: &[u8] = &[3 << 1]; // standard setup, 8 entries
+    let packet = [&[0u8; 12][..], &eth_frame([0x02, 0, 0, 0, 0, 1], 60)].concat();
+    let transmit = [
+        raw(0xC000, &packet),
+        desc(1, 0, 0, &[3], 0, 0),
+        push(1, 0),
+        notify(1),
+        raw(0xC100, &[0; 12]),
+        raw(0xC200, &packet[12..]),
+        desc(1, 1, 0x100, &[0], 1, 2),
+        desc(1, 2, 0x200, &u16_len(60), 0, 0),
+        push(1, 1),
+        notify(1),
+    ];
+    write(t, "transmit_frames", &[setup, &transmit.concat()]);
+    let receive = [
+        desc(0, 0, 0, &[2], 2, 0),
+        push(0, 0),
+        notify(0),
+        vec![5, 0, 0x41],
+        vec![9],
+        vec![5, 1, 0x42],
+        desc(0, 1, 0x800, &[0], 3, 2),
+        desc(0, 2, 0x1000, &[1], 2, 0),
+        push(0, 1),
+        notify(0),
+        vec![1, 12, 0],
+        vec![0, 13, 0, 1, 0, 0, 0, 0, 0, 0, 0],
+    ];
+    write(t, "receive_frames", &[setup, &receive.concat()]);
+    // Frames before any buffer: the device stops reading; a posted buffer and a kick resume it.
+    let starved = [
+        vec![5, 0, 1],
+        vec![5, 4, 0x00, 0x02, 2],
+        vec![9],
+        desc(0, 3, 0x2000, &[2], 2, 0),
+        push(0, 3),
+        vec![10, 0, 1, 0],
+        notify(0),
+        vec![9],
+    ];
+    write(
+        t,
+        "receive_starved_then_refilled",
+        &[setup, &starved.concat()],
+    );
+    // The same two-descriptor transmit through an indirect table at 0x7000.
+    let indirect = [
+        raw(0xC000, &packet),
+        desc(7, 0, 0, &[0], 1, 1),
+        desc(7, 1, 12, &u16_len(60), 0, 0),
+        [&[2, 1, 0, 0][..], &[6, 2], &[4, 0, 0]].concat(),
+        push(1, 0),
+        notify(1),
+    ];
+    write(t, "indirect_transmit", &[setup, &indirect.concat()]);
+    // A descriptor loop: NEEDS_RESET until the driver resets and sets up again.
+    let looped = [
+        desc(1, 0, 0, &[0], 1, 1),
+        desc(1, 1, 0x100, &[3], 1, 0),
+        push(1, 0),
+        notify(1),
+        vec![1, 14, 0],
+        transmit.concat(),
+        vec![11],
+        transmit.concat(),
+    ];
+    write(t, "descriptor_loop_then_reset", &[setup, &looped.concat()]);
+    // A readable receive buffer, then an avail index far ahead on the transmit queue.
+    let hostile = [
+        desc(0, 0, 0, &[2], 0, 0),
+        push(0, 0),
+        notify(0),
+        vec![11],
+        vec![4, 1, 0, 0xF0, 0x00, 0x10],
+        notify(1),
+    ];
+    write(
+        t,
+        "wrong_direction_and_avail_ahead",
+        &[setup, &hostile.concat()],
+    );
+    let probe: Vec<u8> = (0..26u8).flat_map(|r| [1, r, 0]).collect();
+    write(t, "register_probe", &[&[1], &probe]);
+}
+
 fn main() {
     storvsp_seeds();
     service_seeds();
     ide_seeds();
     virtio_seeds();
     ic_seeds();
+    e1000_seeds();
+    virtio_net_seeds();
 }

@@ -1,5 +1,6 @@
 //! Building blocks shared by the host-vsp fuzz targets: [`Input`], the cursor every target reads
-//! its decisions from, and [`VmbusGuest`], a guest made of `vmbus`'s real client talking to a real
+//! its decisions from, [`snapshot`] (a copy of guest RAM the NIC targets check a device's writes
+//! against), and [`VmbusGuest`], a guest made of `vmbus`'s real client talking to a real
 //! [`VmbusService`] through a recording [`Synic`], able to open a channel and hold the guest's ends
 //! of its rings ([`GuestRing`]).
 
@@ -73,6 +74,20 @@ impl<'a> Input<'a> {
             _ => self.u64(),
         }
     }
+}
+
+/// A copy of guest RAM `[0, len)` (which must all be RAM; regions may touch).
+pub fn snapshot(mem: &GuestMemoryMmap, len: u64) -> Vec<u8> {
+    let mut copy = vec![0u8; len as usize];
+    mem.read_slice(&mut copy, GuestAddress(0)).unwrap();
+    copy
+}
+
+/// `len` bytes of a [`snapshot`] at `gpa`, if they are all in it.
+pub fn span(copy: &[u8], gpa: u64, len: u64) -> Option<&[u8]> {
+    let start = usize::try_from(gpa).ok()?;
+    let end = start.checked_add(usize::try_from(len).ok()?)?;
+    copy.get(start..end)
 }
 
 /// A [`Synic`] with no hypervisor: posted messages queue up for the guest's client, event signals
