@@ -163,6 +163,7 @@ impl NetKit for LoopbackKit {
 pub fn kits() -> Vec<Box<dyn NetKit>> {
     vec![
         Box::new(LoopbackKit),
+        Box::new(E1000Kit),
         Box::new(VirtioNetKit),
         Box::new(NetvscKit),
     ]
