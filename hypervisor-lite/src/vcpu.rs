@@ -315,9 +315,7 @@ impl Drop for ThreadRegistration<'_> {
         *self.0.thread.lock().unwrap_or_else(PoisonError::into_inner) = None;
         let mut cpu = self.0.cpu.lock().unwrap_or_else(PoisonError::into_inner);
         // Read under the lock, so no reader saw more than this.
-        *cpu = ThreadCpu::Ended(
-            read_cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or_default(),
-        );
+        *cpu = ThreadCpu::Ended(read_cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or_default());
     }
 }
 
