@@ -301,6 +301,9 @@ pub struct DeviceRun {
     pub device_threads: Vec<String>,
     /// The run was cancelled: `rows` holds only the workloads that finished.
     pub interrupted: bool,
+    /// Per spec, the host's counters over its mark window (per vCPU in `vcpus`); `None` where the
+    /// guest wrote no such window.
+    pub windows: Vec<Option<hypervisor_lite::StatsSnapshot>>,
 }
 
 /// The guest command line for `specs` on `device`.
@@ -351,6 +354,7 @@ pub fn run_device(
         console: String::new(),
         device_threads: Vec::new(),
         interrupted: false,
+        windows: Vec::new(),
     };
     let snapshot = match opts.contents {
         DiskContents::Pattern => prefill(&*backend, specs)
@@ -486,11 +490,15 @@ pub fn run_device(
             row(spec, outcome)
         })
         .collect();
+    let windows = (0..specs.len() as u32)
+        .map(|k| run.window(2 * k, 2 * k + 1))
+        .collect();
     DeviceRun {
         rows,
         console,
         device_threads: run.device_threads,
         interrupted,
+        windows,
     }
 }
 
