@@ -136,8 +136,10 @@ impl DiskModel {
         };
         if generation == 0 && end > self.generations.len() {
             // Generation 0 is the default: only overwrite what is already stored.
-            let stored = self.generations.len().max(first);
-            self.generations[first.min(stored)..stored].fill(0);
+            let stored = self.generations.len();
+            if first < stored {
+                self.generations[first..stored].fill(0);
+            }
             return;
         }
         if end > self.generations.len() {
@@ -219,6 +221,11 @@ mod tests {
         whole.adopt(&share, 95, 30);
         assert!((95..120).all(|s| whole.generation(s) == 4));
         assert_eq!(whole.generation(120), 0);
+        // Generation 0 beyond everything stored is already there (and used to panic).
+        let mut empty = DiskModel::new();
+        empty.adopt(&DiskModel::new(), 65536, 8);
+        empty.record(100, 5, 0);
+        assert_eq!(empty, DiskModel::new());
     }
 
     #[test]
