@@ -328,12 +328,13 @@ impl PartitionConfig {
                 .map_err(|e| tracing::warn!("vCPU {vp} stats: {e}"))
                 .ok();
             let counters = Arc::new(ExitCounters::default());
+            let control = Arc::new(VcpuControl::default());
             stat_sources.push(VcpuStatSources {
                 vp_index: vp,
                 exits: counters.clone(),
                 kvm: kvm_stats,
+                control: control.clone(),
             });
-            let control = Arc::new(VcpuControl::default());
             controls.push(control.clone());
             pending.push(VcpuRunner {
                 vp_index: vp,

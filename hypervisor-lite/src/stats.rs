@@ -14,7 +14,9 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use crate::vcpu::VcpuControl;
 
 use kvm_bindings::{kvm_stats_header, KVM_STATS_TYPE_CUMULATIVE, KVM_STATS_TYPE_MASK};
 
@@ -348,13 +350,17 @@ pub struct VcpuStats {
     pub signal_exits: u64,
     /// Every KVM statistic of this vCPU by name.
     pub kvm: KvmStats,
+    /// CPU time of the vCPU's host thread (guest mode, KVM's exits and the user-space handlers run on
+    /// it): so far while it runs, all of it once it ended, zero before it started.
+    pub cpu_time: Duration,
 }
 
 impl VcpuStats {
-    fn from_parts(vp_index: u32, user_exits: UserExits, kvm: KvmStats) -> Self {
+    fn from_parts(vp_index: u32, user_exits: UserExits, kvm: KvmStats, cpu_time: Duration) -> Self {
         Self {
             vp_index,
             user_exits,
+            cpu_time,
             kvm_exits: kvm.get("exits"),
             halt_exits: kvm.get("halt_exits"),
             io_exits: kvm.get("io_exits"),
@@ -390,6 +396,11 @@ impl StatsSnapshot {
         self.vcpus.iter().map(|v| v.kvm_exits).sum()
     }
 
+    /// CPU time of all vCPU threads ([`VcpuStats::cpu_time`]).
+    pub fn vcpu_cpu_time(&self) -> Duration {
+        self.vcpus.iter().map(|v| v.cpu_time).sum()
+    }
+
     /// Sum of a per-vCPU KVM statistic over all vCPUs.
     pub fn vcpu_sum(&self, name: &str) -> u64 {
         self.vcpus.iter().map(|v| v.kvm.get(name)).sum()
@@ -411,6 +422,7 @@ impl StatsSnapshot {
                     v.vp_index,
                     v.user_exits.delta(&b.user_exits),
                     v.kvm.delta(&b.kvm),
+                    v.cpu_time.saturating_sub(b.cpu_time),
                 )
             })
             .collect();
@@ -435,6 +447,7 @@ pub(crate) struct VcpuStatSources {
     pub(crate) vp_index: u32,
     pub(crate) exits: Arc<ExitCounters>,
     pub(crate) kvm: Option<KvmStatsFile>,
+    pub(crate) control: Arc<VcpuControl>,
 }
 
 /// Takes accounting snapshots of one partition from any thread (cheap to clone).
@@ -463,7 +476,14 @@ pub(crate) fn snapshot(vm: Option<&KvmStatsFile>, vcpus: &[VcpuStatSources]) -> 
         taken: Instant::now(),
         vcpus: vcpus
             .iter()
-            .map(|s| VcpuStats::from_parts(s.vp_index, s.exits.load(), read(s.kvm.as_ref())))
+            .map(|s| {
+                VcpuStats::from_parts(
+                    s.vp_index,
+                    s.exits.load(),
+                    read(s.kvm.as_ref()),
+                    s.control.cpu_time(),
+                )
+            })
             .collect(),
         vm: read(vm),
     }

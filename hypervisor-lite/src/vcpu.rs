@@ -6,6 +6,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Once, PoisonError};
+use std::time::Duration;
 
 use kvm_bindings::{kvm_regs, kvm_sregs};
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -232,9 +233,51 @@ pub(crate) struct VcpuControl {
     /// The thread running the vCPU, while it runs. Cleared (under the lock) before the thread ends, so a kicker
     /// holding the lock never signals a dead thread.
     thread: Mutex<Option<libc::pthread_t>>,
+    /// The thread's CPU clock while it runs, else the CPU time it had used when it ended (zero before it
+    /// started). Replaced under the lock by the ending thread itself, so a reader never reads a dead
+    /// thread's clock.
+    cpu: Mutex<ThreadCpu>,
+}
+
+/// [`VcpuControl::cpu_time`]'s source.
+#[derive(Debug, Clone, Copy)]
+enum ThreadCpu {
+    Running(libc::clockid_t),
+    Ended(Duration),
+}
+
+impl Default for ThreadCpu {
+    fn default() -> Self {
+        Self::Ended(Duration::ZERO)
+    }
+}
+
+/// CPU time of the clock `clock` (`None` if it cannot be read).
+fn read_cpu_clock(clock: libc::clockid_t) -> Option<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec and clock_gettime writes nothing else.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return None;
+    }
+    Some(Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    ))
 }
 
 impl VcpuControl {
+    /// CPU time the vCPU's thread has used: so far while it runs, all of it once it ended, zero before
+    /// it started (`CLOCK_THREAD_CPUTIME_ID` of that thread, through `pthread_getcpuclockid`).
+    pub(crate) fn cpu_time(&self) -> Duration {
+        match *self.cpu.lock().unwrap_or_else(PoisonError::into_inner) {
+            ThreadCpu::Running(clock) => read_cpu_clock(clock).unwrap_or_default(),
+            ThreadCpu::Ended(total) => total,
+        }
+    }
+
     /// Interrupts KVM_RUN on the vCPU thread (if it is running) with the kick signal.
     pub(crate) fn kick(&self) {
         let guard = self.thread.lock().unwrap_or_else(PoisonError::into_inner);
@@ -257,6 +300,12 @@ impl<'a> ThreadRegistration<'a> {
             .thread
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(me);
+        let mut clock: libc::clockid_t = 0;
+        // SAFETY: `me` is the calling thread's valid handle and `clock` a valid out-pointer the call
+        // writes only on success.
+        if unsafe { libc::pthread_getcpuclockid(me, &mut clock) } == 0 {
+            *control.cpu.lock().unwrap_or_else(PoisonError::into_inner) = ThreadCpu::Running(clock);
+        }
         Self(control)
     }
 }
@@ -264,6 +313,9 @@ impl<'a> ThreadRegistration<'a> {
 impl Drop for ThreadRegistration<'_> {
     fn drop(&mut self) {
         *self.0.thread.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        let mut cpu = self.0.cpu.lock().unwrap_or_else(PoisonError::into_inner);
+        // Read under the lock, so no reader saw more than this.
+        *cpu = ThreadCpu::Ended(read_cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or_default());
     }
 }
 

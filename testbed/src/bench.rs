@@ -14,6 +14,13 @@
 //! stops the guest at once and reports the workloads that finished.
 //!
 //! A device plugs in with a [`DeviceKit`] on the host and one match arm in the guest's `open_device`.
+//!
+//! With several vCPUs ([`BenchOptions::vcpus`]), a device with a queue per vCPU
+//! ([`DeviceKit::channels`]: the VMBus disks, a channel each) runs every workload split over the vCPUs
+//! (`workload::split`: each vCPU its own disjoint share of the range, at the spec's queue depth, all at
+//! once, between the BSP's two marks); the guest's line then names each vCPU's I/Os, the host checks
+//! the combined checksum of every share and replays every share's writes ([`CompletedRun::parts`]).
+//! Devices with one queue run on the BSP alone (their rows say `channels` 1).
 
 pub mod baselines;
 pub mod image;
@@ -78,6 +85,12 @@ pub trait DeviceKit {
     fn check_disk(&self, _capacity: u64) -> Result<()> {
         Ok(())
     }
+    /// Queues the device gives a guest of `vcpus` vCPUs, one per vCPU at most; a workload is split over
+    /// that many vCPUs (default 1: the device has one queue, the BSP runs it alone). The guest's
+    /// `open_per_cpu` must agree, which the host checks on every line.
+    fn channels(&self, _vcpus: u32) -> u32 {
+        1
+    }
 }
 
 /// Every device kit the testbed knows, in report order. A device adds one line here.
@@ -104,6 +117,23 @@ pub struct CompletedRun {
     pub ios: u64,
     /// The guest's read digest (over an image; 0 over the pre-fill).
     pub read_digest: u64,
+    /// Split over vCPUs: each one's I/Os, in VP order (empty: one vCPU ran the whole spec).
+    pub vp_ios: Vec<u64>,
+}
+
+impl CompletedRun {
+    /// What each vCPU ran on a disk of `capacity` sectors: the plan of its share of the spec and its
+    /// I/Os (one vCPU: the spec's plan and `ios`).
+    pub fn parts(&self, capacity: u64) -> Result<Vec<(Plan, u64)>, PlanError> {
+        if self.vp_ios.is_empty() {
+            return Ok(vec![(Plan::new(&self.spec, capacity)?, self.ios)]);
+        }
+        workload::vp_shares(&self.spec, self.vp_ios.len(), capacity)?
+            .iter()
+            .zip(&self.vp_ios)
+            .map(|(share, &ios)| Ok((Plan::new(share, capacity)?, ios)))
+            .collect()
+    }
 }
 
 /// What a disk holds when the guest boots.
@@ -184,10 +214,11 @@ pub fn verify_disk(backend: &dyn BlockBackend, runs: &[CompletedRun]) -> Result<
     let capacity = backend.sectors();
     let mut model = DiskModel::new();
     for run in runs.iter().filter(|r| r.spec.kind.writes()) {
-        let plan = Plan::new(&run.spec, capacity)?;
-        for i in 0..run.ios {
-            if let (Op::Write, sector) = plan.io(i) {
-                model.record(sector, plan.block_sectors(), run.generation);
+        for (plan, ios) in run.parts(capacity)? {
+            for i in 0..ios {
+                if let (Op::Write, sector) = plan.io(i) {
+                    model.record(sector, plan.block_sectors(), run.generation);
+                }
             }
         }
     }
@@ -229,6 +260,8 @@ pub struct BenchOptions {
     /// Called with each `bench` line as soon as the guest logs it, while the guest runs on (the
     /// guest logs a workload's line after its flush completed). The log is looked at every 2 ms.
     pub on_line: Option<LineHook>,
+    /// vCPUs of the guest (1..=4); see the module docs for how a workload uses them.
+    pub vcpus: u32,
 }
 
 /// A callback on the guest's `bench` lines ([`BenchOptions::on_line`]).
@@ -252,6 +285,7 @@ impl BenchOptions {
             contents: DiskContents::Pattern,
             cancel: None,
             on_line: None,
+            vcpus: 1,
         }
     }
 }
@@ -267,6 +301,9 @@ pub struct DeviceRun {
     pub device_threads: Vec<String>,
     /// The run was cancelled: `rows` holds only the workloads that finished.
     pub interrupted: bool,
+    /// Per spec, the host's counters over its mark window (per vCPU in `vcpus`); `None` where the
+    /// guest wrote no such window.
+    pub windows: Vec<Option<hypervisor_lite::StatsSnapshot>>,
 }
 
 /// The guest command line for `specs` on `device`.
@@ -300,12 +337,16 @@ pub fn run_device(
     specs: &[WorkloadSpec],
     opts: &BenchOptions,
 ) -> DeviceRun {
+    let vcpus = opts.vcpus.max(1);
+    let channels = kit.channels(vcpus).clamp(1, vcpus);
     let row = |spec: &WorkloadSpec, outcome| Row {
         kind: crate::report::Kind::Block,
         device: kit.name().to_string(),
         baseline: kit.baseline(),
         workload: spec.name.clone(),
         spec: spec.to_string(),
+        vcpus,
+        channels,
         outcome,
     };
     let all_failed = |why: String| DeviceRun {
@@ -313,6 +354,7 @@ pub fn run_device(
         console: String::new(),
         device_threads: Vec::new(),
         interrupted: false,
+        windows: Vec::new(),
     };
     let snapshot = match opts.contents {
         DiskContents::Pattern => prefill(&*backend, specs)
@@ -351,12 +393,18 @@ pub fn run_device(
             if interrupted {
                 // The workload the guest was running when it was stopped: its writes may have landed.
                 if spec.kind.writes() {
-                    if let Ok(plan) = Plan::new(spec, capacity) {
+                    let shares = workload::vp_shares(spec, channels as usize, capacity);
+                    if let Ok(shares) = shares {
+                        let vp_ios: Vec<u64> = shares
+                            .iter()
+                            .filter_map(|s| Plan::new(s, capacity).ok().map(|p| p.ios()))
+                            .collect();
                         completed.push(CompletedRun {
                             spec: spec.clone(),
                             generation: UNKNOWN,
-                            ios: plan.ios(),
+                            ios: vp_ios.iter().sum(),
                             read_digest: 0,
+                            vp_ios: if channels > 1 { vp_ios } else { Vec::new() },
                         });
                     }
                 }
@@ -371,17 +419,30 @@ pub fn run_device(
         let outcome = match &line.outcome {
             BenchOutcome::Failed(why) => Err(format!("in the guest: {why}")),
             BenchOutcome::Done(r) => {
-                completed.push(CompletedRun {
+                let done = CompletedRun {
                     spec: spec.clone(),
                     generation: line.generation,
                     ios: r.ios,
                     read_digest: r.read_digest,
+                    vp_ios: line.vp_ios.clone(),
+                };
+                let expected = done.parts(capacity).map(|parts| {
+                    let sums: Vec<u64> = parts.iter().map(|(p, ios)| p.checksum(*ios)).collect();
+                    workload::combine_checksums(&sums)
                 });
-                let expected = Plan::new(spec, capacity).map(|p| p.checksum(r.ios));
+                let split = line.vp_ios.len().max(1);
+                let counted = line.vp_ios.is_empty() || line.vp_ios.iter().sum::<u64>() == r.ios;
+                completed.push(done);
                 if line.device != kit.guest_name() || line.spec != spec.to_string() {
                     Err(format!(
                         "the guest ran `{}` on `{}`",
                         line.spec, line.device
+                    ))
+                } else if split != channels as usize || !counted {
+                    Err(format!(
+                        "the guest split the workload over {split} queue(s) ({:?} I/Os, {} in all), \
+                         the device has {channels} for {vcpus} vCPU(s)",
+                        line.vp_ios, r.ios
                     ))
                 } else if expected != Ok(r.checksum) {
                     Err("guest and host disagree on the I/O sequence (checksum)".to_string())
@@ -429,11 +490,15 @@ pub fn run_device(
             row(spec, outcome)
         })
         .collect();
+    let windows = (0..specs.len() as u32)
+        .map(|k| run.window(2 * k, 2 * k + 1))
+        .collect();
     DeviceRun {
         rows,
         console,
         device_threads: run.device_threads,
         interrupted,
+        windows,
     }
 }
 
@@ -452,6 +517,7 @@ fn boot_and_run(
     ));
     config.ram_bytes = BENCH_RAM_BYTES;
     config.echo = opts.echo;
+    config.vcpus = opts.vcpus.max(1);
     kit.configure(&mut config, backend)
         .with_context(|| format!("attaching {}", kit.name()))?;
     let timeout = opts.timeout.unwrap_or_else(|| {
@@ -600,18 +666,21 @@ mod tests {
                 generation: 0,
                 ios: 100,
                 read_digest: 0,
+                vp_ios: Vec::new(),
             },
             CompletedRun {
                 spec: specs[1].clone(),
                 generation: 2,
                 ios: 150,
                 read_digest: 0,
+                vp_ios: Vec::new(),
             },
             CompletedRun {
                 spec: specs[2].clone(),
                 generation: 3,
                 ios: 40,
                 read_digest: 0,
+                vp_ios: Vec::new(),
             },
         ];
         // Before the writes reached the disk, the check fails.

@@ -1,24 +1,29 @@
-//! Host CPU time of a measured window, split between the vCPU thread and the device threads.
+//! Host CPU time of a measured window, split between the vCPU threads and the device threads.
 //!
 //! At every mark the handler, running on the vCPU thread that wrote the mark, takes a [`CpuSnapshot`]
 //! ([`CpuSnapshot::around`]): its own thread CPU clock when it starts and when it ends, and in between
 //! the CPU total of the partition's [`DeviceThreads`] (every VMBus, storvsp and virtio-blk thread, see
-//! `host_vsp::device_threads`). A window ([`CpuWindow::between`]) charges
-//! - the **vCPU** with its clock from the end of the start mark's handler to the start of the end
-//!   mark's, so the handler's own bookkeeping stays outside. This is everything the vCPU thread ran: the
-//!   guest's code (its drivers and workload engine run on this thread, in guest mode), KVM's in-kernel
-//!   exits and halt polling, user exits and the device models run inside them — the emulated IDE disk
-//!   is one, so its cost is here;
+//! `host_vsp::device_threads`) and the CPU clock of every other vCPU thread (hypervisor-lite's
+//! `VcpuStats::cpu_time`: each vCPU thread's `CLOCK_THREAD_CPUTIME_ID`, read from the marking thread
+//! through `pthread_getcpuclockid`; [`CpuSnapshot::with_other_vcpus`]). A window
+//! ([`CpuWindow::between`]) charges
+//! - the **vCPUs** with the marking thread's clock from the end of the start mark's handler to the
+//!   start of the end mark's, so the handler's own bookkeeping stays outside, plus the other vCPU
+//!   threads' clocks from one handler to the other (their few µs inside the handlers included). This is
+//!   everything the vCPU threads ran: the guest's code (its drivers and workload engine run on these
+//!   threads, in guest mode), KVM's in-kernel exits and halt polling, user exits and the device models
+//!   run inside them — the emulated IDE disk is one, so its cost is here;
 //! - the **devices** with the difference of their total: threads that start or exit inside the window
 //!   are covered (an exiting thread leaves its CPU time behind), up to the few µs of a thread's teardown.
 //!
-//! Limit: the testbed's guest has one vCPU; a window whose two marks were written on different threads
-//! (another vCPU) has no figure ([`CpuWindow::between`] is `None`).
+//! Limit: a window whose two marks were written on different threads (different vCPUs) has no figure
+//! ([`CpuWindow::between`] is `None`); the testbed's guest writes every mark on its BSP.
 
 use std::thread::ThreadId;
 use std::time::Duration;
 
 use host_vsp::device_threads::{thread_cpu_time, DeviceCpu, DeviceThreads};
+use hypervisor_lite::StatsSnapshot;
 
 /// CPU clocks read at one mark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +36,8 @@ pub struct CpuSnapshot {
     pub vcpu_exit: Duration,
     /// The device threads' CPU total, read inside the handler.
     pub devices: DeviceCpu,
+    /// The other vCPU threads' CPU total, read inside the handler (zero with one vCPU).
+    pub other_vcpus: Duration,
 }
 
 impl CpuSnapshot {
@@ -46,15 +53,32 @@ impl CpuSnapshot {
             vcpu_entry,
             vcpu_exit,
             devices,
+            other_vcpus: Duration::ZERO,
         };
         (out, snapshot)
+    }
+
+    /// This snapshot with the other vCPU threads' CPU total from `stats` (taken inside the handler of
+    /// the mark VP `vp` wrote): every vCPU's [`VcpuStats::cpu_time`] but `vp`'s.
+    ///
+    /// [`VcpuStats::cpu_time`]: hypervisor_lite::stats::VcpuStats::cpu_time
+    pub fn with_other_vcpus(self, stats: &StatsSnapshot, vp: u32) -> Self {
+        Self {
+            other_vcpus: stats
+                .vcpus
+                .iter()
+                .filter(|v| v.vp_index != vp)
+                .map(|v| v.cpu_time)
+                .sum(),
+            ..self
+        }
     }
 }
 
 /// CPU time spent between two marks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CpuWindow {
-    /// The vCPU thread's.
+    /// The vCPU threads' (all of them).
     pub vcpu: Duration,
     /// The device threads'.
     pub device: Duration,
@@ -64,7 +88,8 @@ impl CpuWindow {
     /// The window from `start` to `end` (see the module docs); `None` if another thread wrote them.
     pub fn between(start: &CpuSnapshot, end: &CpuSnapshot) -> Option<Self> {
         (start.vcpu_thread == end.vcpu_thread).then(|| Self {
-            vcpu: end.vcpu_entry.saturating_sub(start.vcpu_exit),
+            vcpu: end.vcpu_entry.saturating_sub(start.vcpu_exit)
+                + end.other_vcpus.saturating_sub(start.other_vcpus),
             device: end.devices.total.saturating_sub(start.devices.total),
         })
     }
@@ -118,7 +143,42 @@ mod tests {
                 live: 2,
                 exited: 0,
             },
+            other_vcpus: Duration::ZERO,
         }
+    }
+
+    #[test]
+    fn the_other_vcpus_threads_are_charged_from_handler_to_handler() {
+        let with = |s: CpuSnapshot, others_us| CpuSnapshot {
+            other_vcpus: Duration::from_micros(others_us),
+            ..s
+        };
+        let w = CpuWindow::between(
+            &with(snap(100, 130, 0), 7_000),
+            &with(snap(2_130, 2_160, 0), 10_500),
+        )
+        .unwrap();
+        assert_eq!(w.vcpu, Duration::from_micros(2_000 + 3_500));
+        let stats = |times: &[(u32, u64)]| StatsSnapshot {
+            taken: std::time::Instant::now(),
+            vcpus: times
+                .iter()
+                .map(|&(vp, us)| hypervisor_lite::stats::VcpuStats {
+                    vp_index: vp,
+                    cpu_time: Duration::from_micros(us),
+                    ..Default::default()
+                })
+                .collect(),
+            vm: Default::default(),
+        };
+        let s = snap(0, 1, 0).with_other_vcpus(&stats(&[(0, 900), (1, 40), (2, 2)]), 0);
+        assert_eq!(
+            s.other_vcpus,
+            Duration::from_micros(42),
+            "VP 0 wrote the mark"
+        );
+        let one = snap(0, 1, 0).with_other_vcpus(&stats(&[(0, 900)]), 0);
+        assert_eq!(one.other_vcpus, Duration::ZERO);
     }
 
     #[test]

@@ -177,9 +177,10 @@ fn run(args: &Args, cancel: &Arc<AtomicBool>) -> Result<Finished> {
     if progress {
         let names = |v: Vec<&str>| v.join(", ");
         eprintln!(
-            "testbed: TSC {:.3} GHz; {} workload(s) on {}; network rows on {}",
+            "testbed: TSC {:.3} GHz; {} workload(s) on {} vCPU(s) on {}; network rows on {}",
             tsc_hz as f64 / 1e9,
             specs.len(),
+            args.vcpus,
             names(kits.iter().map(|k| k.name()).collect()),
             names(nic_kits.iter().map(|k| k.name()).collect())
         );
@@ -192,6 +193,7 @@ fn run(args: &Args, cancel: &Arc<AtomicBool>) -> Result<Finished> {
         contents: disk.contents,
         cancel: Some(cancel.clone()),
         on_line: None,
+        vcpus: args.vcpus,
     };
     let mut rows: Vec<Row> = Vec::new();
     let mut interrupted = false;

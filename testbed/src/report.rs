@@ -181,6 +181,11 @@ pub struct Row {
     pub workload: String,
     /// The full spec token.
     pub spec: String,
+    /// vCPUs of the guest that ran it.
+    pub vcpus: u32,
+    /// Device queues (channels) in use: one per vCPU where the workload was split over the vCPUs
+    /// (`bench`'s module docs), else 1.
+    pub channels: u32,
     /// Numbers, or why there are none.
     pub outcome: Result<Measurement, String>,
 }
@@ -225,9 +230,16 @@ pub fn table(rows: &[Row]) -> String {
             );
         }
         out.push_str(
-            "cpu µs/IO: host CPU time per I/O over the window = vcpu (the vCPU thread: guest code, \
-             exits and device models run on it, as IDE is) + dev (the device threads)\n",
+            "cpu µs/IO: host CPU time per I/O over the window = vcpu (the vCPU threads: guest code, \
+             exits and device models run on them, as IDE is) + dev (the device threads)\n",
         );
+        if block.iter().any(|r| r.vcpus > 1) {
+            out.push_str(
+                "vCPUs: the guest's; ch: device queues in use — one per vCPU where every vCPU runs the \
+                 workload on its own channel and share of the range at once (I/Os summed, latency the \
+                 worst vCPU's, QD summed), 1 where the BSP runs it alone\n",
+            );
+        }
     }
     if !net.is_empty() {
         if !block.is_empty() {
@@ -248,9 +260,11 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
-const BLOCK_HEADER: [&str; 21] = [
+const BLOCK_HEADER: [&str; 23] = [
     "device",
     "workload",
+    "vCPUs",
+    "ch",
     "I/Os",
     "QD",
     "MiB",
@@ -294,8 +308,10 @@ const NET_HEADER: [&str; 19] = [
     "dev",
 ];
 
-fn block_cells(m: &Measurement) -> Vec<String> {
+fn block_cells(row: &Row, m: &Measurement) -> Vec<String> {
     vec![
+        row.vcpus.to_string(),
+        row.channels.to_string(),
         m.ios.to_string(),
         m.achieved_qd.to_string(),
         format!("{:.1}", m.bytes as f64 / (1 << 20) as f64),
@@ -307,7 +323,7 @@ fn block_cells(m: &Measurement) -> Vec<String> {
     ]
 }
 
-fn net_cells(m: &Measurement) -> Vec<String> {
+fn net_cells(_row: &Row, m: &Measurement) -> Vec<String> {
     vec![
         m.ios.to_string(),
         format!("{:.3}", m.seconds),
@@ -320,14 +336,14 @@ fn net_cells(m: &Measurement) -> Vec<String> {
 
 /// One aligned table: `header`, then per row its label, workload, `lead` cells, the four
 /// transition counts with their per-unit ratio, and the CPU split; failed rows last.
-fn grid(header: &[&str], rows: &[&Row], lead: fn(&Measurement) -> Vec<String>) -> String {
+fn grid(header: &[&str], rows: &[&Row], lead: fn(&Row, &Measurement) -> Vec<String>) -> String {
     let mut cells: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     let mut failures = Vec::new();
     for row in rows {
         let mut line = vec![row.label(), row.workload.clone()];
         match &row.outcome {
             Ok(m) => {
-                line.extend(lead(m));
+                line.extend(lead(row, m));
                 for count in [m.user_exits, m.vm_exits, m.interrupts, m.guest_signals] {
                     line.push(count.to_string());
                     line.push(fixed(m.per_io(count)));
@@ -394,6 +410,8 @@ pub fn json(rows: &[Row]) -> Value {
                 o.insert("baseline".into(), row.baseline.into());
                 o.insert("workload".into(), row.workload.clone().into());
                 o.insert("spec".into(), row.spec.clone().into());
+                o.insert("vcpus".into(), row.vcpus.into());
+                o.insert("channels".into(), row.channels.into());
                 match &row.outcome {
                     Ok(m) => {
                         o.insert("status".into(), "ok".into());
@@ -520,6 +538,8 @@ pub(crate) mod tests {
                 baseline: true,
                 workload: "rr4k-qd1".into(),
                 spec: "rr4k-qd1:k=rr,bs=4096".into(),
+                vcpus: 1,
+                channels: 1,
                 outcome: Ok(Measurement {
                     host_cpu_us_per_io: 0.25,
                     vcpu_cpu_us_per_io: 0.25,
@@ -533,6 +553,8 @@ pub(crate) mod tests {
                 baseline: false,
                 workload: "rr4k-qd1".into(),
                 spec: "rr4k-qd1:k=rr,bs=4096".into(),
+                vcpus: 1,
+                channels: 1,
                 outcome: Ok(measurement(1000, 10, 2500, 1000, 1000)),
             },
             Row {
@@ -541,6 +563,8 @@ pub(crate) mod tests {
                 baseline: false,
                 workload: "rw4k-qd32".into(),
                 spec: "rw4k-qd32:k=rw,bs=4096".into(),
+                vcpus: 1,
+                channels: 1,
                 outcome: Err("data check: sector 8 does not hold generation 3".into()),
             },
         ]
@@ -619,11 +643,23 @@ pub(crate) mod tests {
             ["ide", "rw4k-qd32"]
         );
         assert!(t.contains("* in-guest baseline"));
-        // The achieved depth is the column after the I/Os.
+        // vCPUs and channels after the workload, the achieved depth after the I/Os.
         let header: Vec<&str> = lines[0].split_whitespace().collect();
-        assert_eq!(&header[2..4], ["I/Os", "QD"], "{t}");
+        assert_eq!(&header[2..6], ["vCPUs", "ch", "I/Os", "QD"], "{t}");
         let row: Vec<&str> = lines[3].split_whitespace().collect();
-        assert_eq!(&row[2..4], ["1000", "7"], "{t}");
+        assert_eq!(&row[2..6], ["1", "1", "1000", "7"], "{t}");
+        assert!(!t.contains("ch: device queues"), "one vCPU: no footnote");
+        let mut split = rows();
+        split[1].vcpus = 4;
+        split[1].channels = 4;
+        let t = table(&split);
+        let row: Vec<&str> = t.lines().nth(3).unwrap().split_whitespace().collect();
+        assert_eq!(
+            &row[..6],
+            ["vmbus", "rr4k-qd1", "4", "4", "1000", "7"],
+            "{t}"
+        );
+        assert!(t.contains("ch: device queues in use"), "{t}");
     }
 
     #[test]
@@ -634,6 +670,8 @@ pub(crate) mod tests {
         for key in [
             "device",
             "workload",
+            "vcpus",
+            "channels",
             "ios",
             "achieved_qd",
             "iops",
@@ -676,6 +714,8 @@ pub(crate) mod tests {
             baseline,
             workload: workload.into(),
             spec: format!("{workload}:test"),
+            vcpus: 1,
+            channels: 1,
             outcome: m,
         };
         vec![

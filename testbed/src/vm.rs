@@ -5,7 +5,7 @@
 //! spaces) at [`CMDLINE_GPA`]. The guest reports CPU exceptions on [`FAULT_PORT`] (vector, then RIP
 //! low and high halves) and exits through hypervisor-lite's exit port.
 //!
-//! Every write to [`MARK_PORT`] snapshots the counters and the CPU clocks ([`CpuSnapshot`]) of the vCPU
+//! Every write to [`MARK_PORT`] snapshots the counters and the CPU clocks ([`CpuSnapshot`]) of the vCPUs
 //! and of the partition's device threads: the threads host-vsp starts while the guest is built join the
 //! config's [`DeviceThreads`] registry ([`GuestVmConfig::device_threads`]).
 
@@ -129,7 +129,7 @@ impl PortHandler for MarkLog {
         data.fill(0);
     }
 
-    fn write(&self, _vcpu: &mut VcpuCtx, _port: u16, data: &[u8]) {
+    fn write(&self, vcpu: &mut VcpuCtx, _port: u16, data: &[u8]) {
         let mut word = [0u8; 4];
         let n = data.len().min(4);
         word[..n].copy_from_slice(&data[..n]);
@@ -139,6 +139,7 @@ impl PortHandler for MarkLog {
             if marks.len() < 4096 {
                 // The vCPU's clock is read first and last: the bookkeeping stays outside the windows.
                 let (stats, cpu) = CpuSnapshot::around(&self.device_threads, || probe.snapshot());
+                let cpu = cpu.with_other_vcpus(&stats, vcpu.vp_index());
                 marks.push((u32::from_le_bytes(word), stats, cpu));
             }
         }

@@ -171,6 +171,10 @@ fn a_bad_flag_or_workload_exits_2_with_one_message() {
     assert_one_error(&out, 2);
     let out = run(&["--net-flood", "0"]);
     assert!(assert_one_error(&out, 2).contains("--net-flood"));
+    for vcpus in ["5", "0"] {
+        let out = run(&["--vcpus", vcpus, "--devices", "vmbus"]);
+        assert!(assert_one_error(&out, 2).contains("--vcpus"), "{vcpus}");
+    }
 }
 
 #[test]
@@ -182,6 +186,8 @@ fn help_documents_workloads_devices_and_exit_codes() {
         "WORKLOADS",
         "DEVICES",
         "NETWORK",
+        "VCPUS",
+        "--vcpus",
         "DISKS AND DATA",
         "OUTPUT",
         "EXIT STATUS",

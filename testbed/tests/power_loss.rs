@@ -44,6 +44,7 @@ fn survives(kit: &dyn DeviceKit, disk: Arc<VolatileCacheDisk>) -> Result<(), Str
             generation: k as u8 + 1,
             ios: m.ios,
             read_digest: 0,
+            vp_ios: Vec::new(),
         });
     }
     disk.power_cut();

@@ -198,6 +198,7 @@ fn kill_after_flush(test: &str, variant: &str) -> Result<(), String> {
         generation: 1,
         ios,
         read_digest: 0,
+        vp_ios: Vec::new(),
     }];
     let checked = verify_disk(&image, &flushed).map_err(|e| e.to_string());
     eprintln!(

@@ -80,6 +80,7 @@ fn runs_of(run: &GuestRun, device: &str) -> Vec<CompletedRun> {
                     generation: l.generation,
                     ios: r.ios,
                     read_digest: r.read_digest,
+                    vp_ios: Vec::new(),
                 }
             }
             BenchOutcome::Failed(why) => panic!("{device} {}: {why}\n{}", l.spec, run.console),

@@ -55,6 +55,7 @@ fn run_on_image(path: &Path) -> Vec<CompletedRun> {
             generation: if spec.kind.writes() { k as u8 + 1 } else { 0 },
             ios: m.ios,
             read_digest: 0,
+            vp_ios: Vec::new(),
         });
     }
     completed

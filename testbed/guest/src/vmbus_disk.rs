@@ -2,18 +2,26 @@
 //! kernel's VMBus connection, behind the workload engine's `BlockQueue`. Controller `N` is the N-th
 //! live SCSI controller offered (by relid). Its channel is opened once and kept until the host rescinds
 //! the controller ([`release_rescinded`]); each [`VmbusDisk`] leases it from a [`Parking`] spot.
+//!
+//! On a guest with several CPUs, [`VmbusDisk::open_per_cpu`] gives one queue per CPU: the primary
+//! channel (interrupts on VP 0) and one sub-channel per AP (CREATE_SUB_CHANNELS once per controller,
+//! sub-channel k opened with its interrupts on VP k), each parked like the primary. A queue is driven
+//! from its own VP: its completions interrupt that VP only.
 
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use guest_drivers::storvsc::{Completion as SrbCompletion, IoError};
 use guest_drivers::storvsc_disk::{DiskError, StorvscDisk};
 use vmbus::protocol::interface;
 use workload::queue::{BlockQueue, Completion, DeviceError, DmaBuffer, IoStatus, Op, SubmitError};
 
+use crate::arch::MAX_CPUS;
 use crate::parking::{Lease, Parking};
-use crate::vmbus_global::{with_connection, KERNEL};
+use crate::smp;
+use crate::vmbus_global::{event_flags, with_connection, KERNEL};
 
 /// Ring pages per direction (control page included): room for well over 128 outstanding SRBs.
 const RING_PAGES: usize = 64;
@@ -25,6 +33,14 @@ pub const MAX_CONTROLLERS: usize = 4;
 
 static PARKED: [Parking<StorvscDisk>; MAX_CONTROLLERS] =
     [const { Parking::new() }; MAX_CONTROLLERS];
+
+/// Per controller, the sub-channel of VP `k` at `k - 1`.
+static PARKED_SUBS: [[Parking<StorvscDisk>; MAX_CPUS - 1]; MAX_CONTROLLERS] =
+    [const { [const { Parking::new() }; MAX_CPUS - 1] }; MAX_CONTROLLERS];
+
+/// Per controller, how many sub-channels were created and opened (0: none yet).
+static SUBS_OPENED: [AtomicUsize; MAX_CONTROLLERS] =
+    [const { AtomicUsize::new(0) }; MAX_CONTROLLERS];
 
 /// LUN 0 of one synthetic SCSI controller.
 pub struct VmbusDisk {
@@ -63,7 +79,10 @@ impl VmbusDisk {
                 .map_err(|e| format!("storvsc: {e}"))
             })?
         })?;
-        let mut disk = disk;
+        Self::ready(disk, polling)
+    }
+
+    fn ready(mut disk: Lease<StorvscDisk>, polling: bool) -> Result<Self, String> {
         disk.set_polling(polling)
             .map_err(|e| format!("storvsc: {e}"))?;
         Ok(Self {
@@ -71,6 +90,87 @@ impl VmbusDisk {
             done: Vec::with_capacity(MAX_OUTSTANDING),
         })
     }
+
+    /// One queue per CPU on controller `index`, in VP order (see the module docs): the primary
+    /// channel first, then the sub-channel of each AP. On the BSP only.
+    pub fn open_per_cpu(index: usize, polling: bool) -> Result<Vec<Self>, String> {
+        let mut primary = Self::open_with(index, polling)?;
+        let subs = smp::count() - 1;
+        if subs == 0 {
+            return Ok(alloc::vec![primary]);
+        }
+        let spots = &PARKED_SUBS[index];
+        let mut queues = Vec::with_capacity(subs + 1);
+        match SUBS_OPENED[index].load(Ordering::Acquire) {
+            0 => {
+                let opened =
+                    with_connection(|conn| open_sub_channels(conn, &mut primary.disk, subs))??;
+                SUBS_OPENED[index].store(subs, Ordering::Release);
+                for (spot, disk) in spots.iter().zip(opened) {
+                    let lease = spot.lease(move || Ok::<_, String>(disk))?;
+                    queues.push(Self::ready(lease, polling)?);
+                }
+            }
+            n if n == subs => {
+                for (k, spot) in spots.iter().take(subs).enumerate() {
+                    let lease = spot.lease(|| {
+                        Err(format!(
+                            "controller {index}: sub-channel of VP {} was closed",
+                            k + 1
+                        ))
+                    })?;
+                    queues.push(Self::ready(lease, polling)?);
+                }
+            }
+            n => {
+                return Err(format!(
+                    "controller {index}: {n} sub-channels open for {subs} APs"
+                ))
+            }
+        }
+        queues.insert(0, primary);
+        Ok(queues)
+    }
+}
+
+/// Ask the host for `subs` sub-channels of `primary`'s controller and open sub-channel k with its
+/// interrupts on VP k + 1.
+fn open_sub_channels(
+    conn: &mut guest_drivers::vmbus_client::VmbusConnection<'static, crate::platform::Kernel>,
+    primary: &mut StorvscDisk,
+    subs: usize,
+) -> Result<Vec<StorvscDisk>, String> {
+    let count = u16::try_from(subs).map_err(|_| "too many sub-channels")?;
+    if primary.max_sub_channels() < count {
+        return Err(format!(
+            "the controller offers {} sub-channels, {subs} APs need one each",
+            primary.max_sub_channels()
+        ));
+    }
+    let relid = primary.relid();
+    let instance = conn
+        .primary_offers(interface::SCSI)
+        .iter()
+        .find(|o| o.child_relid == relid)
+        .map(|o| o.offer.if_instance)
+        .ok_or("the controller's offer is gone")?;
+    primary
+        .create_sub_channels(&KERNEL, count)
+        .map_err(|e| format!("CREATE_SUB_CHANNELS: {e}"))?;
+    conn.wait_for_offers(|c| c.subchannel_offers(instance).len() >= subs)
+        .map_err(|e| format!("sub-channel offers: {e}"))?;
+    let offers = conn.subchannel_offers(instance);
+    let mut opened = Vec::with_capacity(subs);
+    for (i, sub) in offers.iter().take(subs).enumerate() {
+        let vp = i + 1;
+        let flags = event_flags(vp).ok_or_else(|| format!("VP {vp} has no SynIC"))?;
+        let relid = sub.child_relid;
+        let disk = primary
+            .open_sub_channel(conn, relid, RING_PAGES, MAX_OUTSTANDING, vp as u32, flags)
+            .map_err(|e| format!("sub-channel {relid}: {e}"))?;
+        opened.push(disk);
+    }
+    Ok(opened)
 }
 
 /// The host rescinded `relid`: close the controller opened on it (if any) and forget it. Returns
@@ -79,7 +179,7 @@ pub fn release_rescinded(
     conn: &mut guest_drivers::vmbus_client::VmbusConnection<'static, crate::platform::Kernel>,
     relid: u32,
 ) -> Result<bool, String> {
-    for spot in &PARKED {
+    for spot in PARKED.iter().chain(PARKED_SUBS.iter().flatten()) {
         if let Some(disk) = spot.take_if(|d| d.relid() == relid) {
             disk.close(conn)
                 .map_err(|e| format!("closing relid {relid}: {e}"))?;

@@ -43,6 +43,15 @@ DEVICES (--devices, comma-separated; default: all, in this order)
   vmbus-poll  VMBus SCSI with both ends polling: storvsp with the guest's signals masked,
            storvsc with the host's interrupts masked while requests are outstanding
 
+VCPUS (--vcpus N, 1 to 4; default 1)
+  The guest runs on N vCPUs. On vmbus and vmbus-poll the controller then has N channels (the
+  primary and N-1 sub-channels, each interrupting its own vCPU) and every workload is split over
+  the vCPUs: each runs it at the workload's own qd on its own channel and its own 1/N of the lba
+  range (n I/Os each, random kinds at most one per block of the share), all at once between the
+  BSP's two marks. Rows count the I/Os of all vCPUs, latency percentiles of the worst vCPU, QD
+  summed, and host CPU of every vCPU thread. ramdisk, ide and virtio(-poll) have one queue: the
+  BSP runs them alone (rows say ch 1). Rows carry vcpus and channels. Network rows use one vCPU.
+
 NETWORK (--nics, comma-separated; default: all, in this order)
   loopback  in-guest baseline: the same traffic over a loopback inside the guest, against
            servers played by sockets in the guest; no NIC and no exit
@@ -126,6 +135,10 @@ pub struct Args {
     /// No network rows.
     #[arg(long)]
     pub no_net: bool,
+    /// vCPUs of the block guests, 1 to 4: the VMBus disks get a channel per vCPU and split every
+    /// workload over them (see VCPUS in --help).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4))]
+    pub vcpus: u32,
     /// Datagrams of the udp64-flood network workload.
     #[arg(long, value_name = "N", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub net_flood: u64,
@@ -227,5 +240,13 @@ mod tests {
         assert!(Args::try_parse_from(["testbed", "--disk-mib", "99999999999"]).is_err());
         let v = Args::parse_from(["testbed", "-vv"]);
         assert_eq!(v.verbose, 2);
+        assert_eq!(v.vcpus, 1);
+        assert_eq!(Args::parse_from(["testbed", "--vcpus", "4"]).vcpus, 4);
+        for bad in ["0", "5", "x"] {
+            assert!(
+                Args::try_parse_from(["testbed", "--vcpus", bad]).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

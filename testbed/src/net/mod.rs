@@ -254,6 +254,8 @@ pub fn run_nic(kit: &dyn NetKit, opts: &NetOptions) -> Vec<Row> {
         baseline: kit.baseline(),
         workload: w.name.to_string(),
         spec: format!("{}:{}", w.name, w.step),
+        vcpus: 1,
+        channels: 1,
         outcome,
     };
     match run_guest(kit, opts, &workloads) {

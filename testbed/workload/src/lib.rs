@@ -8,6 +8,7 @@
 //!   sector must hold after a series of workloads;
 //! - [`queue`]: the [`BlockQueue`] trait guest devices implement;
 //! - [`engine`]: [`run`] keeps `queue_depth` requests in flight, times and verifies every I/O;
+//! - [`split`]: one workload on several vCPUs, a disjoint share of its range each;
 //! - [`line`]: the `bench key=value ...` result line the guest prints and the host parses.
 #![no_std]
 #![forbid(unsafe_code)]
@@ -20,6 +21,7 @@ pub mod pattern;
 pub mod queue;
 pub mod sequence;
 pub mod spec;
+pub mod split;
 
 pub use engine::{run, RunEnv, RunError, WorkloadResult};
 pub use line::{BenchLine, BenchOutcome, LineError};
@@ -27,3 +29,4 @@ pub use pattern::{pattern, DiskModel, PATTERN_UNIT};
 pub use queue::{BlockQueue, Completion, DeviceError, DmaBuffer, IoStatus, Op, SubmitError};
 pub use sequence::{Plan, PlanError};
 pub use spec::{default_workloads, Kind, LbaRange, ParseError, WorkloadSpec};
+pub use split::{combine_checksums, vp_share, vp_shares};

@@ -10,9 +10,11 @@
 //! `achieved_qd` the most requests in flight at once. A failed workload ends with `failed=<reason>`
 //! instead of numbers; the reason runs to the end of the line. Unknown keys are ignored so the line can
 //! grow; `achieved_qd`, added later, reads as 0 when absent. Over an image, a done line also carries
-//! `digest=0x...` (the read digest, right after `spec`); without it the digest is 0.
+//! `digest=0x...` (the read digest, right after `spec`); without it the digest is 0. A workload split
+//! over VPs carries `vp_ios=N0/N1/...` (each VP's I/Os) right after `spec`.
 
 use alloc::string::{String, ToString};
+use alloc::vec::Vec;
 use core::fmt::{self, Write as _};
 
 use crate::engine::WorkloadResult;
@@ -42,6 +44,10 @@ pub struct BenchLine {
     pub generation: u8,
     /// The full spec token that ran.
     pub spec: String,
+    /// Split over VPs ([`crate::split`]): the I/Os each VP completed, in VP order (the numbers are
+    /// their sums, `checksum` their [`combine_checksums`](crate::split::combine_checksums)). Empty: one
+    /// VP ran the whole spec.
+    pub vp_ios: Vec<u64>,
     /// The outcome.
     pub outcome: BenchOutcome,
 }
@@ -75,6 +81,12 @@ impl fmt::Display for BenchLine {
             "{PREFIX}mark={} device={} workload={} gen={} spec={}",
             self.mark, self.device, self.workload, self.generation, self.spec
         )?;
+        if !self.vp_ios.is_empty() {
+            f.write_str(" vp_ios=")?;
+            for (i, n) in self.vp_ios.iter().enumerate() {
+                write!(f, "{}{n}", if i == 0 { "" } else { "/" })?;
+            }
+        }
         if let BenchOutcome::Done(r) = &self.outcome {
             if r.read_digest != 0 {
                 write!(f, " digest={:#018x}", r.read_digest)?;
@@ -195,12 +207,30 @@ impl BenchLine {
                 },
             }),
         };
+        let vp_ios = match f.text("vp_ios") {
+            Err(_) => Vec::new(),
+            Ok(list) => {
+                let bad = || LineError::Number {
+                    key: "vp_ios",
+                    value: list.to_string(),
+                };
+                let counts = list
+                    .split('/')
+                    .map(|n| n.parse::<u64>().map_err(|_| bad()))
+                    .collect::<Result<Vec<u64>, _>>()?;
+                if counts.len() > crate::split::MAX_VPS {
+                    return Err(bad());
+                }
+                counts
+            }
+        };
         Ok(Self {
             mark: small("mark", u64::from(u32::MAX))? as u32,
             device: f.text("device")?.to_string(),
             workload: f.text("workload")?.to_string(),
             generation: small("gen", u64::from(u8::MAX))? as u8,
             spec: f.text("spec")?.to_string(),
+            vp_ios,
             outcome,
         })
     }
@@ -224,6 +254,7 @@ mod tests {
             workload: "rr4k-qd32".into(),
             generation: 0,
             spec: "rr4k-qd32:k=rr,bs=4096,qd=32,n=2000,ms=3000,seed=7,lba=0+0".into(),
+            vp_ios: Vec::new(),
             outcome: BenchOutcome::Done(WorkloadResult {
                 ios: 2000,
                 reads: 2000,
@@ -270,6 +301,24 @@ mod tests {
             BenchLine::parse(&text.replace("digest=0x0123", "digest=zz")),
             Err(LineError::Number { key: "digest", .. })
         ));
+    }
+
+    #[test]
+    fn per_vp_counts_round_trip_and_bad_ones_are_errors() {
+        let mut l = sample();
+        l.vp_ios = alloc::vec![1000, 999, 1];
+        let text = format!("{l}");
+        assert!(text.contains(",lba=0+0 vp_ios=1000/999/1 ios="), "{text}");
+        assert_eq!(BenchLine::parse(&text).unwrap(), l);
+        assert!(!format!("{}", sample()).contains("vp_ios"));
+        for bad in ["vp_ios=1//2", "vp_ios=x", "vp_ios="] {
+            assert!(matches!(
+                BenchLine::parse(&text.replace("vp_ios=1000/999/1", bad)),
+                Err(LineError::Number { key: "vp_ios", .. })
+            ));
+        }
+        let many = (0..65).map(|_| "1").collect::<Vec<_>>().join("/");
+        assert!(BenchLine::parse(&text.replace("1000/999/1", &many)).is_err());
     }
 
     #[test]

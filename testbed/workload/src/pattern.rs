@@ -136,14 +136,31 @@ impl DiskModel {
         };
         if generation == 0 && end > self.generations.len() {
             // Generation 0 is the default: only overwrite what is already stored.
-            let stored = self.generations.len().max(first);
-            self.generations[first.min(stored)..stored].fill(0);
+            let stored = self.generations.len();
+            if first < stored {
+                self.generations[first..stored].fill(0);
+            }
             return;
         }
         if end > self.generations.len() {
             self.generations.resize(end, 0);
         }
         self.generations[first..end].fill(generation);
+    }
+
+    /// Take what `other` records for the `count` sectors from `first` (a VP's share of a split run,
+    /// [`crate::split`], back into the model of the whole disk).
+    pub fn adopt(&mut self, other: &DiskModel, first: u64, count: u64) {
+        let mut sector = first;
+        let end = first.saturating_add(count);
+        while sector < end {
+            let generation = other.generation(sector);
+            let run = (sector..end)
+                .take_while(|&s| other.generation(s) == generation)
+                .count() as u64;
+            self.record(sector, run, generation);
+            sector += run;
+        }
     }
 
     /// One past the highest sector that holds a generation other than 0.
@@ -184,6 +201,32 @@ impl DiskModel {
 mod tests {
     use super::*;
     use alloc::vec;
+
+    #[test]
+    fn adopting_a_range_copies_exactly_that_range() {
+        let mut whole = DiskModel::new();
+        whole.record(0, 100, 2);
+        let mut share = whole.clone();
+        share.record(10, 5, 3);
+        share.record(40, 20, 0);
+        share.record(90, 30, 4);
+        whole.adopt(&share, 0, 50);
+        assert_eq!(whole.generation(9), 2);
+        assert!((10..15).all(|s| whole.generation(s) == 3));
+        assert!((40..50).all(|s| whole.generation(s) == 0));
+        assert!(
+            (50..100).all(|s| whole.generation(s) == 2),
+            "outside the range"
+        );
+        whole.adopt(&share, 95, 30);
+        assert!((95..120).all(|s| whole.generation(s) == 4));
+        assert_eq!(whole.generation(120), 0);
+        // Generation 0 beyond everything stored is already there (and used to panic).
+        let mut empty = DiskModel::new();
+        empty.adopt(&DiskModel::new(), 65536, 8);
+        empty.record(100, 5, 0);
+        assert_eq!(empty, DiskModel::new());
+    }
 
     #[test]
     fn pattern_depends_on_sector_and_generation_only() {

@@ -7,6 +7,16 @@
 //!   its `bench ...` result line. The k-th `bench` token of a boot measures between marks `2k` and
 //!   `2k + 1`, and a workload that writes stores generation `k + 1`.
 //!
+//! On a guest with several CPUs, a device with a queue per CPU ([`open_per_cpu`]: the VMBus disks
+//! `vmbus` and `vmbus-poll`, a channel each) runs the workload split over the CPUs
+//! (`workload::split`): every CPU runs the engine on its own queue and its own share of the range, at
+//! the spec's queue depth, all at once. The BSP writes mark `2k`, hands each AP its share (an IPI),
+//! runs its own, waits for every AP, and writes mark `2k + 1`; the line then carries the sums, the
+//! BSP's TSC span between the marks as `cycles`, the worst CPU's latency percentiles, the sum of the
+//! CPUs' achieved depths, the combined checksum and each CPU's I/Os (`vp_ios`). Only the primary
+//! channel is flushed, after the window (SYNCHRONIZE CACHE is for the whole LUN). Other devices
+//! have one queue and run on the BSP alone, as on one CPU.
+//!
 //! Devices register in [`open_device`]; each one is opened per token and flushed after its window. The
 //! generations every device's sectors hold ([`DiskModel`]) persist across tokens, so later reads are
 //! checked against earlier writes. `ramdisk` is the in-guest baseline: a disk image the host copies into
@@ -27,8 +37,9 @@ use workload::{
     SubmitError, WorkloadSpec,
 };
 
+use super::bench_split as split;
 use super::Outcome;
-use crate::{arch, println};
+use crate::{arch, println, smp};
 
 /// TSC ticks per second, from `bench-tsc` (0 = unknown).
 static TSC_HZ: AtomicU64 = AtomicU64::new(0);
@@ -68,6 +79,24 @@ fn open_device(name: &str) -> Result<Box<dyn BlockQueue>, String> {
     }
 }
 
+/// One queue per CPU for a device that has them (the VMBus disks: primary channel and one
+/// sub-channel per AP); `None` for a device with one queue or on a guest with one CPU.
+fn open_per_cpu(name: &str) -> Result<Option<Vec<Box<dyn BlockQueue>>>, String> {
+    let polling = match name {
+        _ if smp::count() < 2 => return Ok(None),
+        "vmbus" => false,
+        "vmbus-poll" => true,
+        _ => return Ok(None),
+    };
+    let queues = crate::vmbus_disk::VmbusDisk::open_per_cpu(0, polling)?;
+    Ok(Some(
+        queues
+            .into_iter()
+            .map(|q| Box::new(q) as Box<dyn BlockQueue>)
+            .collect(),
+    ))
+}
+
 /// Forget what device `name` holds (it was removed; a device of that name later is a new disk).
 pub fn forget_device(name: &str) {
     MODELS.lock().retain(|(n, _)| n != name);
@@ -85,7 +114,11 @@ fn set_data(args: &str) -> Outcome {
     let image = match args {
         "pattern" => false,
         "image" => true,
-        _ => return Err(format!("bench-data: `{args}` is neither `pattern` nor `image`")),
+        _ => {
+            return Err(format!(
+                "bench-data: `{args}` is neither `pattern` nor `image`"
+            ))
+        }
     };
     OVER_IMAGE.store(image, Ordering::Relaxed);
     Ok(())
@@ -121,8 +154,9 @@ fn bench(args: &str) -> Outcome {
         workload: spec.as_ref().map_or("?".to_string(), |s| s.name.clone()),
         generation,
         spec: spec.as_ref().map_or(token.to_string(), ToString::to_string),
+        vp_ios: result.as_ref().map_or(Vec::new(), |(_, v)| v.clone()),
         outcome: match &result {
-            Ok(r) => BenchOutcome::Done(r.clone()),
+            Ok((r, _)) => BenchOutcome::Done(r.clone()),
             Err(e) => BenchOutcome::Failed(e.clone()),
         },
     };
@@ -130,17 +164,18 @@ fn bench(args: &str) -> Outcome {
     result.map(|_| ())
 }
 
-/// Open the device, run the engine between marks `2k` and `2k + 1`, flush.
+/// Open the device, run the engine between marks `2k` and `2k + 1` (split over the CPUs where the
+/// device has a queue per CPU: then also each CPU's I/Os), flush.
 fn measure(
     device: &str,
     spec: &WorkloadSpec,
     k: u32,
     generation: u8,
-) -> Result<workload::WorkloadResult, String> {
+) -> Result<(workload::WorkloadResult, Vec<u64>), String> {
     if generation > MAX_GENERATION {
         return Err(format!("too many bench tokens for write generations ({k})"));
     }
-    let mut queue = open_device(device)?;
+    let per_cpu = open_per_cpu(device)?;
     let mut models = MODELS.lock();
     let at = match models.iter().position(|(name, _)| name == device) {
         Some(at) => at,
@@ -154,6 +189,11 @@ fn measure(
             models.len() - 1
         }
     };
+    let model = &mut models[at].1;
+    if let Some(queues) = per_cpu {
+        return split::measure(queues, spec, model, k, generation);
+    }
+    let mut queue = open_device(device)?;
     let mark = |id| arch::mark(id);
     let env = RunEnv {
         clock: &tsc,
@@ -166,12 +206,11 @@ fn measure(
         interrupts: &arch::interrupts_total,
         generation,
     };
-    let result =
-        workload::run(&mut *queue, spec, &mut models[at].1, &env).map_err(|e| e.to_string());
+    let result = workload::run(&mut *queue, spec, model, &env).map_err(|e| e.to_string());
     let flushed = queue.flush().map_err(|e| format!("flush: {e}"));
     let result = result?;
     flushed?;
-    Ok(result)
+    Ok((result, Vec::new()))
 }
 
 use guest_abi::RAMDISK_PORT;

@@ -9,6 +9,7 @@ use crate::println;
 
 mod above_4g;
 pub mod bench;
+mod bench_split;
 pub mod block;
 mod boot;
 mod net;

@@ -26,8 +26,8 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use guest_abi::net::{
-    fnv1a, BYE_PORT, DATAGRAM, ECHO_PORT, FLOOD_PORT, FLOOD_REPLY_PORT, FNV_START, GUEST_IP, HOST_IP,
-    TCP_SINK_PORT, TCP_SOURCE_PORT,
+    fnv1a, BYE_PORT, DATAGRAM, ECHO_PORT, FLOOD_PORT, FLOOD_REPLY_PORT, FNV_START, GUEST_IP,
+    HOST_IP, TCP_SINK_PORT, TCP_SOURCE_PORT,
 };
 use guest_drivers::net::GuestNic;
 use guest_drivers::netvsc::{NetvscConfig, NetvscNic};
@@ -393,7 +393,11 @@ fn udp_flood<N: GuestNic>(stack: &mut Stack<N>, n: u64) -> Outcome {
     Ok(())
 }
 
-fn tcp_socket<N: GuestNic>(stack: &mut Stack<N>, port: u16, local: u16) -> Result<SocketHandle, String> {
+fn tcp_socket<N: GuestNic>(
+    stack: &mut Stack<N>,
+    port: u16,
+    local: u16,
+) -> Result<SocketHandle, String> {
     let rx = tcp::SocketBuffer::new(vec![0; TCP_BUFFER]);
     let tx = tcp::SocketBuffer::new(vec![0; TCP_BUFFER]);
     let mut socket = tcp::Socket::new(rx, tx);
@@ -498,7 +502,10 @@ fn tcp_recv<N: GuestNic>(stack: &mut Stack<N>) -> Outcome {
         }
     }
     stack.sockets.remove(handle);
-    println!("net-tcp-received={received} net-tcp-received-hash={:016x}", hash.0);
+    println!(
+        "net-tcp-received={received} net-tcp-received-hash={:016x}",
+        hash.0
+    );
     Ok(())
 }
 

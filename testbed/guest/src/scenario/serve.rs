@@ -21,12 +21,12 @@ use alloc::vec::Vec;
 use guest_drivers::ic::{IcDriver, IcKind};
 use guest_drivers::netvsc::nic::VmbusNetTransport;
 use guest_drivers::netvsc::{NetvscConfig, NetvscNic};
-use smoltcp::iface::{Config, Interface, SocketSet};
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 use guest_drivers::platform::Platform;
 use guest_drivers::storvsc::Completion;
 use guest_drivers::storvsc_disk::StorvscDisk;
 use guest_drivers::vmbus_client::{Channel, VmbusConnection};
+use smoltcp::iface::{Config, Interface, SocketSet};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 use vmbus::protocol::interface;
 
 use super::serve_ics::ExtraIcs;
@@ -81,7 +81,10 @@ fn parse_cidr(text: &str) -> Result<IpCidr, String> {
     if parts.next().is_some() || len > 32 {
         return Err(bad());
     }
-    Ok(IpCidr::new(IpAddress::v4(octets[0], octets[1], octets[2], octets[3]), len))
+    Ok(IpCidr::new(
+        IpAddress::v4(octets[0], octets[1], octets[2], octets[3]),
+        len,
+    ))
 }
 
 /// The NIC and its smoltcp interface (no sockets: the interface itself answers ARP and ICMP echo).
@@ -211,8 +214,7 @@ fn release_rescinded(conn: &mut Conn, checked: &mut BTreeSet<u32>) -> Result<boo
 }
 
 fn check_disk(conn: &mut Conn, relid: u32, verify_writes: bool) -> Outcome {
-    let mut disk =
-        StorvscDisk::open(conn, &KERNEL, relid, RING_PAGES, 4, 0).map_err(err)?;
+    let mut disk = StorvscDisk::open(conn, &KERNEL, relid, RING_PAGES, 4, 0).map_err(err)?;
     let region = KERNEL
         .alloc_dma(CHECK_BYTES / guest_drivers::platform::PAGE_SIZE)
         .ok_or("no memory for the disk check")?;
@@ -252,7 +254,9 @@ fn check_on(
         io(conn, disk, false, lba, region)?;
         region.read(0, &mut data);
         if data != pattern {
-            return Err(format!("relid {relid}: read back differs from what was written"));
+            return Err(format!(
+                "relid {relid}: read back differs from what was written"
+            ));
         }
         println!("serve-disk-verified relid={relid} lba={lba}");
     }
