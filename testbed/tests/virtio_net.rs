@@ -11,138 +11,71 @@
 //! most 0.05 interrupts per packet — counted by KVM (`irq_injections`, which also counts re-injections,
 //! so it bounds the device's interrupts from above) over at least the data frames the stream needs.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, UdpSocket};
+mod net_support;
+
+use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use host_kvm::virtio_net::{KvmVirtioNet, VirtioNetPlacement};
-use host_vsp::net::netns::Netns;
-use host_vsp::net::TapNet;
 use host_vsp::virtio::net::{VirtioNetConfig, VirtioNetDevice, VirtioNetStatsHandle};
-use testbed::{GuestRun, GuestVm, GuestVmConfig};
+use net_support::{
+    bye, check_tcp_console, check_udp_console, flood_sink, flood_socket, interrupts, kvm,
+    tcp_host_side, tcp_listeners, udp_echo, udp_echo_socket, user_exits, vm_exits,
+};
+use testbed::GuestRun;
 
-const TAP: &str = "vntap0";
 const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x18, 0x00, 0x02];
-/// Longest any host-side wait lasts.
-const WAIT: Duration = Duration::from_secs(120);
 const STREAM_BYTES: u64 = 64 << 20;
-/// Most TCP payload bytes one frame carries (1500 - 20 - 20).
+/// TCP payload per full-size frame.
 const MSS: u64 = 1460;
 
-fn kvm() -> bool {
-    hypervisor_lite::testing::kvm_or_skip()
-}
-
-use guest_abi::net::{fnv1a, pattern, FNV_START};
-
-/// A namespace with a tap whose Linux side is 198.18.0.1/24, the virtio-net device on it at the
-/// window guest-abi names, and a guest running `net:dev=virtio-net,<steps>`.
-struct NetGuest {
-    ns: Netns,
-    vm: GuestVm,
-    stats: VirtioNetStatsHandle,
-}
+/// A guest running `net:dev=virtio-net,<steps>` with the device on the test's TAP at the window
+/// guest-abi names.
+struct NetGuest(net_support::NetGuest<VirtioNetStatsHandle>);
 
 impl NetGuest {
     fn new(tag: &str, steps: &str) -> Option<Self> {
-        let ns = Netns::for_test(tag)?;
-        let tap = ns.run(|| TapNet::create(TAP).expect("create the tap"));
-        ns.ip(&["addr", "add", "198.18.0.1/24", "dev", TAP]);
-        ns.ip(&["link", "set", "dev", TAP, "up"]);
-        let device = VirtioNetDevice::new(Box::new(tap), VirtioNetConfig::new(GUEST_MAC))
-            .expect("virtio-net device");
-        let stats = device.stats();
-        let placement = VirtioNetPlacement {
-            base: guest_abi::VIRTIO_NET_MMIO_GPA,
-            vector: guest_abi::VIRTIO_NET_VECTOR,
-            ..VirtioNetPlacement::default()
-        };
-        let kvm = KvmVirtioNet::new(Arc::new(device), placement);
-        let for_attach = kvm.clone();
-        let tsc = testbed::bench::calibrate_tsc();
-        let mut config = GuestVmConfig::new(format!("bench-tsc:{tsc} net:dev=virtio-net,{steps}"));
-        config.configure(move |pc| {
-            kvm.register(pc);
-            Ok(())
-        });
-        config.attach(move |partition, _| {
-            for_attach.attach(partition)?;
-            Ok(())
-        });
-        let vm = GuestVm::new(config).expect("boot the guest");
-        Some(Self { ns, vm, stats })
+        let steps = format!("dev=virtio-net,{steps}");
+        net_support::NetGuest::new(tag, &steps, |config, tap| {
+            let device = VirtioNetDevice::new(Box::new(tap), VirtioNetConfig::new(GUEST_MAC))
+                .expect("virtio-net device");
+            let stats = device.stats();
+            let placement = VirtioNetPlacement {
+                base: guest_abi::VIRTIO_NET_MMIO_GPA,
+                vector: guest_abi::VIRTIO_NET_VECTOR,
+                ..VirtioNetPlacement::default()
+            };
+            let kvm = KvmVirtioNet::new(Arc::new(device), placement);
+            let for_attach = kvm.clone();
+            config.configure(move |pc| {
+                kvm.register(pc);
+                Ok(())
+            });
+            config.attach(move |partition, _| {
+                for_attach.attach(partition)?;
+                Ok(())
+            });
+            stats
+        })
+        .map(Self)
     }
 
-    /// Starts the guest, runs the host's side of the test, then waits for the guest. If the host
-    /// side fails, the guest is stopped and its console shown before the failure goes on.
-    fn run(mut self, host_side: impl FnOnce(&Netns)) -> (GuestRun, VirtioNetStatsHandle) {
-        self.vm.start().expect("start the guest");
-        let ns = &self.ns;
-        let host = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| host_side(ns)));
-        if let Err(panic) = host {
-            let run = self
-                .vm
-                .wait(Duration::from_millis(1))
-                .expect("stop the guest");
-            eprintln!("--- guest console ---\n{}", run.console);
-            std::panic::resume_unwind(panic);
-        }
-        let run = self.vm.wait(WAIT).expect("the guest run");
-        run.expect_success().unwrap();
-        let s = self.stats.get();
+    fn ns(&self) -> &host_vsp::net::netns::Netns {
+        &self.0.ns
+    }
+
+    /// The run, after which no chain broke the rules and every kick hit an ioeventfd.
+    fn run(
+        self,
+        host_side: impl FnOnce(&host_vsp::net::netns::Netns),
+    ) -> (GuestRun, VirtioNetStatsHandle) {
+        let (run, stats) = self.0.run(host_side);
+        let s = stats.get();
         assert_eq!(s.failed, 0, "no chain broke the rules: {s:?}");
         assert_eq!(s.register_notifies, 0, "every kick hit an ioeventfd: {s:?}");
-        (run, self.stats)
+        (run, stats)
     }
-}
-
-/// Accepts one connection within [`WAIT`].
-fn accept_within(listener: &TcpListener) -> std::net::TcpStream {
-    listener.set_nonblocking(true).unwrap();
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match listener.accept() {
-            Ok((conn, _)) => {
-                conn.set_nonblocking(false).unwrap();
-                return conn;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                assert!(
-                    Instant::now() < deadline,
-                    "no connection from the guest in {WAIT:?}"
-                );
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => panic!("accept: {e}"),
-        }
-    }
-}
-
-/// Says `bye` to the guest's `until-bye` step.
-fn bye(ns: &Netns) {
-    ns.run(|| {
-        let socket = UdpSocket::bind("198.18.0.1:0").unwrap();
-        socket.send_to(b"bye", "198.18.0.2:7009").unwrap();
-    });
-}
-
-/// User exits of every reason between the guest's marks `start` and `end`.
-fn user_exits(run: &GuestRun, start: u32, end: u32) -> u64 {
-    let window = run.window(start, end).expect("marks");
-    let u = &window.vcpus[0].user_exits;
-    u.io + u.mmio + u.msr_read + u.msr_write + u.hlt + u.shutdown + u.other
-}
-
-/// Interrupts KVM injected between the marks (re-injections included: an upper bound).
-fn interrupts(run: &GuestRun, start: u32, end: u32) -> u64 {
-    run.window(start, end).expect("marks").vcpus[0].irq_injections
-}
-
-/// VM exits (KVM's `exits`, host noise included) between the marks.
-fn vm_exits(run: &GuestRun, start: u32, end: u32) -> u64 {
-    run.window(start, end).expect("marks").vcpus[0].kvm_exits
 }
 
 #[test]
@@ -184,61 +117,11 @@ fn virtio_net_tcp_streams_64_mib_each_way_with_checked_bytes_and_few_interrupts(
         return;
     };
     let mut received_hash = 0;
-    // Listening before the guest starts, so its first connect finds us.
-    let (sink, source) = guest.ns.run(|| {
-        (
-            TcpListener::bind("198.18.0.1:7002").unwrap(),
-            TcpListener::bind("198.18.0.1:7003").unwrap(),
-        )
-    });
+    let (sink, source) = tcp_listeners(guest.ns());
     let (run, stats) = guest.run(|_| {
-        // Guest → host: read until the guest closes, checking every byte.
-        let mut conn = accept_within(&sink);
-        conn.set_read_timeout(Some(WAIT)).unwrap();
-        let mut buf = vec![0u8; 256 << 10];
-        let (mut got, mut hash) = (0u64, FNV_START);
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let n = conn.read(&mut buf).unwrap();
-            if n == 0 {
-                break;
-            }
-            for (i, b) in buf[..n].iter().enumerate() {
-                assert_eq!(*b, pattern(got + i as u64), "guest byte {}", got + i as u64);
-            }
-            hash = fnv1a(hash, &buf[..n]);
-            got += n as u64;
-            assert!(got <= STREAM_BYTES && Instant::now() < deadline);
-        }
-        assert_eq!(got, STREAM_BYTES);
-        received_hash = hash;
-        drop(conn);
-        // Host → guest: 64 MiB of the pattern, then close.
-        let mut conn = accept_within(&source);
-        conn.set_write_timeout(Some(WAIT)).unwrap();
-        let mut sent = 0u64;
-        while sent < STREAM_BYTES {
-            let n = buf.len().min((STREAM_BYTES - sent) as usize);
-            for (i, b) in buf[..n].iter_mut().enumerate() {
-                *b = pattern(sent + i as u64);
-            }
-            conn.write_all(&buf[..n]).unwrap();
-            sent += n as u64;
-        }
-        drop(conn);
+        received_hash = tcp_host_side(&sink, &source, STREAM_BYTES);
     });
-    assert_eq!(run.console_number("net-tcp-sent"), STREAM_BYTES);
-    assert_eq!(
-        run.console_value("net-tcp-sent-hash"),
-        Some(format!("{received_hash:016x}").as_str()),
-        "what the host received hashes as what the guest sent"
-    );
-    assert_eq!(run.console_number("net-tcp-received"), STREAM_BYTES);
-    let expected = (0..STREAM_BYTES).fold(FNV_START, |h, i| fnv1a(h, &[pattern(i)]));
-    assert_eq!(
-        run.console_value("net-tcp-received-hash"),
-        Some(format!("{expected:016x}").as_str())
-    );
+    check_tcp_console(&run, received_hash, STREAM_BYTES);
     let s = stats.get();
     println!("tcp: device {s:?}");
     // Each stream needs at least this many data frames (its ACKs come on top).
@@ -278,34 +161,10 @@ fn virtio_net_udp_runs_10000_request_response_round_trips() {
     let Some(guest) = NetGuest::new("vn-udp", "udp=10000") else {
         return;
     };
-    let echoed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let socket = guest.ns.run(|| UdpSocket::bind("198.18.0.1:7001").unwrap());
-    let (run, stats) = guest.run(|_| {
-        socket
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut buf = [0u8; 2048];
-        let deadline = Instant::now() + WAIT;
-        let mut answered = std::collections::BTreeSet::new();
-        // The guest resends a request it got no answer to: stop once all 10 000 were answered.
-        while answered.len() < 10_000 {
-            let (n, from) = socket.recv_from(&mut buf).expect("a request within 10 s");
-            answered.insert(u64::from_le_bytes(buf[..8].try_into().unwrap()));
-            socket.send_to(&buf[..n], from).unwrap();
-            echoed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            assert!(
-                Instant::now() < deadline,
-                "10 000 round trips within {WAIT:?}"
-            );
-        }
-    });
-    assert_eq!(run.console_number("net-udp-roundtrips"), 10_000);
-    let resent = run.console_number("net-udp-resent");
-    assert_eq!(
-        echoed.load(std::sync::atomic::Ordering::Relaxed),
-        10_000 + resent,
-        "every request the guest sent was echoed once"
-    );
+    let socket = udp_echo_socket(guest.ns());
+    let mut echoed = 0;
+    let (run, stats) = guest.run(|_| echoed = udp_echo(&socket, 10_000));
+    check_udp_console(&run, 10_000, echoed);
     assert_eq!(
         user_exits(&run, 1000, 1001),
         0,
@@ -345,42 +204,11 @@ fn virtio_net_carries_a_udp_flood_of_10000_datagrams_in_order_without_exits() {
     let Some(guest) = NetGuest::new("vn-flood", &format!("udp-flood={N}")) else {
         return;
     };
-    let socket = guest.ns.run(|| UdpSocket::bind("198.18.0.1:7004").unwrap());
+    let socket = flood_socket(guest.ns());
     big_receive_buffer(&socket, 16 << 20);
-    let mut seen = vec![false; N as usize];
-    let mut got = 0u64;
-    let mut in_order = true;
-    let mut last = None::<u64>;
-    let (run, stats) = guest.run(|_| {
-        socket
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let deadline = Instant::now() + WAIT;
-        let mut buf = [0u8; 2048];
-        let mut answered = 0;
-        // Count datagrams until the guest's `end`; answer `done` (again for each `end`, at most 20).
-        while answered < 20 {
-            let (n, from) = socket.recv_from(&mut buf).expect("a datagram within 10 s");
-            assert!(Instant::now() < deadline, "the flood within {WAIT:?}");
-            if &buf[..n] == b"end" {
-                socket.send_to(b"done", (from.ip(), 7104)).unwrap();
-                answered += 1;
-                if got == N {
-                    break;
-                }
-                continue;
-            }
-            assert_eq!(n, 64, "a flood datagram is 64 bytes");
-            let seq = u64::from_le_bytes(buf[..8].try_into().unwrap());
-            assert!(seq < N, "sequence {seq}");
-            assert!(!seen[seq as usize], "datagram {seq} twice");
-            assert_eq!(&buf[8..64], &[0u8; 56][..], "datagram {seq} payload");
-            seen[seq as usize] = true;
-            in_order &= last.is_none_or(|l| seq == l + 1);
-            last = Some(seq);
-            got += 1;
-        }
-    });
+    let mut flood = net_support::Flood::default();
+    let (run, stats) = guest.run(|_| flood = flood_sink(&socket, N));
+    let net_support::Flood { got, in_order } = flood;
     let s = stats.get();
     println!(
         "udp-flood: {got} of {N} received (in order: {in_order}), {} interrupts and {} VM exits in \
