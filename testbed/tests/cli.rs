@@ -213,7 +213,7 @@ fn json_to_stdout_is_parseable_with_its_schema_and_the_table_goes_to_stderr() {
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let doc: Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
-    assert_eq!(doc["schema_version"], 1);
+    assert_eq!(doc["schema_version"], 2);
     assert_eq!(doc["tool"]["name"], "testbed");
     assert_eq!(doc["tool"]["version"], env!("CARGO_PKG_VERSION"));
     assert!(doc["tsc_hz"].as_u64().unwrap() > 100_000_000);

@@ -3,12 +3,13 @@
 //! whether the run was interrupted.
 //!
 //! ```json
-//! { "schema_version": 1, "tool": { "name": "testbed", "version": "0.1.0" }, "tsc_hz": 2600000000,
+//! { "schema_version": 2, "tool": { "name": "testbed", "version": "0.1.0" }, "tsc_hz": 2600000000,
 //!   "backend": { "kind": "file", "path": "disk.img", "bytes": 67108864, "read_only": true,
 //!                "created": false },
 //!   "interrupted": false, "rows": [ ... ] }
 //! ```
-//! A RAM disk is `{ "kind": "ram", "bytes": N, "read_only": false }`. `schema_version` grows when a
+//! A RAM disk is `{ "kind": "ram", "bytes": N, "read_only": false }`. Each row has a `kind`: `block`
+//! (counts per I/O) or `net` (counts per packet, see [`super::Kind::Net`]). `schema_version` grows when a
 //! field changes meaning or goes away; new fields may appear without it.
 
 use std::path::PathBuf;
@@ -18,7 +19,9 @@ use serde_json::{json, Value};
 use super::Row;
 
 /// Version of the document's layout.
-pub const SCHEMA_VERSION: u64 = 1;
+/// 2: rows carry `kind`; network rows (`kind: net`) count per packet (`packets`, `pps`, `*_per_packet`)
+/// instead of per I/O.
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// The disk the devices served.
 #[derive(Debug, Clone, PartialEq, Eq)]
