@@ -71,13 +71,11 @@ impl KvmE1000 {
     /// Wires the NIC to a built partition: guest memory, the MSI route and the receive thread.
     pub fn attach(&self, partition: &Partition) -> Result<(), E1000WiringError> {
         let p = &self.placement;
-        let efd = partition
-            .interrupts()
-            .irqfd_msi(p.apic_id, p.vector)
+        let irq = crate::msi::msi_interrupt(partition, p.apic_id, p.vector, true)
             .map_err(E1000WiringError::Irqfd)?;
         self.device
             .attach_memory(partition.ram().memory().clone())?;
-        self.device.connect_interrupt(Arc::new(efd))?;
+        self.device.connect_interrupt(irq)?;
         self.device.start()?;
         Ok(())
     }

@@ -17,15 +17,11 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::io;
 use std::sync::Arc;
 
-use host_vsp::interrupt::Interrupt;
 use host_vsp::virtio::blk::transport::regs;
 use host_vsp::virtio::blk::{VirtioBlkDevice, VirtioBlkError, VIRTIO_BLK_MMIO_SIZE};
-use hypervisor_lite::{
-    InterruptController, IoEventAddress, MmioHandler, Partition, PartitionConfig, VcpuCtx,
-};
+use hypervisor_lite::{IoEventAddress, MmioHandler, Partition, PartitionConfig, VcpuCtx};
 
 /// Default guest-physical base of the MMIO window (in the MMIO hole).
 pub const VIRTIO_BLK_MMIO_BASE: u64 = 0xD000_0000;
@@ -75,22 +71,6 @@ pub enum VirtioBlkWiringError {
     Device(#[from] VirtioBlkError),
 }
 
-/// A used-buffer interrupt injected with `KVM_SIGNAL_MSI`.
-struct SignalMsi {
-    interrupts: InterruptController,
-    apic_id: u32,
-    vector: u8,
-}
-
-impl Interrupt for SignalMsi {
-    fn trigger(&self) -> io::Result<()> {
-        self.interrupts
-            .signal_msi(self.apic_id, self.vector)
-            .map(|_| ())
-            .map_err(io::Error::other)
-    }
-}
-
 /// A [`VirtioBlkDevice`] plugged into a partition.
 #[derive(Debug)]
 pub struct KvmVirtioBlk {
@@ -124,22 +104,12 @@ impl KvmVirtioBlk {
     /// ioeventfd and the worker thread.
     pub fn attach(&self, partition: &Partition) -> Result<(), VirtioBlkWiringError> {
         let p = &self.placement;
-        let interrupts = partition.interrupts();
-        let irq: Arc<dyn Interrupt> = if p.irqfd {
-            let efd = interrupts
-                .irqfd_msi(p.apic_id, p.vector)
-                .map_err(|source| VirtioBlkWiringError::Kvm {
-                    what: "irqfd MSI route",
-                    source,
-                })?;
-            Arc::new(efd)
-        } else {
-            Arc::new(SignalMsi {
-                interrupts,
-                apic_id: p.apic_id,
-                vector: p.vector,
-            })
-        };
+        let irq = crate::msi::msi_interrupt(partition, p.apic_id, p.vector, p.irqfd).map_err(
+            |source| VirtioBlkWiringError::Kvm {
+                what: "irqfd MSI route",
+                source,
+            },
+        )?;
         let notify = if p.ioeventfd {
             let efd = partition
                 .register_ioeventfd(

@@ -19,17 +19,13 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::io;
 use std::sync::Arc;
 
-use host_vsp::interrupt::Interrupt;
 use host_vsp::virtio::mmio::regs;
 use host_vsp::virtio::net::{
     VirtioNetDevice, VirtioNetError, RX_QUEUE, TX_QUEUE, VIRTIO_NET_MMIO_SIZE,
 };
-use hypervisor_lite::{
-    InterruptController, IoEventAddress, MmioHandler, Partition, PartitionConfig, VcpuCtx,
-};
+use hypervisor_lite::{IoEventAddress, MmioHandler, Partition, PartitionConfig, VcpuCtx};
 
 /// Default guest-physical base of the MMIO window (in the MMIO hole, after virtio-blk's).
 pub const VIRTIO_NET_MMIO_BASE: u64 = 0xD000_1000;
@@ -79,22 +75,6 @@ pub enum VirtioNetWiringError {
     Device(#[from] VirtioNetError),
 }
 
-/// An interrupt injected with `KVM_SIGNAL_MSI`.
-struct SignalMsi {
-    interrupts: InterruptController,
-    apic_id: u32,
-    vector: u8,
-}
-
-impl Interrupt for SignalMsi {
-    fn trigger(&self) -> io::Result<()> {
-        self.interrupts
-            .signal_msi(self.apic_id, self.vector)
-            .map(|_| ())
-            .map_err(io::Error::other)
-    }
-}
-
 /// A [`VirtioNetDevice`] plugged into a partition.
 #[derive(Debug)]
 pub struct KvmVirtioNet {
@@ -128,22 +108,12 @@ impl KvmVirtioNet {
     /// ioeventfd per queue and the worker thread.
     pub fn attach(&self, partition: &Partition) -> Result<(), VirtioNetWiringError> {
         let p = &self.placement;
-        let interrupts = partition.interrupts();
-        let irq: Arc<dyn Interrupt> = if p.irqfd {
-            let efd = interrupts
-                .irqfd_msi(p.apic_id, p.vector)
-                .map_err(|source| VirtioNetWiringError::Kvm {
-                    what: "irqfd MSI route",
-                    source,
-                })?;
-            Arc::new(efd)
-        } else {
-            Arc::new(SignalMsi {
-                interrupts,
-                apic_id: p.apic_id,
-                vector: p.vector,
-            })
-        };
+        let irq = crate::msi::msi_interrupt(partition, p.apic_id, p.vector, p.irqfd).map_err(
+            |source| VirtioNetWiringError::Kvm {
+                what: "irqfd MSI route",
+                source,
+            },
+        )?;
         let notify = |queue: u16| {
             if !p.ioeventfd {
                 return Ok(None);
