@@ -312,6 +312,8 @@ pub struct E1000Nic {
     /// The receive engine stopped for want of descriptors (or a frame reported RXO).
     rx_starved: bool,
     rx_kick: bool,
+    /// The descriptors of the frame being sent, read from guest memory once (reused).
+    tx_descs: Vec<TxDescriptor>,
     stats: E1000Stats,
 }
 
@@ -342,6 +344,7 @@ impl E1000Nic {
             staging: vec![0; MAX_FRAME_LEN + FCS_LEN],
             rx_starved: false,
             rx_kick: false,
+            tx_descs: Vec::new(),
             stats: E1000Stats::default(),
         };
         nic.reset();

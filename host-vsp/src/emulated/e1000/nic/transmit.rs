@@ -59,15 +59,18 @@ impl E1000Nic {
             })?;
             Ok(TxDescriptor::read_from_bytes(&bytes).unwrap_or_default())
         };
-        // Find the frame's descriptors.
+        // Find the frame's descriptors, each read once: the length check, the gather and the
+        // write-back all use this copy, so a guest rewriting a descriptor meanwhile changes
+        // nothing the checks saw.
+        let mut descs = std::mem::take(&mut self.tx_descs);
+        descs.clear();
         let mut index = self.tx.head;
-        let mut descriptors = 0u32;
         let mut total = 0usize;
         let mut extended = false;
         let mut complete = false;
-        while index != self.tx.tail && descriptors < *budget {
+        while index != self.tx.tail && (descs.len() as u32) < *budget {
             let d = read_desc(index)?;
-            descriptors += 1;
+            descs.push(d);
             index = (index + 1) % ring.count;
             extended |= d.cmd & tx_cmd::DEXT != 0;
             total = total.saturating_add(usize::from(d.length));
@@ -77,20 +80,18 @@ impl E1000Nic {
             }
         }
         if !complete {
+            self.tx_descs = descs;
             return Ok(None);
         }
-        *budget -= descriptors;
+        *budget -= descs.len() as u32;
         // Gather and send.
         let start = self.tx.head;
         if extended || total == 0 || total > MAX_FRAME_LEN {
             self.stats.tx_dropped_bad_frame += 1;
         } else {
             let mut pad = [0u8; MIN_FRAME_LEN];
-            let mut parts: Vec<VolatileSlice<'_>> = Vec::with_capacity(descriptors as usize + 1);
-            let mut i = start;
-            for _ in 0..descriptors {
-                let d = read_desc(i)?;
-                i = (i + 1) % ring.count;
+            let mut parts: Vec<VolatileSlice<'_>> = Vec::with_capacity(descs.len() + 1);
+            for d in &descs {
                 let (gpa, len) = (d.buffer_addr, u64::from(d.length));
                 guest_memory::for_each_slice(mem, gpa, len, |s| {
                     parts.push(s);
@@ -117,8 +118,7 @@ impl E1000Nic {
         // Write back DD where asked.
         let mut reported = false;
         let mut i = start;
-        for _ in 0..descriptors {
-            let d = read_desc(i)?;
+        for d in &descs {
             if d.cmd & (tx_cmd::RS | tx_cmd::RPS) != 0 {
                 let gpa = ring.desc_gpa(i) + TX_STATUS_OFFSET as u64;
                 guest_memory::write(mem, gpa, &[d.status | tx_status::DD]).map_err(|_| {
@@ -132,6 +132,7 @@ impl E1000Nic {
             }
             i = (i + 1) % ring.count;
         }
+        self.tx_descs = descs;
         self.tx.head = index;
         Ok(Some(reported))
     }
