@@ -239,9 +239,11 @@ impl E1000Device {
         let (interrupts, wake) = {
             let mut guard = self.shared.lock();
             let Inner { nic, backend } = &mut *guard;
+            let deadline = nic.deadline();
             nic.write(offset, data, self.shared.mem.get(), backend.as_mut(), now);
-            // The receive thread looks at the ring again, or times a throttled interrupt.
-            let wake = nic.take_rx_kick() || nic.deadline().is_some();
+            // The receive thread looks at the ring again, or times a newly throttled interrupt
+            // (a deadline it already has, it is already timing).
+            let wake = nic.take_rx_kick() || nic.deadline().is_some_and(|d| Some(d) != deadline);
             (nic.take_interrupts(), wake)
         };
         self.shared.deliver(interrupts);
