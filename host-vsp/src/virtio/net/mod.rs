@@ -296,14 +296,7 @@ impl VirtioNetDevice {
         let c = &self.shared.counters;
         if let Some(TransportEvent::Notify(q)) = event {
             add(&c.register_notifies, 1);
-            add(
-                if q == RX_QUEUE {
-                    &c.rx_kicks
-                } else {
-                    &c.tx_kicks
-                },
-                1,
-            );
+            add(c.kicks(q), 1);
         }
         // Setup writes are rare (every one is an exit): let the worker look at the new state.
         if self.worker_running() {
@@ -392,7 +385,7 @@ fn run_worker(shared: &Shared, epoll: &Epoll, rx_fd: RawFd, notify: [Option<Even
                 if let Some(efd) = efd.as_ref().filter(|e| e.as_raw_fd() == fd) {
                     // The counter is the number of kicks since the last read.
                     let kicks = efd.read().unwrap_or(0);
-                    add(if q == 0 { &c.rx_kicks } else { &c.tx_kicks }, kicks);
+                    add(c.kicks(q as u16), kicks);
                 }
             }
         }

@@ -65,6 +65,17 @@ pub(super) struct Counters {
     pub(super) link_changes: AtomicU64,
 }
 
+impl Counters {
+    /// The kick counter of queue `q` (receive or transmit).
+    pub(super) fn kicks(&self, q: u16) -> &AtomicU64 {
+        if q == super::RX_QUEUE {
+            &self.rx_kicks
+        } else {
+            &self.tx_kicks
+        }
+    }
+}
+
 pub(super) fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
